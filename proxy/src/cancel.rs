@@ -1,0 +1,129 @@
+//! Query cancellation.
+//!
+//! Each client gets a proxy-issued key (`BackendKeyData`). A `CancelRequest` quoting it is sent,
+//! on a new connection, to the server the client is using at that moment, and to nobody else:
+//! while a cancel is on its way, the server connection is not handed to another client
+//! (see [`ServerKey::cancel_pending`]).
+
+use crate::server::ServerKey;
+use bytes::{BufMut, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Which server connection a client is using right now, if any.
+#[derive(Debug, Default)]
+pub struct CancelSlot(Mutex<Option<Arc<ServerKey>>>);
+
+impl CancelSlot {
+    /// Records the server the client just checked out.
+    pub fn set(&self, key: &Arc<ServerKey>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.clone());
+    }
+
+    /// Forgets the server; after this no new cancel can aim at it for this client.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Claims the current server for a cancel; the caller must call `cancel_done` on it.
+    fn claim(&self) -> Option<Arc<ServerKey>> {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = guard.as_ref()?.clone();
+        key.cancels_in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(key)
+    }
+}
+
+/// The clients that can be cancelled, by proxy-issued pid.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    clients: Mutex<HashMap<i32, (i32, Arc<CancelSlot>)>>,
+    next_pid: AtomicI32,
+}
+
+/// Removes a client from the registry when its session ends.
+pub struct Registration<'a> {
+    registry: &'a CancelRegistry,
+    pub pid: i32,
+    pub secret: i32,
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.registry
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// Issues a new unique key for a client.
+    pub fn register(&self) -> Registration<'_> {
+        let pid = self
+            .next_pid
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            & 0x7fff_ffff;
+        let secret: i32 = rand::random();
+        let slot = Arc::new(CancelSlot::default());
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, (secret, slot.clone()));
+        Registration {
+            registry: self,
+            pid,
+            secret,
+            slot,
+        }
+    }
+
+    /// Forwards a client's cancel request to the server running its query, if the key is valid
+    /// and the client is using a server. Waits until the server has taken it (or `timeout`).
+    pub async fn cancel(&self, pid: i32, secret: i32, timeout: Duration) {
+        let slot = {
+            let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            match clients.get(&pid) {
+                Some((s, slot)) if *s == secret => slot.clone(),
+                _ => {
+                    tracing::debug!(pid, "cancel request with an unknown key ignored");
+                    return;
+                }
+            }
+        };
+        let Some(key) = slot.claim() else { return };
+        if tokio::time::timeout(timeout, send_cancel(&key))
+            .await
+            .is_err()
+        {
+            tracing::warn!(server = %key.addr, "cancel request timed out");
+        }
+        key.cancels_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Sends a CancelRequest for `key` and waits for the server to close the connection, which it
+/// does once the cancel signal has been delivered.
+pub async fn send_cancel(key: &ServerKey) {
+    let mut msg = BytesMut::with_capacity(16);
+    msg.put_i32(16);
+    msg.put_i32(80877102);
+    msg.put_i32(key.pid);
+    msg.put_i32(key.secret);
+    match TcpStream::connect(key.addr).await {
+        Ok(mut s) => {
+            if s.write_all(&msg).await.is_ok() {
+                let mut sink = [0u8; 64];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            }
+        }
+        Err(e) => tracing::warn!(server = %key.addr, error = %e, "cannot forward cancel request"),
+    }
+}

@@ -1,0 +1,82 @@
+//! A client connection, from its first byte to its last: the startup handshake and login
+//! ([`handshake`]), then the session that forwards its messages to pooled servers ([`session`]).
+
+mod authenticate;
+mod handshake;
+mod params;
+mod responses;
+mod session;
+mod statements;
+
+pub use params::ClientParams;
+
+use crate::protocol::backend::{self, Severity};
+use crate::Proxy;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// How long a client may take from connecting to being logged in (PostgreSQL: 60 s).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a client connection ends before or outside normal forwarding.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The client went away; nothing to tell it.
+    Gone,
+    /// Tell the client this FATAL error, then close.
+    Fatal { code: String, message: String },
+}
+
+impl Refusal {
+    pub(crate) fn fatal(code: &str, message: impl Into<String>) -> Self {
+        Refusal::Fatal {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Serves one client connection until it ends.
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) {
+    let _ = stream.set_nodelay(true);
+    let registration = proxy.cancels.register();
+    let mut buf = BytesMut::new();
+    let login = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        handshake::handshake(&mut stream, proxy, &mut buf, &registration),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Refusal::fatal(
+            crate::protocol::sqlstate::PROTOCOL_VIOLATION,
+            "canceling authentication due to timeout",
+        ))
+    });
+    match login {
+        Ok(handshake::Hello::Cancel { pid, secret }) => {
+            let timeout = Duration::from_millis(proxy.config.general.cancel_timeout_ms);
+            proxy.cancels.cancel(pid, secret, timeout).await;
+        }
+        Ok(handshake::Hello::Login(login)) => {
+            tracing::debug!(%peer, user = %login.pool.user, database = %login.pool.database, "client logged in");
+            session::Session::new(proxy, stream, buf, login, &registration)
+                .run()
+                .await;
+        }
+        Err(Refusal::Gone) => {}
+        Err(Refusal::Fatal { code, message }) => {
+            tracing::info!(%peer, %code, %message, "client refused");
+            send_fatal(&mut stream, &code, &message).await;
+        }
+    }
+}
+
+/// Writes a FATAL ErrorResponse; the caller closes the connection after it.
+pub(crate) async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str) {
+    let mut buf = BytesMut::new();
+    backend::error(&mut buf, Severity::Fatal, code, message);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+}

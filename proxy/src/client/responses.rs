@@ -1,0 +1,332 @@
+//! What the attached server still owes the client, message by message.
+//!
+//! Every message forwarded to the server that the server answers adds an entry; each answer the
+//! server sends removes one. This tells the session when the server is truly idle (nothing in
+//! flight after the last Sync: only then may it go back to the pool), where to insert the answers
+//! the proxy gives itself (a `ParseComplete` for a statement already prepared on this server, a
+//! `CloseComplete`), and which server answers to swallow (those of Parses the proxy added).
+
+use crate::protocol::backend;
+use crate::server::maintenance::forgets_prepared_statements;
+use bytes::BytesMut;
+use std::collections::{HashSet, VecDeque};
+
+/// One answer owed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owed {
+    /// A simple Query or FunctionCall: answered through its ReadyForQuery.
+    Query,
+    Sync,
+    /// A client Parse; `named` is the server-side hash for proxy-named statements.
+    Parse {
+        named: Option<u64>,
+    },
+    /// A Parse the proxy added before a Bind or Describe; its ParseComplete is swallowed.
+    InjectedParse(u64),
+    Bind,
+    Describe,
+    Execute,
+    Close,
+    /// Answered by the proxy with this bodyless message when it comes up.
+    Synthetic(u8),
+}
+
+/// What to do with one server message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    Swallow,
+}
+
+/// The answers owed by one attached server connection.
+#[derive(Debug)]
+pub struct Responses {
+    queue: VecDeque<Owed>,
+    /// After an error in the extended protocol the server ignores everything until Sync.
+    server_skipping: bool,
+    /// Bytes still to come of a server message already partly forwarded.
+    pub partial: usize,
+    /// The last thing the server sent was ReadyForQuery, and nothing was sent to it since.
+    at_sync: bool,
+    /// The transaction status of the last ReadyForQuery.
+    pub tx_status: u8,
+}
+
+impl Default for Responses {
+    fn default() -> Self {
+        Responses {
+            queue: VecDeque::with_capacity(8),
+            server_skipping: false,
+            partial: 0,
+            at_sync: true,
+            tx_status: b'I',
+        }
+    }
+}
+
+impl Responses {
+    /// Whether the server ignores extended-protocol messages until the next Sync.
+    pub fn skipping(&self) -> bool {
+        self.server_skipping
+    }
+
+    /// Records that a message went to the server.
+    pub fn sent(&mut self) {
+        self.at_sync = false;
+    }
+
+    /// Records an answer owed for a message just forwarded (or answered by the proxy).
+    pub fn push(&mut self, owed: Owed) {
+        if self.server_skipping && owed != Owed::Sync {
+            return;
+        }
+        self.queue.push_back(owed);
+    }
+
+    /// Nothing owed and the server at a ReadyForQuery: the connection holds no request.
+    pub fn quiet(&self) -> bool {
+        self.queue.is_empty() && self.at_sync && self.partial == 0 && !self.server_skipping
+    }
+
+    /// Quiet and outside a transaction: the connection may go back to the pool.
+    pub fn releasable(&self) -> bool {
+        self.quiet() && self.tx_status == b'I'
+    }
+
+    /// How many ReadyForQuery the client still waits for.
+    pub fn ready_owed(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|o| matches!(o, Owed::Query | Owed::Sync))
+            .count()
+    }
+
+    /// Whether the next owed answer is one the proxy gives itself.
+    pub fn synthetic_next(&self) -> bool {
+        matches!(self.queue.front(), Some(Owed::Synthetic(_)))
+    }
+
+    /// Writes the proxy's own answers now at the head of the queue.
+    pub fn emit_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Owed::Synthetic(tag)) = self.queue.front().copied() {
+            self.queue.pop_front();
+            backend::empty(out, tag);
+        }
+    }
+
+    fn pop_if(&mut self, want: impl Fn(Owed) -> bool) -> Option<Owed> {
+        match self.queue.front() {
+            Some(&o) if want(o) => self.queue.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// Drops what the server will skip after an error, up to the next Sync.
+    fn skip_to_sync(&mut self, prepared: &mut HashSet<u64>) {
+        while let Some(&o) = self.queue.front() {
+            if o == Owed::Sync {
+                return;
+            }
+            self.queue.pop_front();
+            forget_parse(o, prepared);
+        }
+        self.server_skipping = true;
+    }
+
+    /// Accounts for one server message (`body` is empty when not needed or not yet read).
+    pub fn on_server_message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        prepared: &mut HashSet<u64>,
+    ) -> Verdict {
+        match tag {
+            b'Z' => {
+                while let Some(o) = self.queue.pop_front() {
+                    if matches!(o, Owed::Query | Owed::Sync) {
+                        break;
+                    }
+                    forget_parse(o, prepared);
+                }
+                self.at_sync = true;
+                self.server_skipping = false;
+                self.tx_status = body.first().copied().unwrap_or(b'I');
+            }
+            b'E' => match self.queue.front().copied() {
+                None | Some(Owed::Query) => {}
+                Some(o) => {
+                    self.queue.pop_front();
+                    forget_parse(o, prepared);
+                    self.skip_to_sync(prepared);
+                }
+            },
+            b'1' => {
+                if let Some(Owed::InjectedParse(_)) =
+                    self.pop_if(|o| matches!(o, Owed::Parse { .. } | Owed::InjectedParse(_)))
+                {
+                    return Verdict::Swallow;
+                }
+            }
+            b'2' => {
+                self.pop_if(|o| o == Owed::Bind);
+            }
+            b'3' => {
+                self.pop_if(|o| o == Owed::Close);
+            }
+            b'T' | b'n' => {
+                self.pop_if(|o| o == Owed::Describe);
+            }
+            b'C' | b'I' | b's' => {
+                if tag == b'C' && forgets_prepared_statements(body) {
+                    prepared.clear();
+                }
+                self.pop_if(|o| o == Owed::Execute);
+            }
+            _ => {}
+        }
+        Verdict::Forward
+    }
+}
+
+/// A Parse that did not happen on the server must not be counted as prepared there.
+fn forget_parse(o: Owed, prepared: &mut HashSet<u64>) {
+    if let Owed::Parse { named: Some(h) } | Owed::InjectedParse(h) = o {
+        prepared.remove(&h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(r: &mut Responses, tags: &[u8], prepared: &mut HashSet<u64>) -> Vec<Verdict> {
+        tags.iter()
+            .map(|&t| {
+                let body: &[u8] = if t == b'Z' { b"I" } else { b"" };
+                r.on_server_message(t, body, prepared)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn extended_cycle_becomes_releasable_at_ready_for_query() {
+        let mut r = Responses::default();
+        let mut p = HashSet::new();
+        r.sent();
+        for o in [
+            Owed::Parse { named: None },
+            Owed::Bind,
+            Owed::Execute,
+            Owed::Sync,
+        ] {
+            r.push(o);
+        }
+        assert!(!r.releasable());
+        run(&mut r, b"12DC", &mut p);
+        assert!(!r.releasable());
+        run(&mut r, b"Z", &mut p);
+        assert!(r.releasable());
+    }
+
+    #[test]
+    fn pipelined_syncs_keep_the_server_until_the_last() {
+        let mut r = Responses::default();
+        let mut p = HashSet::new();
+        r.sent();
+        for o in [
+            Owed::Bind,
+            Owed::Execute,
+            Owed::Sync,
+            Owed::Bind,
+            Owed::Execute,
+            Owed::Sync,
+        ] {
+            r.push(o);
+        }
+        run(&mut r, b"2CZ", &mut p);
+        assert!(!r.releasable(), "a second Sync is still in flight");
+        assert_eq!(r.ready_owed(), 1);
+        run(&mut r, b"2CZ", &mut p);
+        assert!(r.releasable());
+    }
+
+    #[test]
+    fn injected_parse_complete_is_swallowed() {
+        let mut r = Responses::default();
+        let mut p = HashSet::from([7]);
+        r.push(Owed::InjectedParse(7));
+        r.push(Owed::Bind);
+        assert_eq!(
+            run(&mut r, b"12", &mut p),
+            vec![Verdict::Swallow, Verdict::Forward]
+        );
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_forgets_parses() {
+        let mut r = Responses::default();
+        let mut p = HashSet::from([1, 2]);
+        r.sent();
+        for o in [
+            Owed::Parse { named: Some(1) },
+            Owed::InjectedParse(2),
+            Owed::Bind,
+            Owed::Synthetic(b'3'),
+            Owed::Sync,
+        ] {
+            r.push(o);
+        }
+        run(&mut r, b"E", &mut p);
+        assert!(p.is_empty(), "neither parse happened");
+        assert!(
+            !r.synthetic_next(),
+            "skipped messages get no synthetic answer"
+        );
+        assert_eq!(r.ready_owed(), 1);
+        run(&mut r, b"Z", &mut p);
+        assert!(r.releasable());
+    }
+
+    #[test]
+    fn error_before_the_client_sent_sync_skips_later_messages() {
+        let mut r = Responses::default();
+        let mut p = HashSet::new();
+        r.sent();
+        r.push(Owed::Bind);
+        run(&mut r, b"E", &mut p);
+        assert!(r.skipping());
+        r.push(Owed::Execute);
+        r.push(Owed::Sync);
+        assert_eq!(r.ready_owed(), 1);
+        run(&mut r, b"Z", &mut p);
+        assert!(r.releasable());
+    }
+
+    #[test]
+    fn synthetic_answers_wait_their_turn() {
+        let mut r = Responses::default();
+        let mut p = HashSet::new();
+        r.push(Owed::Bind);
+        r.push(Owed::Synthetic(b'1'));
+        let mut out = BytesMut::new();
+        r.emit_synthetic(&mut out);
+        assert!(out.is_empty());
+        run(&mut r, b"2", &mut p);
+        r.emit_synthetic(&mut out);
+        assert_eq!(&out[..], b"1\0\0\0\x04");
+    }
+
+    #[test]
+    fn errors_inside_a_simple_query_do_not_skip() {
+        let mut r = Responses::default();
+        let mut p = HashSet::new();
+        r.sent();
+        r.push(Owed::Query);
+        run(&mut r, b"TDCE", &mut p);
+        assert!(!r.skipping());
+        let z = r.on_server_message(b'Z', b"E", &mut p);
+        assert_eq!(z, Verdict::Forward);
+        assert!(r.quiet());
+        assert!(!r.releasable(), "failed transaction stays pinned");
+    }
+}

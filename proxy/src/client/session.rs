@@ -1,0 +1,693 @@
+//! A logged-in client's session: reads its messages, attaches a pooled server connection when a
+//! transaction (transaction mode) or the session (session mode) needs one, forwards both ways,
+//! and gives the server back as soon as it is idle.
+//!
+//! Per transaction the fast path is: one read from the client, one write to the server, one read
+//! from the server, one write to the client, plus one pool checkout and checkin (a semaphore
+//! permit and an uncontended mutex each). Server bytes are forwarded from the read buffer as they
+//! arrive, without copying, unless the proxy has to insert or remove a message.
+
+use super::handshake::Login;
+use super::responses::{Owed, Responses, Verdict};
+use super::statements::{self, Statements};
+use super::ClientParams;
+use crate::cancel::{CancelSlot, Registration};
+use crate::config::PoolMode;
+use crate::pool::{CheckoutError, Pooled, UserPool};
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::{frame, sqlstate};
+use crate::router::RouteRequest;
+use crate::server::maintenance;
+use crate::server::params::parse_parameter_status;
+use crate::server::ParamList;
+use crate::shutdown::{Phase, Shutdown};
+use crate::Proxy;
+use bytes::{Buf, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Why forwarding stopped.
+#[derive(Debug)]
+enum End {
+    /// The client sent Terminate.
+    Terminate,
+    /// The client's socket closed or failed.
+    ClientGone,
+    /// Tell the client this FATAL error and close.
+    Fatal(&'static str, String),
+}
+
+/// A server connection attached to the session.
+struct Attached {
+    conn: Pooled,
+    /// Its index in the pool's server list.
+    index: usize,
+    responses: Responses,
+}
+
+/// One client's session.
+pub(crate) struct Session<'p> {
+    proxy: &'p Proxy,
+    pool: Arc<UserPool>,
+    client: TcpStream,
+    /// Client bytes not yet handled.
+    cbuf: BytesMut,
+    /// Messages the proxy writes to the client itself (errors, synthetic answers), and server
+    /// bytes when a message had to be inserted or removed.
+    to_client: BytesMut,
+    /// Messages for the attached server.
+    to_server: BytesMut,
+    server: Option<Attached>,
+    params: ClientParams,
+    statements: Statements,
+    cancel: Arc<CancelSlot>,
+    pid: i32,
+    shutdown: Shutdown,
+    draining: bool,
+    /// The proxy answered an extended-protocol message with an error: drop messages to Sync.
+    skip_until_sync: bool,
+    max_message: usize,
+}
+
+/// What woke the session up.
+enum Event {
+    ClientData(std::io::Result<usize>),
+    ClientReadable,
+    ServerData(std::io::Result<usize>),
+    Phase(Phase),
+}
+
+impl<'p> Session<'p> {
+    pub(crate) fn new(
+        proxy: &'p Proxy,
+        client: TcpStream,
+        leftover: BytesMut,
+        login: Login,
+        registration: &Registration<'_>,
+    ) -> Self {
+        let shutdown = proxy.shutdown.clone();
+        Session {
+            proxy,
+            pool: login.pool,
+            client,
+            cbuf: if leftover.is_empty() {
+                BytesMut::new()
+            } else {
+                leftover
+            },
+            to_client: BytesMut::new(),
+            to_server: BytesMut::new(),
+            server: None,
+            params: login.params,
+            statements: Statements::default(),
+            cancel: registration.slot.clone(),
+            pid: registration.pid,
+            draining: shutdown.phase() >= Phase::Draining,
+            shutdown,
+            skip_until_sync: false,
+            max_message: proxy.config.general.max_message_size,
+        }
+    }
+
+    fn transaction_mode(&self) -> bool {
+        self.pool.mode == PoolMode::Transaction
+    }
+
+    /// Runs the session to its end and cleans up its server connection.
+    pub(crate) async fn run(mut self) {
+        let end = self.forward_loop().await;
+        match &end {
+            End::Fatal(code, message) => {
+                tracing::debug!(pid = self.pid, code, %message, "closing client");
+                self.to_client.clear();
+                backend::error(&mut self.to_client, Severity::Fatal, code, message);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.client.write_all(&self.to_client),
+                )
+                .await;
+            }
+            End::Terminate | End::ClientGone => {}
+        }
+        self.detach_at_end().await;
+    }
+
+    async fn forward_loop(&mut self) -> End {
+        loop {
+            if let Err(end) = self.handle_client_messages().await {
+                return end;
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            self.release_if_idle();
+            if self.draining
+                && self
+                    .server
+                    .as_ref()
+                    .is_none_or(|a| a.responses.quiet() && a.responses.tx_status == b'I')
+            {
+                return End::Fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection because switchyard is shutting down".into(),
+                );
+            }
+            let event = self.wait().await;
+            let step = match event {
+                Event::ClientData(Ok(0)) | Event::ClientData(Err(_)) => Err(End::ClientGone),
+                Event::ClientData(Ok(_)) => Ok(()),
+                Event::ClientReadable => {
+                    self.cbuf.reserve(8192);
+                    match self.client.try_read_buf(&mut self.cbuf) {
+                        Ok(0) => Err(End::ClientGone),
+                        Ok(_) => Ok(()),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+                        Err(_) => Err(End::ClientGone),
+                    }
+                }
+                Event::ServerData(Ok(n)) if n > 0 => self.relay().await,
+                Event::ServerData(r) => {
+                    let why = match r {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "server closed the connection".into(),
+                    };
+                    self.server_lost(&why)
+                }
+                Event::Phase(Phase::Closing) => Err(End::Fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection because switchyard is shutting down".into(),
+                )),
+                Event::Phase(_) => {
+                    self.draining = true;
+                    Ok(())
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Waits for client bytes, server bytes or a shutdown phase change.
+    async fn wait(&mut self) -> Event {
+        let client = &mut self.client;
+        let cbuf = &mut self.cbuf;
+        let shutdown = &mut self.shutdown;
+        match self.server.as_mut() {
+            Some(att) => {
+                if cbuf.capacity() - cbuf.len() < 1024 {
+                    cbuf.reserve(8192);
+                }
+                let conn = &mut *att.conn;
+                if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+                    conn.rbuf.reserve(16384);
+                }
+                tokio::select! {
+                    r = client.read_buf(cbuf) => Event::ClientData(r),
+                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
+                    p = shutdown.changed() => Event::Phase(p),
+                }
+            }
+            // Idle clients wait without a read buffer (see README: memory per idle client).
+            None if cbuf.is_empty() => tokio::select! {
+                r = client.readable() => match r {
+                    Ok(()) => Event::ClientReadable,
+                    Err(e) => Event::ClientData(Err(e)),
+                },
+                p = shutdown.changed() => Event::Phase(p),
+            },
+            None => {
+                if cbuf.capacity() - cbuf.len() < 1024 {
+                    cbuf.reserve(8192);
+                }
+                tokio::select! {
+                    r = client.read_buf(cbuf) => Event::ClientData(r),
+                    p = shutdown.changed() => Event::Phase(p),
+                }
+            }
+        }
+    }
+
+    /// Handles every complete message in the client buffer.
+    async fn handle_client_messages(&mut self) -> Result<(), End> {
+        let mut cbuf = std::mem::take(&mut self.cbuf);
+        let result = loop {
+            let f = match frame::complete(&cbuf, self.max_message) {
+                Ok(Some(f)) => f,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(End::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+            };
+            if let Err(end) = self.on_client_message(f.tag, &cbuf[..f.total]).await {
+                break Err(end);
+            }
+            cbuf.advance(f.total);
+        };
+        if cbuf.is_empty() {
+            cbuf.clear();
+        }
+        self.cbuf = cbuf;
+        result
+    }
+
+    async fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
+        if tag == b'X' {
+            return Err(End::Terminate);
+        }
+        if !matches!(
+            tag,
+            b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f'
+        ) {
+            return Err(End::Fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid frontend message type {tag}"),
+            ));
+        }
+        if self.skip_until_sync {
+            if tag == b'S' {
+                self.skip_until_sync = false;
+                backend::ready_for_query(&mut self.to_client, b'I');
+            }
+            return Ok(());
+        }
+        if self.server.is_none() {
+            match tag {
+                // Nothing is in flight and no transaction is open: answer without a server.
+                b'S' => {
+                    backend::ready_for_query(&mut self.to_client, b'I');
+                    return Ok(());
+                }
+                // Flush with nothing to flush; copy messages after a COPY the server ended.
+                b'H' | b'd' | b'c' | b'f' => return Ok(()),
+                b'C' if self.transaction_mode() => {
+                    if let Some(name) = named_statement(msg) {
+                        self.statements.remove(name);
+                        backend::empty(&mut self.to_client, b'3');
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            if let Err((code, message)) = self.attach(msg).await {
+                backend::error(&mut self.to_client, Severity::Error, code, &message);
+                if matches!(tag, b'Q' | b'F') {
+                    backend::ready_for_query(&mut self.to_client, b'I');
+                } else {
+                    self.skip_until_sync = true;
+                }
+                return Ok(());
+            }
+        }
+        self.forward(tag, msg)
+    }
+
+    /// Routes and checks out a server connection, and gives it this client's parameters.
+    async fn attach(&mut self, msg: &[u8]) -> Result<(), (&'static str, String)> {
+        let pool = self.pool.clone();
+        let route = pool.router.route(&RouteRequest {
+            message: msg,
+            session_id: self.pid,
+            database: &pool.database,
+            user: &pool.user,
+        });
+        let index = pool
+            .resolve(route)
+            .map_err(|m| (sqlstate::INTERNAL_ERROR, m))?;
+        let server = &pool.servers[index];
+        let mut conn = server.checkout().await.map_err(|e| match e {
+            CheckoutError::Exhausted { .. } => (
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!(
+                    "connection pool for database \"{}\" user \"{}\" is exhausted: {e}",
+                    pool.database, pool.user
+                ),
+            ),
+            CheckoutError::Connect(c) => {
+                let code = if c.sqlstate() == sqlstate::CANNOT_CONNECT {
+                    sqlstate::CANNOT_CONNECT
+                } else {
+                    sqlstate::CONNECTION_FAILURE
+                };
+                (code, c.to_string())
+            }
+        })?;
+        self.cancel.set(&conn.key);
+        if let Some(sql) = self.params.sync_sql(&conn) {
+            let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
+            let tracked = &mut self.params.tracked;
+            let outcome = maintenance::run(&mut conn, &[&sql], timeout, |name, value| {
+                tracked.set(name, value);
+            })
+            .await;
+            match outcome {
+                Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
+                    conn.applied_extras = self.params.extras.clone();
+                }
+                Ok(o) => {
+                    self.cancel.clear();
+                    let detail = o.error.as_deref().map(error_message).unwrap_or_default();
+                    if o.tx_status == b'I' {
+                        server.checkin(conn);
+                    }
+                    return Err((
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("cannot apply the session's startup parameters: {detail}"),
+                    ));
+                }
+                Err(e) => {
+                    self.cancel.clear();
+                    return Err((
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("server connection failed while applying session parameters: {e}"),
+                    ));
+                }
+            }
+        }
+        self.server = Some(Attached {
+            conn,
+            index,
+            responses: Responses::default(),
+        });
+        Ok(())
+    }
+
+    /// Appends one client message for the attached server, translating statement names in
+    /// transaction mode, and records what the server will owe for it.
+    fn forward(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
+        let map_names = self.transaction_mode();
+        let att = self.server.as_mut().expect("attached before forwarding");
+        let out = &mut self.to_server;
+        let r = &mut att.responses;
+        let skipping = r.skipping();
+        r.sent();
+        let body = &msg[5..];
+        let malformed = || {
+            End::Fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("malformed message of type {tag}"),
+            )
+        };
+        match tag {
+            b'Q' | b'F' => {
+                out.extend_from_slice(msg);
+                r.push(Owed::Query);
+            }
+            b'S' => {
+                out.extend_from_slice(msg);
+                r.push(Owed::Sync);
+            }
+            b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(msg),
+            b'E' => {
+                out.extend_from_slice(msg);
+                r.push(Owed::Execute);
+            }
+            b'P' => {
+                let (name, rest) = frame::cstr(body).ok_or_else(malformed)?;
+                if name.is_empty() || !map_names || skipping {
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Parse { named: None });
+                } else {
+                    let h = self.statements.insert(name, rest);
+                    if att.conn.prepared.contains(&h) {
+                        r.push(Owed::Synthetic(b'1'));
+                    } else {
+                        att.conn.prepared.insert(h);
+                        statements::write_parse(out, h, rest);
+                        r.push(Owed::Parse { named: Some(h) });
+                    }
+                }
+            }
+            b'B' => {
+                let (portal, rest) = frame::cstr(body).ok_or_else(malformed)?;
+                let (stmt, bind_rest) = frame::cstr(rest).ok_or_else(malformed)?;
+                match self
+                    .statements
+                    .get(stmt)
+                    .filter(|_| map_names && !skipping && !stmt.is_empty())
+                {
+                    Some((h, parse_rest)) => {
+                        if att.conn.prepared.insert(h) {
+                            statements::write_parse(out, h, parse_rest);
+                            r.push(Owed::InjectedParse(h));
+                        }
+                        statements::write_bind(out, portal, h, bind_rest);
+                    }
+                    None => out.extend_from_slice(msg),
+                }
+                r.push(Owed::Bind);
+            }
+            b'D' => {
+                let kind = *body.first().ok_or_else(malformed)?;
+                let (name, _) = frame::cstr(&body[1..]).ok_or_else(malformed)?;
+                let known = (kind == b'S' && map_names && !skipping && !name.is_empty())
+                    .then(|| self.statements.get(name))
+                    .flatten();
+                match known {
+                    Some((h, parse_rest)) => {
+                        if att.conn.prepared.insert(h) {
+                            statements::write_parse(out, h, parse_rest);
+                            r.push(Owed::InjectedParse(h));
+                        }
+                        statements::write_describe(out, h);
+                    }
+                    None => out.extend_from_slice(msg),
+                }
+                r.push(Owed::Describe);
+            }
+            b'C' => match named_statement(msg).filter(|_| map_names && !skipping) {
+                Some(name) => {
+                    // The statement stays prepared on the servers for other clients.
+                    self.statements.remove(name);
+                    r.push(Owed::Synthetic(b'3'));
+                }
+                None => {
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Close);
+                }
+            },
+            _ => unreachable!("tags are checked before forwarding"),
+        }
+        r.emit_synthetic(&mut self.to_client);
+        Ok(())
+    }
+
+    /// Writes what is pending for the server, then what is pending for the client.
+    async fn flush(&mut self) -> Result<(), End> {
+        if !self.to_server.is_empty() {
+            let written = match self.server.as_mut() {
+                Some(att) => att.conn.stream.write_all(&self.to_server).await,
+                None => Ok(()),
+            };
+            self.to_server.clear();
+            if let Err(e) = written {
+                self.server_lost(&e.to_string())?;
+            }
+        }
+        if !self.to_client.is_empty() {
+            let r = self.client.write_all(&self.to_client).await;
+            self.to_client.clear();
+            r.map_err(|_| End::ClientGone)?;
+        }
+        Ok(())
+    }
+
+    /// Forwards what the server sent, accounting for every complete message header in it.
+    async fn relay(&mut self) -> Result<(), End> {
+        let att = self.server.as_mut().expect("relay needs a server");
+        let conn = &mut *att.conn;
+        let r = &mut att.responses;
+        let out = &mut self.to_client;
+        let buf = &conn.rbuf[..];
+        let mut pos = r.partial.min(buf.len());
+        r.partial -= pos;
+        // Bytes from `from` to `pos` are still to be forwarded.
+        let mut from = 0;
+        while pos < buf.len() {
+            let f = match frame::header(&buf[pos..], usize::MAX) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let why = format!("server sent a malformed message: {e}");
+                    return self.server_lost(&why);
+                }
+            };
+            let avail = buf.len() - pos;
+            let complete = avail >= f.total;
+            if !complete && matches!(f.tag, b'Z' | b'S' | b'C' | b'1') {
+                break; // these are small and read whole
+            }
+            let body = if complete {
+                &buf[pos + 5..pos + f.total]
+            } else {
+                &[][..]
+            };
+            if f.tag == b'S' {
+                if let Some((name, value)) = parse_parameter_status(body) {
+                    conn.reported.set(name, value);
+                    conn.tracked.set(name, value);
+                    self.params.tracked.set(name, value);
+                }
+            }
+            if r.on_server_message(f.tag, body, &mut conn.prepared) == Verdict::Swallow {
+                out.extend_from_slice(&buf[from..pos]);
+                from = pos + f.total;
+            }
+            if !complete {
+                r.partial = f.total - avail;
+                pos = buf.len();
+                break;
+            }
+            pos += f.total;
+            if r.synthetic_next() {
+                out.extend_from_slice(&buf[from..pos]);
+                from = pos;
+                r.emit_synthetic(out);
+            }
+        }
+        let written = if out.is_empty() {
+            self.client.write_all(&buf[from..pos]).await
+        } else {
+            out.extend_from_slice(&buf[from..pos]);
+            let w = self.client.write_all(out).await;
+            out.clear();
+            w
+        };
+        conn.rbuf.advance(pos);
+        written.map_err(|_| End::ClientGone)
+    }
+
+    /// Gives the server connection back when the transaction (transaction mode) is over.
+    fn release_if_idle(&mut self) {
+        if !self.transaction_mode()
+            || !self
+                .server
+                .as_ref()
+                .is_some_and(|a| a.responses.releasable())
+        {
+            return;
+        }
+        let att = self.server.take().expect("checked above");
+        self.cancel.clear();
+        self.pool.servers[att.index].checkin(att.conn);
+    }
+
+    /// The server connection broke. The client gets an error for each answer it was owed and
+    /// the session goes on, unless the client was inside a transaction or the session depends on
+    /// that server (session mode): then, as PostgreSQL itself would, the client is closed.
+    fn server_lost(&mut self, why: &str) -> Result<(), End> {
+        let Some(att) = self.server.take() else {
+            return Ok(());
+        };
+        self.cancel.clear();
+        tracing::warn!(
+            server = %self.pool.servers[att.index].name,
+            pid = self.pid,
+            reason = why,
+            "server connection lost"
+        );
+        let message = format!("server connection lost: {why}");
+        let r = &att.responses;
+        drop(att.conn);
+        if self.transaction_mode() && r.tx_status == b'I' {
+            let owed = r.ready_owed();
+            if owed > 0 {
+                if r.partial > 0 {
+                    // A message was cut in the middle: the client's stream cannot be repaired.
+                    return Err(End::Fatal(sqlstate::CONNECTION_FAILURE, message));
+                }
+                for _ in 0..owed {
+                    backend::error(
+                        &mut self.to_client,
+                        Severity::Error,
+                        sqlstate::CONNECTION_FAILURE,
+                        &message,
+                    );
+                    backend::ready_for_query(&mut self.to_client, b'I');
+                }
+                return Ok(());
+            }
+            if r.quiet() {
+                return Ok(());
+            }
+        }
+        Err(End::Fatal(sqlstate::CONNECTION_FAILURE, message))
+    }
+
+    /// Cleans up the server connection when the session ends: a quiet connection is rolled back
+    /// (and reset in session mode) and returned; one with a request in flight is cancelled and
+    /// closed, so no transaction is ever left open behind a departed client.
+    async fn detach_at_end(&mut self) {
+        let Some(att) = self.server.take() else {
+            return;
+        };
+        self.cancel.clear();
+        let server = &self.pool.servers[att.index];
+        let mut conn = att.conn;
+        if !att.responses.quiet() {
+            let key = conn.key.clone();
+            drop(conn);
+            let timeout = Duration::from_millis(self.proxy.config.general.cancel_timeout_ms);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(timeout, crate::cancel::send_cancel(&key)).await;
+            });
+            return;
+        }
+        let mut statements: Vec<&str> = Vec::with_capacity(2);
+        if att.responses.tx_status != b'I' {
+            statements.push("ROLLBACK");
+        }
+        let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
+        if reset {
+            statements.push(&self.pool.reset_query);
+        }
+        if statements.is_empty() {
+            server.checkin(conn);
+            return;
+        }
+        let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
+        match maintenance::run(&mut conn, &statements, timeout, |_, _| {}).await {
+            Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
+                if reset {
+                    conn.applied_extras = ParamList::new();
+                }
+                server.checkin(conn);
+            }
+            Ok(o) => {
+                let detail = o.error.as_deref().map(error_message).unwrap_or_default();
+                tracing::warn!(server = %server.name, %detail, "reset failed; closing the server connection");
+            }
+            Err(e) => {
+                tracing::warn!(server = %server.name, error = %e, "reset failed; closing the server connection")
+            }
+        }
+    }
+}
+
+/// The name in a `Close` of a named statement, if that is what `msg` is.
+fn named_statement(msg: &[u8]) -> Option<&[u8]> {
+    let body = msg.get(5..)?;
+    if body.first() != Some(&b'S') {
+        return None;
+    }
+    let (name, _) = frame::cstr(&body[1..])?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// The `M` field of a whole ErrorResponse message.
+fn error_message(msg: &[u8]) -> String {
+    let mut fields = msg.get(5..).unwrap_or_default();
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let Some((value, after)) = frame::cstr(rest) else {
+            break;
+        };
+        if kind == b'M' {
+            return String::from_utf8_lossy(value).into_owned();
+        }
+        fields = after;
+    }
+    String::new()
+}

@@ -1,0 +1,195 @@
+//! The shape of `switchyard.toml`, key by key, with defaults. README.md documents each key.
+
+use crate::auth::{AuthMethod, ClientSecret};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub general: General,
+    /// Client-facing databases, by the name clients put in `database`.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Where clients connect, `host:port`.
+    pub listen_addr: String,
+    /// Tokio worker threads; default: one per CPU.
+    pub worker_threads: Option<usize>,
+    /// Most client connections open at once; more get `53300` at login.
+    pub max_client_conn: usize,
+    /// Largest client message accepted, in bytes (PostgreSQL's own limit is 1 GiB).
+    pub max_message_size: usize,
+    /// How long a client waits for a server connection before `53300`.
+    pub checkout_timeout_ms: u64,
+    /// How long opening and logging in to a server connection may take.
+    pub connect_timeout_ms: u64,
+    /// An idle server connection unused this long is closed (0 = never).
+    pub idle_timeout_ms: u64,
+    /// A server connection older than this is closed when next idle (0 = never); ±10 % jitter.
+    pub server_lifetime_ms: u64,
+    /// On SIGTERM/SIGINT, how long transactions in flight may take to finish.
+    pub shutdown_timeout_ms: u64,
+    /// How long a forwarded cancel request may take.
+    pub cancel_timeout_ms: u64,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            listen_addr: "127.0.0.1:6432".into(),
+            worker_threads: None,
+            max_client_conn: 1000,
+            max_message_size: 64 << 20,
+            checkout_timeout_ms: 5000,
+            connect_timeout_ms: 5000,
+            idle_timeout_ms: 600_000,
+            server_lifetime_ms: 3_600_000,
+            shutdown_timeout_ms: 30_000,
+            cancel_timeout_ms: 5000,
+        }
+    }
+}
+
+/// When a client holds a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// From the client's first query until it disconnects.
+    Session,
+    /// From the first message of a transaction until ReadyForQuery reports idle.
+    Transaction,
+}
+
+/// A database as clients see it, and the servers behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default = "default_pool_mode")]
+    pub pool_mode: PoolMode,
+    /// The database name on the servers; default: the pool's own name.
+    #[serde(default)]
+    pub server_database: Option<String>,
+    /// One primary and any number of replicas.
+    pub servers: Vec<ServerConfig>,
+    /// Run on a server connection before it goes back to the pool in session mode ("" = none).
+    #[serde(default = "default_reset_query")]
+    pub reset_query: String,
+    /// Default server connections per user and server.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// Default connections per user and server kept open even when idle.
+    #[serde(default)]
+    pub min_pool_size: u32,
+    /// Who may connect, by user name.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
+}
+
+/// A PostgreSQL server behind a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub role: Role,
+    /// A name for logs and routing policies; default `host:port`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A server's part in replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+/// A user of a pool: how the client logs in, and how the proxy logs in to the servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Plain text, `md5…` (as in pg_authid) or `SCRAM-SHA-256$…`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Client authentication; default: scram-sha-256 (md5 for an md5 hash, trust without password).
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+    /// The role used on the servers; default: the same name.
+    #[serde(default)]
+    pub server_user: Option<String>,
+    /// The servers' password for `server_user`; default: `password` when it is plain text.
+    #[serde(default)]
+    pub server_password: Option<String>,
+    /// Server connections per server for this user; default: the pool's `pool_size`.
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// Connections kept open per server; default: the pool's `min_pool_size`.
+    #[serde(default)]
+    pub min_pool_size: Option<u32>,
+}
+
+impl UserConfig {
+    /// The client auth method and the parsed password, or the key suffix and message of the fault.
+    pub fn client_auth(
+        &self,
+    ) -> Result<(AuthMethod, Option<ClientSecret>), (&'static str, String)> {
+        let secret = match &self.password {
+            Some(p) => Some(ClientSecret::parse(p).map_err(|m| ("password", m))?),
+            None => None,
+        };
+        let method = self.auth.unwrap_or(match &secret {
+            None => AuthMethod::Trust,
+            Some(ClientSecret::Md5Hash(_)) => AuthMethod::Md5,
+            Some(_) => AuthMethod::ScramSha256,
+        });
+        match (&secret, method) {
+            (_, AuthMethod::Trust) => {}
+            (None, m) => {
+                return Err((
+                    "password",
+                    format!("auth = \"{}\" needs a password", m.name()),
+                ))
+            }
+            (Some(s), m) if !s.supports(m) => {
+                return Err((
+                    "auth",
+                    format!(
+                        "the stored password hash cannot verify auth = \"{}\"",
+                        m.name()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        Ok((method, secret))
+    }
+
+    /// The password the proxy uses to log in to the servers, if any.
+    pub fn server_password(&self) -> Option<String> {
+        self.server_password.clone().or_else(|| {
+            self.password
+                .as_deref()
+                .and_then(|p| ClientSecret::parse(p).ok())
+                .and_then(|s| s.plain().map(str::to_owned))
+        })
+    }
+}
+
+fn default_pool_mode() -> PoolMode {
+    PoolMode::Transaction
+}
+fn default_reset_query() -> String {
+    "DISCARD ALL".into()
+}
+fn default_pool_size() -> u32 {
+    20
+}

@@ -1,0 +1,145 @@
+//! `switchyard.toml`: what an operator writes, checked before anything starts.
+//!
+//! Unknown keys are errors. Every error names the file and the key (`pools.app.users.alice.auth`),
+//! so `switchyard check --config FILE` tells the operator exactly what to fix.
+
+mod file;
+mod validate;
+
+pub use file::{Config, General, PoolConfig, PoolMode, Role, ServerConfig, UserConfig};
+
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A config that cannot be used, with where the problem is.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        file: path.to_owned(),
+        key,
+        message,
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| invalid("(syntax)".into(), e.to_string().trim().replace('\n', " ")))?;
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        // toml's own message repeats the line; keep only its first sentence.
+        let message = e.inner().message().trim().to_string();
+        invalid(
+            if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message,
+        )
+    })?;
+    validate::check(&config).map_err(|(key, message)| invalid(key, message))?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, String> {
+        parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+    }
+
+    const MINIMAL: &str = r#"
+        [pools.app]
+        servers = [{ host = "127.0.0.1", port = 5432, role = "primary" }]
+        [pools.app.users.alice]
+        password = "pw"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.general.listen_addr, "127.0.0.1:6432");
+        assert_eq!(c.general.checkout_timeout_ms, 5000);
+        let pool = &c.pools["app"];
+        assert_eq!(pool.pool_mode, PoolMode::Transaction);
+        assert_eq!(pool.reset_query, "DISCARD ALL");
+        assert_eq!(pool.users["alice"].pool_size, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let e = parse_str(&format!("{MINIMAL}\n[general]\nlisten = \"x\"\n")).unwrap_err();
+        assert!(e.contains("test.toml"), "{e}");
+        assert!(e.contains("general"), "{e}");
+        assert!(e.contains("listen"), "{e}");
+        let e =
+            parse_str(&MINIMAL.replace("password = \"pw\"", "password = \"pw\"\npool_sise = 3"))
+                .unwrap_err();
+        assert!(e.contains("pools.app.users.alice"), "{e}");
+        assert!(e.contains("pool_sise"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let e = parse_str(&MINIMAL.replace("port = 5432", "port = \"x\"")).unwrap_err();
+        assert!(e.contains("pools.app.servers[0].port"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_needs_exactly_one_primary() {
+        let e = parse_str(&MINIMAL.replace("primary", "replica")).unwrap_err();
+        assert!(e.contains("pools.app.servers"), "{e}");
+        assert!(e.contains("primary"), "{e}");
+    }
+
+    #[test]
+    fn auth_needs_a_fitting_password() {
+        let e = parse_str(&MINIMAL.replace("password = \"pw\"", "auth = \"md5\"")).unwrap_err();
+        assert!(e.contains("pools.app.users.alice.password"), "{e}");
+        let scram = postgres_protocol::password::scram_sha_256(b"pw");
+        let e = parse_str(&MINIMAL.replace(
+            "password = \"pw\"",
+            &format!("password = \"{scram}\"\nauth = \"md5\""),
+        ))
+        .unwrap_err();
+        assert!(e.contains("pools.app.users.alice.auth"), "{e}");
+    }
+
+    #[test]
+    fn min_pool_size_cannot_exceed_pool_size() {
+        let e = parse_str(&MINIMAL.replace(
+            "password = \"pw\"",
+            "password = \"pw\"\npool_size = 2\nmin_pool_size = 3",
+        ))
+        .unwrap_err();
+        assert!(e.contains("pools.app.users.alice.min_pool_size"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        let e = parse_str("[general\n").unwrap_err();
+        assert!(e.contains("test.toml"), "{e}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Rules that serde cannot express: one primary per pool, passwords that fit the auth method,
+//! sizes that make sense. Each failure names its key.
+
+use super::{Config, Role};
+
+type Failure = (String, String);
+
+/// Checks a parsed config; on failure returns the key and what is wrong with it.
+pub fn check(config: &Config) -> Result<(), Failure> {
+    let g = &config.general;
+    if g.listen_addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err((
+            "general.listen_addr".into(),
+            format!(
+                "\"{}\" is not an address like 127.0.0.1:6432",
+                g.listen_addr
+            ),
+        ));
+    }
+    if g.worker_threads == Some(0) {
+        return Err(("general.worker_threads".into(), "must be at least 1".into()));
+    }
+    if g.max_message_size < 1024 || g.max_message_size > (1 << 30) {
+        return Err((
+            "general.max_message_size".into(),
+            "must be between 1024 and 1073741824 bytes".into(),
+        ));
+    }
+    if g.max_client_conn == 0 {
+        return Err((
+            "general.max_client_conn".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if config.pools.is_empty() {
+        return Err((
+            "pools".into(),
+            "no pool is configured: add a [pools.<database>] table".into(),
+        ));
+    }
+    for (db, pool) in &config.pools {
+        let key = |k: &str| format!("pools.{db}.{k}");
+        let primaries = pool
+            .servers
+            .iter()
+            .filter(|s| s.role == Role::Primary)
+            .count();
+        if primaries != 1 {
+            return Err((
+                key("servers"),
+                format!("needs exactly one server with role = \"primary\", found {primaries}"),
+            ));
+        }
+        if pool.pool_size == 0 {
+            return Err((key("pool_size"), "must be at least 1".into()));
+        }
+        if pool.users.is_empty() {
+            return Err((
+                key("users"),
+                "no user is configured: add a [pools.<db>.users.<name>] table".into(),
+            ));
+        }
+        for (user, u) in &pool.users {
+            let key = |k: &str| format!("pools.{db}.users.{user}.{k}");
+            u.client_auth().map_err(|(k, m)| (key(k), m))?;
+            let size = u.pool_size.unwrap_or(pool.pool_size);
+            if size == 0 {
+                return Err((key("pool_size"), "must be at least 1".into()));
+            }
+            if u.min_pool_size.unwrap_or(pool.min_pool_size) > size {
+                return Err((
+                    key("min_pool_size"),
+                    format!("cannot exceed pool_size ({size})"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

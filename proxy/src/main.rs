@@ -1,0 +1,92 @@
+//! The `switchyard` command: run the proxy, or check a config file.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Switchyard: a PostgreSQL pooling proxy with WebAssembly routing policies.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The config file.
+    #[arg(long, short, global = true, default_value = "switchyard.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config file and print every problem found, naming the key.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match switchyard::config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard: invalid config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        println!(
+            "{}: OK ({} pools)",
+            cli.config.display(),
+            config.pools.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = config.general.worker_threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&config.general.listen_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "switchyard: cannot listen on {}: {e}",
+                    config.general.listen_addr
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(addr = %config.general.listen_addr, "switchyard listening");
+        switchyard::run(config, listener, stop_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,55 @@
+//! Server connection pools.
+//!
+//! Clients are grouped by (database, user) into a [`UserPool`]; it holds one [`ServerPool`] per
+//! configured server (the primary and each replica) and the [`Router`](crate::router::Router) that
+//! picks among them. A `ServerPool` hands out logged-in connections, at most `pool_size` at once.
+
+mod reaper;
+mod server_pool;
+mod user_pool;
+
+pub use reaper::spawn_reaper;
+pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool};
+pub use user_pool::UserPool;
+
+use crate::config::Config;
+use crate::router::{PrimaryOnly, Router};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Every pool of the running config, found by (database, user) at client login.
+#[derive(Debug)]
+pub struct Pools {
+    by_key: HashMap<(String, String), Arc<UserPool>>,
+}
+
+impl Pools {
+    /// Builds the pools of a validated config. No connection is opened here.
+    pub fn from_config(config: &Config) -> Self {
+        let timeouts = PoolTimeouts::from_general(&config.general);
+        let router: Arc<dyn Router> = Arc::new(PrimaryOnly);
+        let mut by_key = HashMap::new();
+        for (db, pool) in &config.pools {
+            for (user, u) in &pool.users {
+                let up = UserPool::new(db, user, pool, u, timeouts, router.clone());
+                by_key.insert((db.clone(), user.clone()), Arc::new(up));
+            }
+        }
+        Pools { by_key }
+    }
+
+    /// The pool for a client's (database, user).
+    pub fn get(&self, database: &str, user: &str) -> Option<&Arc<UserPool>> {
+        self.by_key.get(&(database.to_owned(), user.to_owned()))
+    }
+
+    /// Whether any pool serves `database`.
+    pub fn has_database(&self, database: &str) -> bool {
+        self.by_key.keys().any(|(d, _)| d == database)
+    }
+
+    /// Every pool, for maintenance.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<UserPool>> {
+        self.by_key.values()
+    }
+}

@@ -1,0 +1,143 @@
+//! Everything one (database, user) pair shares: how its clients log in, its servers, its router,
+//! and the session parameters a fresh server connection reports.
+
+use crate::auth::{AuthMethod, ClientSecret};
+use crate::config::{PoolConfig, PoolMode, Role, UserConfig};
+use crate::pool::{PoolTimeouts, ServerPool};
+use crate::router::{Route, Router};
+use crate::server::{ParamList, ServerTarget};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The pool of one (database, user).
+pub struct UserPool {
+    pub database: String,
+    pub user: String,
+    pub mode: PoolMode,
+    pub reset_query: String,
+    pub auth: AuthMethod,
+    pub secret: Option<ClientSecret>,
+    /// One pool per configured server, in config order (the router's backend indexes).
+    pub servers: Vec<ServerPool>,
+    primary: usize,
+    pub router: Arc<dyn Router>,
+    /// ParameterStatus of a fresh server connection, learnt from the first one.
+    defaults: OnceLock<ParamList>,
+    next_replica: AtomicUsize,
+}
+
+impl std::fmt::Debug for UserPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserPool")
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserPool {
+    /// Builds the pool from validated config.
+    pub fn new(
+        database: &str,
+        user: &str,
+        pool: &PoolConfig,
+        u: &UserConfig,
+        timeouts: PoolTimeouts,
+        router: Arc<dyn Router>,
+    ) -> Self {
+        let (auth, secret) = u.client_auth().expect("config was validated");
+        let size = u.pool_size.unwrap_or(pool.pool_size);
+        let min_size = u.min_pool_size.unwrap_or(pool.min_pool_size);
+        let server_user = u.server_user.clone().unwrap_or_else(|| user.to_owned());
+        let server_password = u.server_password();
+        let servers: Vec<ServerPool> = pool
+            .servers
+            .iter()
+            .map(|s| {
+                let addr = format!("{}:{}", s.host, s.port);
+                let target = ServerTarget {
+                    addr: addr.clone(),
+                    user: server_user.clone(),
+                    database: pool
+                        .server_database
+                        .clone()
+                        .unwrap_or_else(|| database.to_owned()),
+                    password: server_password.clone(),
+                };
+                ServerPool::new(
+                    s.name.clone().unwrap_or(addr),
+                    s.role,
+                    target,
+                    size,
+                    min_size,
+                    timeouts,
+                )
+            })
+            .collect();
+        let primary = servers
+            .iter()
+            .position(|s| s.role == Role::Primary)
+            .expect("validated");
+        UserPool {
+            database: database.to_owned(),
+            user: user.to_owned(),
+            mode: pool.pool_mode,
+            reset_query: pool.reset_query.clone(),
+            auth,
+            secret,
+            servers,
+            primary,
+            router,
+            defaults: OnceLock::new(),
+            next_replica: AtomicUsize::new(0),
+        }
+    }
+
+    /// Turns a routing decision into a server index, or the message for the client.
+    pub fn resolve(&self, route: Route) -> Result<usize, String> {
+        match route {
+            Route::Primary => Ok(self.primary),
+            Route::Backend(i) if i < self.servers.len() => Ok(i),
+            Route::Backend(i) => Err(format!(
+                "routing policy chose server {i}, but pool \"{}\" has {} servers",
+                self.database,
+                self.servers.len()
+            )),
+            Route::AnyReplica => {
+                let replicas = self
+                    .servers
+                    .iter()
+                    .filter(|s| s.role == Role::Replica)
+                    .count();
+                if replicas == 0 {
+                    return Ok(self.primary);
+                }
+                let n = self.next_replica.fetch_add(1, Ordering::Relaxed) % replicas;
+                Ok(self
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.role == Role::Replica)
+                    .nth(n)
+                    .map(|(i, _)| i)
+                    .unwrap_or(self.primary))
+            }
+            Route::Reject(msg) => Err(msg),
+        }
+    }
+
+    /// The index of the primary.
+    pub fn primary(&self) -> usize {
+        self.primary
+    }
+
+    /// The parameters a fresh server connection reports, once known.
+    pub fn defaults(&self) -> Option<&ParamList> {
+        self.defaults.get()
+    }
+
+    /// Records the parameters of a fresh server connection (first writer wins).
+    pub fn learn_defaults(&self, params: &ParamList) {
+        let _ = self.defaults.set(params.clone());
+    }
+}

@@ -1,0 +1,22 @@
+//! The SQLSTATE codes the proxy itself reports, named as in PostgreSQL's errcodes.txt.
+
+/// `08P01` protocol_violation: malformed or oversized messages, bad startup packets.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// `08006` connection_failure: the server connection broke under a client.
+pub const CONNECTION_FAILURE: &str = "08006";
+/// `08001` sqlclient_unable_to_establish_sqlconnection: no server connection could be made.
+pub const CANNOT_CONNECT: &str = "08001";
+/// `28P01` invalid_password.
+pub const INVALID_PASSWORD: &str = "28P01";
+/// `28000` invalid_authorization_specification: unknown user, unsupported auth exchange.
+pub const INVALID_AUTHORIZATION: &str = "28000";
+/// `3D000` invalid_catalog_name: the database is not configured.
+pub const INVALID_CATALOG_NAME: &str = "3D000";
+/// `53300` too_many_connections: pool exhausted, `max_client_conn` reached.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// `57P01` admin_shutdown: the proxy is shutting down.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `0A000` feature_not_supported: unsupported protocol version or request.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// `XX000` internal_error: a routing decision that cannot be carried out.
+pub const INTERNAL_ERROR: &str = "XX000";

@@ -1,0 +1,40 @@
+//! The routing seam: which server handles the next transaction (or session).
+//!
+//! Every routing decision in the proxy comes from a [`Router`]. The built-in [`PrimaryOnly`] sends
+//! everything to the primary; routing policies loaded as WebAssembly components implement the
+//! same trait. Nothing else in the proxy chooses a server.
+
+mod primary;
+
+pub use primary::PrimaryOnly;
+
+/// What a router sees when a client needs a server.
+#[derive(Debug)]
+pub struct RouteRequest<'a> {
+    /// The client message that needs a server, whole (tag, length, body): usually a `Query` or
+    /// `Parse`, whose SQL text a policy may read.
+    pub message: &'a [u8],
+    /// The client's proxy-issued session id (its cancel key pid).
+    pub session_id: i32,
+    pub database: &'a str,
+    pub user: &'a str,
+}
+
+/// A routing decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The pool's primary.
+    Primary,
+    /// A server by its index in the pool's `servers` list.
+    Backend(usize),
+    /// Any replica; the pool balances among them (the primary when there is none).
+    AnyReplica,
+    /// Refuse: the client gets this message as an ErrorResponse and the session goes on.
+    Reject(String),
+}
+
+/// A routing policy. Called once per transaction in transaction mode and once per session in
+/// session mode; it must not block.
+pub trait Router: Send + Sync + 'static {
+    fn route(&self, request: &RouteRequest<'_>) -> Route;
+}

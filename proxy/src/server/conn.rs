@@ -1,0 +1,72 @@
+//! One open, logged-in server connection and what the proxy knows about its state.
+
+use crate::server::params::{ParamList, TrackedParams};
+use bytes::BytesMut;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpStream;
+
+/// The key PostgreSQL gave this connection, to cancel what it runs.
+///
+/// `cancels_in_flight` lets the pool refuse to hand the connection to another client while a
+/// cancel aimed at the previous client's query may still arrive.
+#[derive(Debug)]
+pub struct ServerKey {
+    pub addr: SocketAddr,
+    pub pid: i32,
+    pub secret: i32,
+    pub cancels_in_flight: AtomicU32,
+}
+
+impl ServerKey {
+    /// Whether a cancel request for this connection is still on its way.
+    pub fn cancel_pending(&self) -> bool {
+        self.cancels_in_flight.load(Ordering::Acquire) > 0
+    }
+}
+
+/// A server connection past login, ready for queries.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub stream: TcpStream,
+    /// Bytes read from the server and not yet forwarded.
+    pub rbuf: BytesMut,
+    pub key: Arc<ServerKey>,
+    /// The server's `ParameterStatus` values as last reported.
+    pub reported: ParamList,
+    /// The tracked subset of `reported`, for quick comparison at checkout.
+    pub tracked: TrackedParams,
+    /// Startup parameters without `ParameterStatus` (search_path, ...) the proxy has SET here.
+    pub applied_extras: ParamList,
+    /// Hashes of the proxy-named prepared statements that exist on this connection.
+    pub prepared: HashSet<u64>,
+    pub created: Instant,
+    /// When the connection is retired (server_lifetime with jitter), if ever.
+    pub retire_at: Option<Instant>,
+    /// When it last went idle.
+    pub idle_since: Instant,
+}
+
+impl ServerConn {
+    /// Whether the connection is still sound while idle: no unexpected bytes, no EOF.
+    ///
+    /// Uses tokio's cached readiness, so for a quiet socket this costs no system call.
+    pub fn idle_check(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+            _ => false,
+        }
+    }
+
+    /// Sends `Terminate` if the socket takes it at once, so the server logs a clean goodbye.
+    pub fn terminate(self) {
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+    }
+}

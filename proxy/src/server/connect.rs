@@ -1,0 +1,250 @@
+//! Opening a server connection: TCP connect, StartupMessage, authentication (trust, cleartext,
+//! md5, SCRAM-SHA-256) and the `ParameterStatus`/`BackendKeyData` that follow, up to the first
+//! `ReadyForQuery`.
+
+use crate::server::params::TrackedParams;
+use crate::server::{ParamList, ServerConn, ServerKey};
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where and as whom to log in.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    /// `host:port`.
+    pub addr: String,
+    pub user: String,
+    pub database: String,
+    pub password: Option<String>,
+}
+
+/// Why a server connection could not be opened.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    #[error("could not connect to server {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to server {0}")]
+    Timeout(String),
+    #[error("server {addr} asked for a password for user \"{user}\", but none is configured (set server_password)")]
+    NoPassword { addr: String, user: String },
+    #[error("server {addr} asked for an unsupported authentication method: {method}")]
+    UnsupportedAuth { addr: String, method: String },
+    #[error("server {addr} refused login: {message}")]
+    Refused {
+        addr: String,
+        code: String,
+        message: String,
+    },
+    #[error("server {addr} broke the protocol during login: {detail}")]
+    Protocol { addr: String, detail: String },
+}
+
+impl ConnectError {
+    /// The SQLSTATE to show a client.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ConnectError::Refused { code, .. } => code,
+            _ => crate::protocol::sqlstate::CANNOT_CONNECT,
+        }
+    }
+}
+
+/// Opens and logs in a server connection within `timeout`.
+pub async fn connect(
+    target: &ServerTarget,
+    timeout: Duration,
+    lifetime: Option<Duration>,
+) -> Result<ServerConn, ConnectError> {
+    match tokio::time::timeout(timeout, login(target, lifetime)).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(target.addr.clone())),
+    }
+}
+
+async fn login(
+    target: &ServerTarget,
+    lifetime: Option<Duration>,
+) -> Result<ServerConn, ConnectError> {
+    let addr = &target.addr;
+    let io = |source| ConnectError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    let protocol = |detail: String| ConnectError::Protocol {
+        addr: addr.clone(),
+        detail,
+    };
+    let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    let peer = stream.peer_addr().map_err(io)?;
+
+    let mut out = BytesMut::new();
+    frontend::startup_message(
+        [
+            ("user", target.user.as_str()),
+            ("database", target.database.as_str()),
+        ],
+        &mut out,
+    )
+    .map_err(io)?;
+    stream.write_all(&out).await.map_err(io)?;
+    out.clear();
+
+    let mut rbuf = BytesMut::with_capacity(8192);
+    let mut scram: Option<ScramSha256> = None;
+    let mut reported = ParamList::new();
+    let mut key = None;
+    let password = || {
+        target
+            .password
+            .as_deref()
+            .ok_or_else(|| ConnectError::NoPassword {
+                addr: addr.clone(),
+                user: target.user.clone(),
+            })
+    };
+    loop {
+        let msg = loop {
+            if let Some(m) = Message::parse(&mut rbuf).map_err(|e| protocol(e.to_string()))? {
+                break m;
+            }
+            if rbuf.capacity() - rbuf.len() < 1024 {
+                rbuf.reserve(8192);
+            }
+            if stream.read_buf(&mut rbuf).await.map_err(io)? == 0 {
+                return Err(protocol("connection closed during login".into()));
+            }
+        };
+        match msg {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(password()?.as_bytes(), &mut out).map_err(io)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    target.user.as_bytes(),
+                    password()?.as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut out).map_err(io)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let mut offered = false;
+                let mut mechs = body.mechanisms();
+                while let Some(m) = mechs.next().map_err(|e| protocol(e.to_string()))? {
+                    offered |= m == SCRAM_SHA_256;
+                }
+                if !offered {
+                    return Err(ConnectError::UnsupportedAuth {
+                        addr: addr.clone(),
+                        method: "SASL without SCRAM-SHA-256".into(),
+                    });
+                }
+                let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)
+                    .map_err(io)?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| protocol("unexpected SASL continue".into()))?;
+                s.update(body.data()).map_err(|e| protocol(e.to_string()))?;
+                frontend::sasl_response(s.message(), &mut out).map_err(io)?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let mut s = scram
+                    .take()
+                    .ok_or_else(|| protocol("unexpected SASL final".into()))?;
+                s.finish(body.data())
+                    .map_err(|e| protocol(format!("server SCRAM signature: {e}")))?;
+            }
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(|e| protocol(e.to_string()))?;
+                let value = body.value().map_err(|e| protocol(e.to_string()))?;
+                reported.set(name, value);
+            }
+            Message::BackendKeyData(body) => {
+                key = Some((body.process_id(), body.secret_key()));
+            }
+            Message::NoticeResponse(_) => {}
+            Message::ErrorResponse(body) => {
+                let (code, message) = error_fields(body.fields());
+                return Err(ConnectError::Refused {
+                    addr: addr.clone(),
+                    code,
+                    message,
+                });
+            }
+            Message::ReadyForQuery(_) => {
+                let (pid, secret) = key.unwrap_or((0, 0));
+                let now = Instant::now();
+                return Ok(ServerConn {
+                    stream,
+                    rbuf,
+                    key: Arc::new(ServerKey {
+                        addr: peer,
+                        pid,
+                        secret,
+                        cancels_in_flight: AtomicU32::new(0),
+                    }),
+                    tracked: TrackedParams::from_list(&reported),
+                    reported,
+                    applied_extras: ParamList::new(),
+                    prepared: HashSet::new(),
+                    created: now,
+                    retire_at: lifetime.map(|l| now + jitter(l)),
+                    idle_since: now,
+                });
+            }
+            Message::AuthenticationGss
+            | Message::AuthenticationKerberosV5
+            | Message::AuthenticationScmCredential
+            | Message::AuthenticationSspi => {
+                return Err(ConnectError::UnsupportedAuth {
+                    addr: addr.clone(),
+                    method: "GSS/SSPI/Kerberos".into(),
+                })
+            }
+            _ => return Err(protocol("unexpected message during login".into())),
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.map_err(io)?;
+            out.clear();
+        }
+    }
+}
+
+/// Reads the SQLSTATE and message of an ErrorResponse.
+fn error_fields(mut fields: ErrorFields<'_>) -> (String, String) {
+    let mut code = crate::protocol::sqlstate::CANNOT_CONNECT.to_string();
+    let mut message = String::from("unknown error");
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// Spreads retirement ±10 % so connections opened together do not all close together.
+fn jitter(lifetime: Duration) -> Duration {
+    use rand::Rng;
+    let ms = lifetime.as_millis() as u64;
+    let spread = ms / 10;
+    Duration::from_millis(ms - spread + rand::rng().random_range(0..=2 * spread))
+}

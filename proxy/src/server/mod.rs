@@ -1,0 +1,11 @@
+//! The proxy's side of PostgreSQL connections: logging in to a server, and what the proxy keeps
+//! about each open server connection (its cancel key, parameters, prepared statements).
+
+pub mod conn;
+pub mod connect;
+pub mod maintenance;
+pub mod params;
+
+pub use conn::{ServerConn, ServerKey};
+pub use connect::{connect, ConnectError, ServerTarget};
+pub use params::ParamList;
