@@ -1,1 +1,86 @@
+//! The project's test harness: real PostgreSQL clusters and real Switchyard processes.
+//!
+//! [`Cluster`] starts a primary and streaming replicas (initdb, pg_basebackup -R) in a temporary
+//! directory on free loopback ports, as an ordinary OS user when run as root. [`shared_cluster`]
+//! gives each test binary one cluster, stopped and removed at process exit (also when tests
+//! fail); tests isolate themselves with a database each ([`Cluster::create_database`]).
+//! [`Proxy`] runs the `switchyard` binary with a config and stops it when dropped.
 
+mod cluster;
+mod proxy;
+
+pub use cluster::{find_bindir, Cluster, Node};
+pub use proxy::{switchyard_binary, Proxy};
+
+use std::sync::OnceLock;
+
+/// Roles every cluster has, with their passwords and the auth method pg_hba.conf requires.
+pub mod roles {
+    /// Superuser, trust over loopback; used by the harness itself.
+    pub const ADMIN: &str = "postgres";
+    /// Trust over loopback.
+    pub const TRUST: &str = "sy_trust";
+    /// md5 over loopback, password `md5_pw`.
+    pub const MD5: &str = "sy_md5";
+    pub const MD5_PASSWORD: &str = "md5_pw";
+    /// scram-sha-256 over loopback, password `scram_pw`.
+    pub const SCRAM: &str = "sy_scram";
+    pub const SCRAM_PASSWORD: &str = "scram_pw";
+}
+
+static SHARED: OnceLock<Cluster> = OnceLock::new();
+
+extern "C" fn stop_shared_at_exit() {
+    if let Some(c) = SHARED.get() {
+        c.stop();
+    }
+}
+
+/// The cluster of this test binary: a primary and two streaming replicas, started on first use.
+pub fn shared_cluster() -> &'static Cluster {
+    SHARED.get_or_init(|| {
+        let c = Cluster::start(2).unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        // SAFETY: registers a plain function with no captured state; it runs at process exit.
+        unsafe {
+            libc::atexit(stop_shared_at_exit);
+        }
+        c
+    })
+}
+
+/// A fresh name for a test's database.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `[pools.<db>]` table for `cluster`: its primary and replicas as servers, `pool` lines
+/// (pool_mode, pool_size, ...) and `users` (raw `[pools.<db>.users.<name>]` tables).
+pub fn pool_toml(cluster: &Cluster, db: &str, pool: &str, users: &str) -> String {
+    let mut servers = format!(
+        "{{ host = \"127.0.0.1\", port = {}, role = \"primary\", name = \"primary\" }}",
+        cluster.primary.port
+    );
+    for r in &cluster.replicas {
+        servers.push_str(&format!(
+            ", {{ host = \"127.0.0.1\", port = {}, role = \"replica\", name = \"{}\" }}",
+            r.port, r.name
+        ));
+    }
+    format!("[pools.{db}]\nservers = [{servers}]\n{pool}\n{users}\n")
+}
+
+/// A pool for `db` whose single user is the trust role, with `pool` lines.
+pub fn trust_pool(cluster: &Cluster, db: &str, pool: &str) -> String {
+    pool_toml(
+        cluster,
+        db,
+        pool,
+        &format!("[pools.{db}.users.{}]\n", roles::TRUST),
+    )
+}

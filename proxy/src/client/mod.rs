@@ -74,9 +74,29 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) {
     }
 }
 
-/// Writes a FATAL ErrorResponse; the caller closes the connection after it.
+/// Writes a FATAL ErrorResponse and closes the connection so that the client reads it.
 pub(crate) async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str) {
     let mut buf = BytesMut::new();
     backend::error(&mut buf, Severity::Fatal, code, message);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
+    linger_close(stream).await;
+}
+
+/// Closes our side, then reads and drops what the client still sends for a moment. Closing a
+/// socket with unread input makes the kernel send RST, which can destroy the error message the
+/// client has not read yet.
+pub(crate) async fn linger_close(stream: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut total = 0usize;
+        while let Ok(n) = stream.read(&mut sink).await {
+            total += n;
+            if n == 0 || total > (1 << 20) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(250), drain).await;
 }

@@ -50,6 +50,8 @@ pub struct Responses {
     at_sync: bool,
     /// The transaction status of the last ReadyForQuery.
     pub tx_status: u8,
+    /// The server is in COPY FROM STDIN and ignores Sync and Flush until the copy ends.
+    copy_in: bool,
 }
 
 impl Default for Responses {
@@ -60,6 +62,7 @@ impl Default for Responses {
             partial: 0,
             at_sync: true,
             tx_status: b'I',
+            copy_in: false,
         }
     }
 }
@@ -80,7 +83,16 @@ impl Responses {
         if self.server_skipping && owed != Owed::Sync {
             return;
         }
+        if self.copy_in && owed == Owed::Sync {
+            // PostgreSQL ignores Sync during COPY FROM STDIN (libraries send one regardless).
+            return;
+        }
         self.queue.push_back(owed);
+    }
+
+    /// The client ended its COPY data with CopyDone or CopyFail.
+    pub fn client_ended_copy(&mut self) {
+        self.copy_in = false;
     }
 
     /// Nothing owed and the server at a ReadyForQuery: the connection holds no request.
@@ -152,7 +164,12 @@ impl Responses {
                 self.server_skipping = false;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
             }
-            b'E' => match self.queue.front().copied() {
+            b'E' => match self
+                .queue
+                .front()
+                .copied()
+                .inspect(|_| self.copy_in = false)
+            {
                 None | Some(Owed::Query) => {}
                 Some(o) => {
                     self.queue.pop_front();
@@ -160,6 +177,15 @@ impl Responses {
                     self.skip_to_sync(prepared);
                 }
             },
+            b'G' => {
+                // COPY FROM STDIN began. Syncs already sent right after the COPY reach the
+                // server while it copies, so it ignores them: they owe nothing.
+                self.copy_in = true;
+                let head = usize::from(!self.queue.is_empty());
+                while self.queue.get(head) == Some(&Owed::Sync) {
+                    self.queue.remove(head);
+                }
+            }
             b'1' => {
                 if let Some(Owed::InjectedParse(_)) =
                     self.pop_if(|o| matches!(o, Owed::Parse { .. } | Owed::InjectedParse(_)))
@@ -177,6 +203,7 @@ impl Responses {
                 self.pop_if(|o| o == Owed::Describe);
             }
             b'C' | b'I' | b's' => {
+                self.copy_in = false;
                 if tag == b'C' && forgets_prepared_statements(body) {
                     prepared.clear();
                 }
@@ -299,6 +326,24 @@ mod tests {
         r.push(Owed::Sync);
         assert_eq!(r.ready_owed(), 1);
         run(&mut r, b"Z", &mut p);
+        assert!(r.releasable());
+    }
+
+    #[test]
+    fn syncs_sent_into_a_copy_in_owe_nothing() {
+        // tokio-postgres: Bind, Execute, Sync; then CopyData, CopyDone, Sync.
+        let mut r = Responses::default();
+        let mut p = HashSet::new();
+        r.sent();
+        for o in [Owed::Bind, Owed::Execute, Owed::Sync] {
+            r.push(o);
+        }
+        run(&mut r, b"2G", &mut p);
+        r.push(Owed::Sync); // a Sync sent while copying is ignored too
+        r.client_ended_copy();
+        r.push(Owed::Sync);
+        assert_eq!(r.ready_owed(), 1);
+        run(&mut r, b"CZ", &mut p);
         assert!(r.releasable());
     }
 

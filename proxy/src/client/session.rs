@@ -397,7 +397,11 @@ impl<'p> Session<'p> {
                 out.extend_from_slice(msg);
                 r.push(Owed::Sync);
             }
-            b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(msg),
+            b'H' | b'd' => out.extend_from_slice(msg),
+            b'c' | b'f' => {
+                out.extend_from_slice(msg);
+                r.client_ended_copy();
+            }
             b'E' => {
                 out.extend_from_slice(msg);
                 r.push(Owed::Execute);

@@ -1,0 +1,155 @@
+//! A `switchyard` process under test.
+
+use crate::cluster::free_port;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `switchyard` binary: `$SWITCHYARD_BIN`, or the one cargo built next to this test binary.
+pub fn switchyard_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("SWITCHYARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/switchyard
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = profile_dir.join("switchyard");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo xtask test` (or `cargo build -p switchyard` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running Switchyard, killed when dropped.
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts Switchyard on a free port. `general` is extra `[general]` lines; `rest` is the
+    /// `[pools...]` tables.
+    pub fn start(general: &str, rest: &str) -> Proxy {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("switchyard.toml");
+        let log_path = dir.path().join("switchyard.log");
+        let config = format!(
+            "[general]\nlisten_addr = \"127.0.0.1:{port}\"\nworker_threads = 2\n{general}\n{rest}"
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(switchyard_binary())
+            .arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn switchyard");
+        let mut proxy = Proxy {
+            child,
+            port,
+            config_path,
+            log_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("switchyard exited with {status}:\n{}", proxy.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not listen:\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    /// A libpq-style connection string for `user` / `database` through the proxy.
+    pub fn conn_str(&self, user: &str, password: Option<&str>, database: &str) -> String {
+        let mut s = format!(
+            "host=127.0.0.1 port={} user={user} dbname={database}",
+            self.port
+        );
+        if let Some(p) = password {
+            s.push_str(&format!(" password={p}"));
+        }
+        s
+    }
+
+    /// Connects with tokio-postgres and drives the connection in a task.
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(
+            &self.conn_str(user, password, database),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the proxy.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the proxy logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

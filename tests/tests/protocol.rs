@@ -1,0 +1,439 @@
+//! Wire protocol behaviour through Switchyard, with real clients against a real primary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+use switchyard_tests::{roles, shared_cluster, trust_pool, unique_name, Proxy};
+use tokio_postgres::SimpleQueryMessage;
+
+/// A database of its own and a proxy in front of it.
+fn setup(pool: &str) -> (String, Proxy) {
+    let cluster = shared_cluster();
+    let db = unique_name("proto");
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &trust_pool(cluster, &db, pool));
+    (db, proxy)
+}
+
+fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn extended_protocol_with_parameters_and_types() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 2");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE t (id int primary key, name text, price numeric, at timestamptz)",
+    )
+    .await
+    .unwrap();
+    for i in 0..20 {
+        c.execute(
+            "INSERT INTO t VALUES ($1, $2, $3::text::numeric, now())",
+            &[&i, &format!("item {i}"), &format!("{}.5", i)],
+        )
+        .await
+        .unwrap();
+    }
+    let row = c
+        .query_one(
+            "SELECT count(*), sum(id)::int, max(name) FROM t WHERE id >= $1",
+            &[&5i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 15);
+    assert_eq!(row.get::<_, i32>(1), (5..20).sum::<i32>());
+    assert_eq!(row.get::<_, String>(2), "item 9");
+    // The same statement prepared once and run many times, across server connections.
+    let stmt = c.prepare("SELECT name FROM t WHERE id = $1").await.unwrap();
+    for i in 0..20 {
+        let r = c.query_one(&stmt, &[&i]).await.unwrap();
+        assert_eq!(r.get::<_, String>(0), format!("item {i}"));
+    }
+}
+
+#[tokio::test]
+async fn prepared_statements_in_session_mode() {
+    let (db, proxy) = setup("pool_mode = \"session\"\npool_size = 2");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let mut stmts = Vec::new();
+    for i in 0..10 {
+        stmts.push(c.prepare(&format!("SELECT {i}::int + 1")).await.unwrap());
+    }
+    // In session mode the client keeps one server: its backend pid never changes.
+    let p1: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for (i, s) in stmts.iter().enumerate() {
+        let v: i32 = c.query_one(s, &[]).await.unwrap().get(0);
+        assert_eq!(v, i as i32 + 1);
+    }
+    let p2: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(p1, p2);
+    // SQL-level PREPARE works too, since the session owns its server.
+    c.batch_execute("PREPARE q(int) AS SELECT $1 * 2")
+        .await
+        .unwrap();
+    let r = c.simple_query("EXECUTE q(21)").await.unwrap();
+    assert_eq!(rows(&r), vec![vec!["42".to_string()]]);
+}
+
+#[tokio::test]
+async fn pipelined_queries_in_transaction_mode() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    // tokio-postgres pipelines concurrent requests on one connection: many Syncs in flight.
+    let futs: Vec<_> = (0..50i32)
+        .map(|i| {
+            let c = &c;
+            async move {
+                let r = c.query_one("SELECT $1::int * 2", &[&i]).await.unwrap();
+                assert_eq!(r.get::<_, i32>(0), i * 2);
+            }
+        })
+        .collect();
+    for f in futs {
+        f.await;
+    }
+    let (a, b) = tokio::join!(
+        c.query_one("SELECT 1::int", &[]),
+        c.query_one("SELECT 2::int", &[])
+    );
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(b.unwrap().get::<_, i32>(0), 2);
+}
+
+#[tokio::test]
+async fn copy_in_and_out_and_a_server_error_before_copy_done() {
+    use futures_util::SinkExt;
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    c.batch_execute("CREATE TABLE c (id int primary key, v text)")
+        .await
+        .unwrap();
+    let sink = c.copy_in("COPY c FROM STDIN").await.unwrap();
+    let mut sink = Box::pin(sink);
+    let mut data = String::new();
+    for i in 0..1000 {
+        data.push_str(&format!("{i}\tvalue {i}\n"));
+    }
+    sink.send(bytes::Bytes::from(data)).await.unwrap();
+    assert_eq!(sink.as_mut().finish().await.unwrap(), 1000);
+
+    let stream = c
+        .copy_out("COPY (SELECT * FROM c ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(stream)
+        .await
+        .unwrap();
+    let text: Vec<u8> = chunks.concat();
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(text.lines().count(), 1000);
+    assert!(text.starts_with("0\tvalue 0\n"));
+
+    // A duplicate key: the server fails the COPY before the client's CopyDone.
+    let sink = c.copy_in("COPY c FROM STDIN").await.unwrap();
+    let mut sink = Box::pin(sink);
+    let _ = sink.send(bytes::Bytes::from_static(b"1\tdup\n")).await;
+    let err = sink.as_mut().finish().await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "23505", "{err}");
+    // The connection (and, with pool_size 1, the only server) is usable afterwards.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM c", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+    let c2 = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let n: i64 = c2
+        .query_one("SELECT count(*) FROM c", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+}
+
+#[tokio::test]
+async fn one_mebibyte_value_round_trips() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let big: String = (0..(1 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let r = c
+        .query_one("SELECT $1::text, length($1::text)", &[&big])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), big);
+    assert_eq!(r.get::<_, i32>(1), 1 << 20);
+    let r = c
+        .query_one("SELECT repeat('x', 3000000)", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0).len(), 3_000_000);
+}
+
+#[tokio::test]
+async fn error_inside_a_transaction_then_rollback() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    c.batch_execute("CREATE TABLE e (id int primary key)")
+        .await
+        .unwrap();
+    let tx = c.transaction().await.unwrap();
+    tx.execute("INSERT INTO e VALUES (1)", &[]).await.unwrap();
+    let err = tx
+        .execute("INSERT INTO e VALUES (1)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "23505");
+    let err = tx.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(
+        err.code().unwrap().code(),
+        "25P02",
+        "failed transaction stays pinned: {err}"
+    );
+    tx.rollback().await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM e", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // Syntax errors in the extended protocol recover at Sync.
+    let err = c.query("SELEC 1", &[]).await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42601");
+    assert_eq!(
+        c.query_one("SELECT 7::int", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
+}
+
+#[tokio::test]
+async fn simple_protocol_multi_statement_and_notices() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let r = c
+        .simple_query("CREATE TABLE m (x int); INSERT INTO m VALUES (1),(2); SELECT sum(x) FROM m; DO $$ BEGIN RAISE NOTICE 'hello'; END $$")
+        .await
+        .unwrap();
+    assert_eq!(rows(&r), vec![vec!["3".to_string()]]);
+    // psql, the simple protocol's reference client: multi-statement, notices, errors.
+    let out = Command::new(shared_cluster().bindir.join("psql"))
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port.to_string(),
+        ])
+        .args(["-U", roles::TRUST, "-d", &db])
+        .args([
+            "-c",
+            "SELECT 1; SELECT 'two'; DO $$ BEGIN RAISE NOTICE 'note'; END $$;",
+        ])
+        .args(["-c", "SELECT count(*) FROM m"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec!["1", "two", "DO", "2"]
+    );
+    assert!(stderr.contains("NOTICE:  note"), "{stderr}");
+}
+
+#[tokio::test]
+async fn listen_notify_in_session_mode() {
+    let (db, proxy) = setup("pool_mode = \"session\"");
+    let (listener, mut conn) = tokio_postgres::connect(
+        &proxy.conn_str(roles::TRUST, None, &db),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut stream).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN chan").await.unwrap();
+    let sender = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    sender.batch_execute("NOTIFY chan, 'ping'").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("ping"));
+}
+
+#[tokio::test]
+async fn parameter_status_follows_the_client_across_servers() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 2");
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.batch_execute("SET application_name = 'client_a'; SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    // Another client takes a server and sets something else on it.
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    b.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let hold = b.batch_execute("BEGIN; SELECT pg_sleep(0.3)");
+    let check = async {
+        let r = a.simple_query("SHOW TimeZone").await.unwrap();
+        assert_eq!(rows(&r), vec![vec!["Asia/Tokyo".to_string()]]);
+        let r = a
+            .simple_query("SELECT current_setting('application_name')")
+            .await
+            .unwrap();
+        assert_eq!(rows(&r), vec![vec!["client_a".to_string()]]);
+    };
+    let (h, ()) = tokio::join!(hold, check);
+    h.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    let r = b.simple_query("SHOW TimeZone").await.unwrap();
+    assert_eq!(rows(&r), vec![vec!["UTC".to_string()]]);
+}
+
+/// Reads whatever the proxy sends until it closes the socket (bounded by a timeout).
+fn read_until_close(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("proxy neither answered nor closed: {e}"),
+        }
+    }
+}
+
+fn sqlstate_of(bytes: &[u8]) -> Option<String> {
+    let pos = bytes.windows(2).position(|w| w[0] == 0 && w[1] == b'C')?;
+    Some(String::from_utf8_lossy(&bytes[pos + 2..pos + 7]).into_owned())
+}
+
+fn startup_packet(user: &str, db: &str) -> Vec<u8> {
+    let body = format!("user\0{user}\0database\0{db}\0\0");
+    let mut p = ((body.len() + 8) as i32).to_be_bytes().to_vec();
+    p.extend_from_slice(&196608i32.to_be_bytes());
+    p.extend_from_slice(body.as_bytes());
+    p
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clean_close_while_others_keep_working() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\n");
+    let good = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let addr = ("127.0.0.1", proxy.port);
+
+    // Garbage before any startup packet (an HTTP request).
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let reply = read_until_close(&mut s);
+    assert_eq!(reply[0], b'E');
+    assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"));
+
+    // A truncated startup packet, then the client goes away.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&[0, 0, 0, 40, 0, 3, 0, 0, b'u']).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(read_until_close(&mut s).is_empty());
+
+    // After login: a message claiming 2 GiB.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    let mut greet = [0u8; 1024];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = s.read(&mut greet).unwrap();
+    assert_eq!(greet[0], b'R', "{:?}", &greet[..n]);
+    s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).unwrap();
+    let reply = read_until_close(&mut s);
+    assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"), "{reply:?}");
+
+    // A negative length, and an unknown message type.
+    for bad in [&[b'Q', 0xff, 0xff, 0xff, 0xf0][..], &[b'!', 0, 0, 0, 4][..]] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+        let _ = s.read(&mut greet).unwrap();
+        s.write_all(bad).unwrap();
+        let reply = read_until_close(&mut s);
+        assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"), "{reply:?}");
+    }
+
+    // Unsupported protocol version.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut p = startup_packet(roles::TRUST, &db);
+    p[4..8].copy_from_slice(&(2i32 << 16).to_be_bytes());
+    s.write_all(&p).unwrap();
+    let reply = read_until_close(&mut s);
+    assert_eq!(sqlstate_of(&reply).as_deref(), Some("0A000"));
+
+    // SSL and GSSAPI encryption requests are declined with 'N', then plain startup works.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]).unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).unwrap();
+    assert_eq!(&one, b"N");
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).unwrap();
+    s.read_exact(&mut one).unwrap();
+    assert_eq!(&one, b"N");
+
+    // Through all that, the first client kept working.
+    let v: i32 = good.query_one("SELECT 42::int", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+}
+
+#[tokio::test]
+async fn newer_protocol_minor_is_negotiated_down() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\n");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    let body = format!(
+        "user\0{}\0database\0{db}\0_pq_.compression\0on\0\0",
+        roles::TRUST
+    );
+    let mut p = ((body.len() + 8) as i32).to_be_bytes().to_vec();
+    p.extend_from_slice(&((3i32 << 16) | 2).to_be_bytes());
+    p.extend_from_slice(body.as_bytes());
+    s.write_all(&p).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(
+        buf[0],
+        b'v',
+        "NegotiateProtocolVersion first: {:?}",
+        &buf[..n]
+    );
+    let version = i32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+    assert_eq!(version, 3 << 16);
+    assert!(buf[..n].windows(16).any(|w| w == b"_pq_.compression"));
+}
