@@ -173,7 +173,7 @@ impl<'p> Session<'p> {
                         Err(e) => e.to_string(),
                         Ok(_) => "server closed the connection".into(),
                     };
-                    self.server_lost(&why)
+                    self.server_lost(&why, false)
                 }
                 Event::Phase(Phase::Closing) => Err(End::Fatal(
                     sqlstate::ADMIN_SHUTDOWN,
@@ -485,7 +485,7 @@ impl<'p> Session<'p> {
             };
             self.to_server.clear();
             if let Err(e) = written {
-                self.server_lost(&e.to_string())?;
+                self.server_lost(&e.to_string(), false)?;
             }
         }
         if !self.to_client.is_empty() {
@@ -505,6 +505,7 @@ impl<'p> Session<'p> {
         let buf = &conn.rbuf[..];
         let mut pos = r.partial.min(buf.len());
         r.partial -= pos;
+        let mut fatal = false;
         // Bytes from `from` to `pos` are still to be forwarded.
         let mut from = 0;
         while pos < buf.len() {
@@ -513,12 +514,12 @@ impl<'p> Session<'p> {
                 Ok(None) => break,
                 Err(e) => {
                     let why = format!("server sent a malformed message: {e}");
-                    return self.server_lost(&why);
+                    return self.server_lost(&why, false);
                 }
             };
             let avail = buf.len() - pos;
             let complete = avail >= f.total;
-            if !complete && matches!(f.tag, b'Z' | b'S' | b'C' | b'1') {
+            if !complete && matches!(f.tag, b'Z' | b'S' | b'C' | b'1' | b'E') {
                 break; // these are small and read whole
             }
             let body = if complete {
@@ -532,6 +533,9 @@ impl<'p> Session<'p> {
                     conn.tracked.set(name, value);
                     self.params.tracked.set(name, value);
                 }
+            }
+            if f.tag == b'E' && is_fatal(body) {
+                fatal = true;
             }
             if r.on_server_message(f.tag, body, &mut conn.prepared) == Verdict::Swallow {
                 out.extend_from_slice(&buf[from..pos]);
@@ -558,7 +562,12 @@ impl<'p> Session<'p> {
             w
         };
         conn.rbuf.advance(pos);
-        written.map_err(|_| End::ClientGone)
+        written.map_err(|_| End::ClientGone)?;
+        if fatal {
+            // The server is ending this connection; the client already has its error.
+            return self.server_lost("the server terminated the connection", true);
+        }
+        Ok(())
     }
 
     /// Gives the server connection back when the transaction (transaction mode) is over.
@@ -579,7 +588,7 @@ impl<'p> Session<'p> {
     /// The server connection broke. The client gets an error for each answer it was owed and
     /// the session goes on, unless the client was inside a transaction or the session depends on
     /// that server (session mode): then, as PostgreSQL itself would, the client is closed.
-    fn server_lost(&mut self, why: &str) -> Result<(), End> {
+    fn server_lost(&mut self, why: &str, client_told: bool) -> Result<(), End> {
         let Some(att) = self.server.take() else {
             return Ok(());
         };
@@ -600,13 +609,16 @@ impl<'p> Session<'p> {
                     // A message was cut in the middle: the client's stream cannot be repaired.
                     return Err(End::Fatal(sqlstate::CONNECTION_FAILURE, message));
                 }
-                for _ in 0..owed {
-                    backend::error(
-                        &mut self.to_client,
-                        Severity::Error,
-                        sqlstate::CONNECTION_FAILURE,
-                        &message,
-                    );
+                for i in 0..owed {
+                    // The request being answered already got the server's own FATAL error.
+                    if i > 0 || !client_told {
+                        backend::error(
+                            &mut self.to_client,
+                            Severity::Error,
+                            sqlstate::CONNECTION_FAILURE,
+                            &message,
+                        );
+                    }
                     backend::ready_for_query(&mut self.to_client, b'I');
                 }
                 return Ok(());
@@ -678,20 +690,31 @@ fn named_statement(msg: &[u8]) -> Option<&[u8]> {
     (!name.is_empty()).then_some(name)
 }
 
-/// The `M` field of a whole ErrorResponse message.
-fn error_message(msg: &[u8]) -> String {
-    let mut fields = msg.get(5..).unwrap_or_default();
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server closes next).
+fn is_fatal(body: &[u8]) -> bool {
+    error_field(body, b'V')
+        .or_else(|| error_field(body, b'S'))
+        .is_some_and(|s| s == b"FATAL" || s == b"PANIC")
+}
+
+/// One field of an ErrorResponse body.
+fn error_field(mut fields: &[u8], want: u8) -> Option<&[u8]> {
     while let Some((&kind, rest)) = fields.split_first() {
         if kind == 0 {
-            break;
+            return None;
         }
-        let Some((value, after)) = frame::cstr(rest) else {
-            break;
-        };
-        if kind == b'M' {
-            return String::from_utf8_lossy(value).into_owned();
+        let (value, after) = frame::cstr(rest)?;
+        if kind == want {
+            return Some(value);
         }
         fields = after;
     }
-    String::new()
+    None
+}
+
+/// The `M` field of a whole ErrorResponse message.
+fn error_message(msg: &[u8]) -> String {
+    error_field(msg.get(5..).unwrap_or_default(), b'M')
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default()
 }

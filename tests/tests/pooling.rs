@@ -1,0 +1,394 @@
+//! Pooling rules, each checked against what the real server sees.
+
+use std::time::{Duration, Instant};
+use switchyard_tests::{roles, shared_cluster, trust_pool, unique_name, Proxy};
+
+fn setup(general: &str, pool: &str) -> (String, Proxy) {
+    let cluster = shared_cluster();
+    let db = unique_name("pool");
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start(general, &trust_pool(cluster, &db, pool));
+    (db, proxy)
+}
+
+/// Server-side sessions of `db` as seen by the primary: (state, query) for client backends.
+fn activity(db: &str) -> Vec<(String, String)> {
+    let c = shared_cluster();
+    let out = c
+        .psql(
+            c.primary.port,
+            "postgres",
+            &format!(
+                "select state, query from pg_stat_activity where datname = '{db}' and backend_type = 'client backend' and pid <> pg_backend_pid()"
+            ),
+        )
+        .unwrap();
+    out.lines()
+        .map(|l| {
+            let (s, q) = l.split_once('|').unwrap_or((l, ""));
+            (s.to_string(), q.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fifty_tasks_share_a_pool_of_five_in_transaction_mode() {
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 5");
+    let setup_client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    setup_client
+        .batch_execute("CREATE TABLE counter (task int, n int)")
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..50i32 {
+        let conn_str = proxy.conn_str(roles::TRUST, None, &db);
+        tasks.push(tokio::spawn(async move {
+            let (mut c, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for n in 0..10i32 {
+                let tx = c.transaction().await.unwrap();
+                tx.execute("INSERT INTO counter VALUES ($1, $2)", &[&task, &n])
+                    .await
+                    .unwrap();
+                let mine: i64 = tx
+                    .query_one("SELECT count(*) FROM counter WHERE task = $1", &[&task])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(mine, n as i64 + 1, "a transaction sees its own writes");
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total: i64 = setup_client
+        .query_one("SELECT count(*) FROM counter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 500);
+    // Never more than pool_size server connections to the primary.
+    let servers = activity(&db).len();
+    assert!(servers <= 5, "{servers} server connections for pool_size 5");
+}
+
+#[tokio::test]
+async fn exhausted_pool_queues_then_times_out_with_53300() {
+    let (db, proxy) = setup(
+        "checkout_timeout_ms = 500",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let started = Instant::now();
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    let waited = started.elapsed();
+    let db_err = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db_err.code().code(), "53300");
+    assert!(
+        db_err.message().contains("exhausted"),
+        "{}",
+        db_err.message()
+    );
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // The waiting session goes on: once the holder commits, it is served.
+    holder.batch_execute("COMMIT").await.unwrap();
+    let v: i32 = waiter.query_one("SELECT 5::int", &[]).await.unwrap().get(0);
+    assert_eq!(v, 5);
+    // A queued client is served as soon as a server frees up, before its timeout.
+    holder.batch_execute("BEGIN").await.unwrap();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    };
+    let (r, ()) = tokio::join!(waiter.simple_query("SELECT 1"), release);
+    r.unwrap();
+}
+
+#[tokio::test]
+async fn client_leaving_mid_transaction_leaves_no_open_transaction() {
+    for mode in ["transaction", "session"] {
+        let (db, proxy) = setup("", &format!("pool_mode = \"{mode}\"\npool_size = 2"));
+        let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+        c.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        assert!(
+            activity(&db)
+                .iter()
+                .any(|(s, _)| s == "idle in transaction"),
+            "{mode}: the transaction is open while the client is there"
+        );
+        drop(c);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = activity(&db);
+            if !a.iter().any(|(s, _)| s.starts_with("idle in transaction")) {
+                assert!(
+                    a.iter().any(|(_, q)| q == "ROLLBACK" || q == "DISCARD ALL"),
+                    "{mode}: the server connection was rolled back and kept: {a:?}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode}: transaction left open: {a:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{mode}: the insert was rolled back");
+    }
+}
+
+#[tokio::test]
+async fn session_mode_resets_the_server_for_the_next_client() {
+    let (db, proxy) = setup("", "pool_mode = \"session\"\npool_size = 1");
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.batch_execute("SET work_mem = '7MB'; PREPARE p AS SELECT 1; CREATE TEMP TABLE tmp (x int)")
+        .await
+        .unwrap();
+    let pid_a: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let pid_b: i32 = b
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        pid_a, pid_b,
+        "pool_size 1: the same server connection is reused"
+    );
+    let wm = b.simple_query("SHOW work_mem").await.unwrap();
+    let wm = match &wm[1] {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(wm, "4MB", "DISCARD ALL restored the default");
+    b.batch_execute("PREPARE p AS SELECT 2").await.unwrap();
+    assert!(
+        b.batch_execute("SELECT * FROM tmp").await.is_err(),
+        "temp table is gone"
+    );
+}
+
+#[tokio::test]
+async fn killed_server_backend_gives_an_error_and_the_pool_heals() {
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 2");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let killer = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let victim_pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Kill a server while the client's query runs on it.
+    let sleeper = c.simple_query("SELECT pg_backend_pid(), pg_sleep(10)");
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = shared_cluster();
+        c.psql(
+            c.primary.port,
+            "postgres",
+            &format!("select pg_terminate_backend(pid) from pg_stat_activity where datname = '{db}' and query like '%pg_sleep(10)%' and pid <> pg_backend_pid()"),
+        )
+        .unwrap();
+    };
+    let started = Instant::now();
+    let (r, ()) = tokio::join!(sleeper, kill);
+    assert!(r.is_err(), "the client gets an error");
+    assert!(started.elapsed() < Duration::from_secs(5), "and no hang");
+    // The same client goes on, on a fresh server connection.
+    let v: i32 = match c.query_one("SELECT 3::int", &[]).await {
+        Ok(r) => r.get(0),
+        Err(e) => panic!("{e:?}\n{}", proxy.log()),
+    };
+    assert_eq!(v, 3);
+    // Kill an idle pooled server: the next checkout notices and replaces it.
+    let shared = shared_cluster();
+    shared
+        .psql(
+            shared.primary.port,
+            "postgres",
+            &format!("select pg_terminate_backend(pid) from pg_stat_activity where datname = '{db}' and pid <> pg_backend_pid()"),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let v: i32 = killer.query_one("SELECT 4::int", &[]).await.unwrap().get(0);
+        assert_eq!(v, 4);
+    }
+    let _ = victim_pid;
+}
+
+#[tokio::test]
+async fn cancel_reaches_only_the_query_it_aims_at() {
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 4");
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let token = a.cancel_token();
+    let other = b.simple_query("SELECT pg_sleep(1.5)");
+    let victim = a.simple_query("SELECT pg_sleep(10)");
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = Instant::now();
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        sent
+    };
+    let (victim, sent, other) = tokio::join!(
+        async {
+            let r = victim.await;
+            (r, Instant::now())
+        },
+        cancel,
+        other
+    );
+    let (r, done) = victim;
+    let err = r.unwrap_err();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57014"),
+        "{err}"
+    );
+    assert!(
+        done.duration_since(sent) < Duration::from_secs(1),
+        "cancel took {:?}",
+        done - sent
+    );
+    other.expect("the other client's query was not cancelled");
+    // A cancel while nothing runs is harmless, and a wrong key cancels nothing.
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let v: i32 = a.query_one("SELECT 1::int", &[]).await.unwrap().get(0);
+    assert_eq!(v, 1);
+}
+
+#[tokio::test]
+async fn cancel_after_the_server_moved_on_cancels_nobody() {
+    // With pool_size 1, client A's server goes to client B right after A's query. A stream of
+    // cancels for A must never hit B's query.
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 1");
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let token = a.cancel_token();
+    a.simple_query("SELECT 1").await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let spammer = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            let _ = token.cancel_query(tokio_postgres::NoTls).await;
+        }
+    });
+    for _ in 0..20 {
+        b.simple_query("SELECT pg_sleep(0.02)")
+            .await
+            .expect("B is never cancelled");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spammer.await.unwrap();
+}
+
+#[tokio::test]
+async fn max_client_conn_refuses_extra_clients_with_53300() {
+    let (db, proxy) = setup("max_client_conn = 2", "pool_mode = \"transaction\"");
+    let _a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let _b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let err = proxy
+        .connect(roles::TRUST, None, &db)
+        .await
+        .err()
+        .expect("third is refused");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("53300"),
+        "{err}"
+    );
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy
+        .connect(roles::TRUST, None, &db)
+        .await
+        .expect("a slot is free again");
+}
+
+#[tokio::test]
+async fn min_pool_size_opens_connections_and_idle_timeout_closes_extras() {
+    let (db, proxy) = setup(
+        "idle_timeout_ms = 500",
+        "pool_mode = \"transaction\"\npool_size = 4\nmin_pool_size = 2",
+    );
+    // Connections to the primary appear without any client.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while activity(&db).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "min_pool_size not reached: {:?}",
+            activity(&db)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Open 4 at once, then watch the extras close after the idle timeout.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        c.batch_execute("BEGIN").await.unwrap();
+        clients.push(c);
+    }
+    assert!(activity(&db).len() >= 4);
+    for c in &clients {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = activity(&db).len();
+        if n == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle connections not closed: {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn server_lifetime_retires_connections() {
+    let (db, proxy) = setup(
+        "server_lifetime_ms = 300",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let first: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let second: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(first, second, "the old server connection was retired");
+}
