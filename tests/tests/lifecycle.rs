@@ -1,0 +1,103 @@
+//! Shutdown on SIGTERM/SIGINT: in-flight transactions may finish, everyone else is told 57P01,
+//! the process exits 0.
+
+use std::time::{Duration, Instant};
+use switchyard_tests::{roles, shared_cluster, trust_pool, unique_name, Proxy};
+
+fn setup(general: &str) -> (String, Proxy) {
+    let cluster = shared_cluster();
+    let db = unique_name("life");
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start(
+        general,
+        &trust_pool(cluster, &db, "pool_mode = \"transaction\""),
+    );
+    (db, proxy)
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+#[tokio::test]
+async fn sigterm_lets_open_transactions_finish_then_exits_zero() {
+    let (db, mut proxy) = setup("shutdown_timeout_ms = 10000");
+    let in_tx = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let idle = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    in_tx.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    proxy.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // New clients are refused: the listener is closed.
+    assert!(proxy.connect(roles::TRUST, None, &db).await.is_err());
+    // The idle client was closed with 57P01.
+    let err = idle.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        idle.is_closed() || code(&err).as_deref() == Some("57P01"),
+        "{err:?}"
+    );
+    // The client inside a transaction may finish it.
+    in_tx
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    in_tx.batch_execute("COMMIT").await.unwrap();
+    // ... and is closed right after.
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after the last transaction");
+    assert!(status.success(), "{status}\n{}", proxy.log());
+    let c = shared_cluster();
+    let n = c
+        .psql(c.primary.port, &db, "select count(*) from t")
+        .unwrap();
+    assert_eq!(n.trim(), "2", "the committed transaction is complete");
+}
+
+#[tokio::test]
+async fn shutdown_timeout_closes_transactions_that_do_not_finish() {
+    let (db, mut proxy) = setup("shutdown_timeout_ms = 500");
+    let stuck = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    stuck.batch_execute("CREATE TABLE s (x int)").await.unwrap();
+    stuck
+        .batch_execute("BEGIN; INSERT INTO s VALUES (1)")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    proxy.signal(libc::SIGINT);
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after shutdown_timeout");
+    assert!(status.success(), "{status}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert!(stuck.simple_query("SELECT 1").await.is_err());
+    // The open transaction was rolled back by the server, not committed.
+    let c = shared_cluster();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = c
+            .psql(c.primary.port, "postgres", &format!("select count(*) from pg_stat_activity where datname = '{db}' and state like 'idle in transaction%'"))
+            .unwrap();
+        if open.trim() == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transaction left open on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = c
+        .psql(c.primary.port, &db, "select count(*) from s")
+        .unwrap();
+    assert_eq!(n.trim(), "0");
+}
