@@ -79,8 +79,7 @@ server_user = "{t}"
         let err = proxy
             .connect(user, Some("wrong"), &db)
             .await
-            .err()
-            .expect("wrong password refused");
+            .expect_err("wrong password refused");
         assert_eq!(err_code(&err), "28P01", "{user}: {err}");
         assert_eq!(
             err.as_db_error().unwrap().message(),
@@ -145,15 +144,13 @@ server_user = "{m}"
     let err = proxy
         .connect("wrongpw", None, &db)
         .await
-        .err()
-        .expect("server refuses the proxy");
+        .expect_err("server refuses the proxy");
     assert_eq!(err_code(&err), "28P01", "{err}");
     // No server password configured for a server that wants one.
     let err = proxy
         .connect("nopw", None, &db)
         .await
-        .err()
-        .expect("no password to give");
+        .expect_err("no password to give");
     assert_eq!(err_code(&err), "08001", "{err}");
     assert!(msg(&err).contains("server_password"), "{}", msg(&err));
 }

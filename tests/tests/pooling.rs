@@ -316,8 +316,7 @@ async fn max_client_conn_refuses_extra_clients_with_53300() {
     let err = proxy
         .connect(roles::TRUST, None, &db)
         .await
-        .err()
-        .expect("third is refused");
+        .expect_err("third is refused");
     assert_eq!(
         err.as_db_error().map(|e| e.code().code()),
         Some("53300"),

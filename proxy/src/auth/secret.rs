@@ -15,6 +15,7 @@ pub enum AuthMethod {
     /// `md5(md5(password || user) || salt)`.
     Md5,
     /// SCRAM-SHA-256 (RFC 7677), without channel binding.
+    #[serde(rename = "scram-sha-256")]
     ScramSha256,
 }
 
@@ -63,13 +64,13 @@ impl ClientSecret {
 
     /// Whether this secret can verify a client with `method`.
     pub fn supports(&self, method: AuthMethod) -> bool {
-        match (self, method) {
-            (_, AuthMethod::Trust) => true,
-            (ClientSecret::Plain { .. }, _) => true,
-            (ClientSecret::Md5Hash(_), AuthMethod::Md5) => true,
-            (ClientSecret::Scram(_), AuthMethod::ScramSha256) => true,
-            _ => false,
-        }
+        matches!(
+            (self, method),
+            (_, AuthMethod::Trust)
+                | (ClientSecret::Plain { .. }, _)
+                | (ClientSecret::Md5Hash(_), AuthMethod::Md5)
+                | (ClientSecret::Scram(_), AuthMethod::ScramSha256)
+        )
     }
 
     /// The plain password, when it was configured as such.

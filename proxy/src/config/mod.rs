@@ -128,6 +128,24 @@ mod tests {
     }
 
     #[test]
+    fn every_auth_method_name_parses() {
+        for m in ["trust", "password", "md5", "scram-sha-256"] {
+            let c = parse_str(&MINIMAL.replace(
+                "password = \"pw\"",
+                &format!("password = \"pw\"\nauth = \"{m}\""),
+            ))
+            .unwrap();
+            assert_eq!(c.pools["app"].users["alice"].auth.unwrap().name(), m);
+        }
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/switchyard.toml");
+        load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn min_pool_size_cannot_exceed_pool_size() {
         let e = parse_str(&MINIMAL.replace(
             "password = \"pw\"",

@@ -65,11 +65,7 @@ pub async fn run(
                         on_param(name, value);
                     }
                 }
-                b'C' => {
-                    if forgets_prepared_statements(body) {
-                        conn.prepared.clear();
-                    }
-                }
+                b'C' if forgets_prepared_statements(body) => conn.prepared.clear(),
                 _ => {}
             }
             conn.rbuf.advance(f.total);

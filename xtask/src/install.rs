@@ -1,0 +1,66 @@
+//! Installing what the commands need, when it is missing: the PostgreSQL server binaries (Debian
+//! package `postgresql`) and the OS user they run as. Safe to run again: nothing is done twice.
+
+use std::path::Path;
+use std::process::Command;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn sh(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    status
+        .success()
+        .then_some(())
+        .ok_or_else(|| format!("{cmd:?} failed: {status}"))
+}
+
+/// Makes sure PostgreSQL server binaries and the `postgres` OS user exist.
+pub fn postgres() -> Result<(), String> {
+    if switchyard_tests::find_bindir().is_none() {
+        if !is_root() {
+            return Err(
+                "PostgreSQL server binaries not found: install the Debian package `postgresql` \
+                        (sudo apt-get install postgresql), or set PGBIN to their directory"
+                    .into(),
+            );
+        }
+        // The package would otherwise create and start a cluster on port 5432 we do not need.
+        let conf = Path::new("/etc/postgresql-common/createcluster.conf");
+        if !conf.exists() {
+            std::fs::create_dir_all("/etc/postgresql-common").map_err(|e| e.to_string())?;
+            std::fs::write(conf, "create_main_cluster = false\n").map_err(|e| e.to_string())?;
+        }
+        sh(Command::new("apt-get").arg("update"))?;
+        sh(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "postgresql",
+                "postgresql-contrib",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        if switchyard_tests::find_bindir().is_none() {
+            return Err(
+                "installed `postgresql`, but found no server binaries under /usr/lib/postgresql"
+                    .into(),
+            );
+        }
+    }
+    if is_root() {
+        let user = std::env::var("PG_OS_USER").unwrap_or_else(|_| "postgres".into());
+        let exists = Command::new("id")
+            .arg(&user)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !exists {
+            sh(Command::new("useradd").args(["--system", "--no-create-home", &user]))?;
+        }
+    }
+    Ok(())
+}
