@@ -9,7 +9,7 @@
 mod cluster;
 mod proxy;
 
-pub use cluster::{find_bindir, Cluster, Node};
+pub use cluster::{find_bindir, free_port, Cluster, Node};
 pub use proxy::{switchyard_binary, Proxy};
 
 use std::sync::OnceLock;

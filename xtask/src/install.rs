@@ -64,3 +64,22 @@ pub fn postgres() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Makes sure PgBouncer (Debian's) is there, for the benchmark.
+pub fn pgbouncer() -> Result<(), String> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v pgbouncer"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if found {
+        return Ok(());
+    }
+    if !is_root() {
+        return Err("pgbouncer not found: install the Debian package `pgbouncer`".into());
+    }
+    sh(Command::new("apt-get").arg("update"))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends", "pgbouncer"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}

@@ -5,7 +5,9 @@
 //! * `cargo xtask test`  — everything CI runs: formatting, lints, unit and integration tests.
 //!
 //! Both install what is missing (PostgreSQL from Debian) and are safe to run again.
+//! `cargo xtask bench` (or `bench/pgbench.sh`) compares Switchyard with PostgreSQL and PgBouncer.
 
+mod bench;
 mod install;
 
 use std::process::{Command, ExitCode};
@@ -18,8 +20,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(),
         _ => {
-            eprintln!("usage: cargo xtask <demo|test> [test args...]");
+            eprintln!("usage: cargo xtask <demo|test|bench> [test args...]");
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,406 @@
+//! `cargo xtask bench`: pgbench -S against PostgreSQL directly, through Switchyard and through
+//! PgBouncer (Debian's), interleaved, several runs; medians and ratios. Also the proxies' CPU per
+//! transaction (utime+stime from /proc) and their RSS per idle client.
+//!
+//! Environment: BENCH_SECONDS (15), BENCH_RUNS (3), BENCH_CLIENTS ("10,100"),
+//! BENCH_MODES ("simple,extended"), BENCH_IDLE_CLIENTS (1000).
+
+use crate::{cargo, install, run};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use switchyard_tests::{free_port, roles, Cluster};
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.into())
+}
+
+/// A process serving pgbench: PostgreSQL itself or a proxy in front of it.
+struct Target {
+    name: &'static str,
+    port: u16,
+    /// The proxy process, whose CPU and memory are measured.
+    pid: Option<u32>,
+}
+
+/// One pgbench run's results.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    tps: f64,
+    latency_ms: f64,
+    cpu_us_per_tx: Option<f64>,
+}
+
+fn os_uid_gid(user: &str) -> Result<(u32, u32), String> {
+    let id = |flag: &str| -> Result<u32, String> {
+        let out = Command::new("id")
+            .args([flag, user])
+            .output()
+            .map_err(|e| e.to_string())?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| format!("no OS user {user}"))
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// utime + stime of a process, in microseconds.
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks * 1e6 / hz)
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+fn pgbench(
+    bindir: &Path,
+    target: &Target,
+    mode: &str,
+    clients: u32,
+    seconds: u32,
+) -> Result<Sample, String> {
+    let cpu0 = target.pid.and_then(cpu_us);
+    let out = Command::new(bindir.join("pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &target.port.to_string(),
+            "-U",
+            roles::TRUST,
+        ])
+        .args([
+            "-S",
+            "-M",
+            mode,
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ])
+        .arg("bench")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let cpu1 = target.pid.and_then(cpu_us);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "pgbench via {} failed: {stdout}{}",
+            target.name,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let find = |prefix: &str| -> Option<f64> {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    };
+    let tx = find("number of transactions actually processed: ").ok_or("no transaction count")?;
+    let failed = find("number of failed transactions: ").unwrap_or(0.0);
+    if failed > 0.0 {
+        return Err(format!("{failed} failed transactions via {}", target.name));
+    }
+    Ok(Sample {
+        tps: find("tps = ").ok_or("no tps")?,
+        latency_ms: find("latency average = ").ok_or("no latency")?,
+        cpu_us_per_tx: cpu0.zip(cpu1).map(|(a, b)| (b - a) / tx),
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Logs in `n` clients (trust) and keeps them idle; returns the sockets.
+fn idle_clients(port: u16, n: usize) -> Result<Vec<TcpStream>, String> {
+    let mut startup = Vec::new();
+    let body = format!("user\0{}\0database\0bench\0\0", roles::TRUST);
+    startup.extend_from_slice(&((body.len() + 8) as i32).to_be_bytes());
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(body.as_bytes());
+    let mut socks = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s =
+            TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("client {i}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(&startup).map_err(|e| e.to_string())?;
+        // Read until ReadyForQuery ('Z', length 5, status).
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(5).any(|w| w == b"Z\0\0\0\x05") {
+            let k = s
+                .read(&mut buf)
+                .map_err(|e| format!("client {i} login: {e}"))?;
+            if k == 0 {
+                return Err(format!(
+                    "client {i}: closed during login: {:?}",
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+            got.extend_from_slice(&buf[..k]);
+        }
+        socks.push(s);
+    }
+    Ok(socks)
+}
+
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on our own process.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max.min(65536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn bench() -> Result<(), String> {
+    let seconds: u32 = env_or("BENCH_SECONDS", "15")
+        .parse()
+        .map_err(|_| "BENCH_SECONDS")?;
+    let runs: u32 = env_or("BENCH_RUNS", "3")
+        .parse()
+        .map_err(|_| "BENCH_RUNS")?;
+    let idle: usize = env_or("BENCH_IDLE_CLIENTS", "1000")
+        .parse()
+        .map_err(|_| "BENCH_IDLE_CLIENTS")?;
+    let clients: Vec<u32> = env_or("BENCH_CLIENTS", "10,100")
+        .split(',')
+        .map(|c| c.trim().parse().map_err(|_| "BENCH_CLIENTS"))
+        .collect::<Result<_, _>>()?;
+    let modes: Vec<String> = env_or("BENCH_MODES", "simple,extended")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+
+    install::postgres()?;
+    install::pgbouncer()?;
+    run(cargo().args(["build", "--release", "-p", "switchyard"]))?;
+    raise_fd_limit();
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard");
+
+    eprintln!("bench: starting PostgreSQL");
+    let cluster = Cluster::start(0)?;
+    cluster.create_database("bench", roles::TRUST);
+    run(Command::new(cluster.bindir.join("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "10",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.primary.port.to_string(),
+        ])
+        .args(["-U", roles::TRUST, "bench"]))?;
+
+    // Switchyard: transaction mode, pool of 20.
+    let sy_port = free_port();
+    let sy_conf = cluster.dir.join("bench-switchyard.toml");
+    std::fs::write(
+        &sy_conf,
+        format!(
+            "[general]\nlisten_addr = \"127.0.0.1:{sy_port}\"\nmax_client_conn = {}\n\
+             [pools.bench]\npool_mode = \"transaction\"\npool_size = 20\n\
+             servers = [{{ host = \"127.0.0.1\", port = {}, role = \"primary\" }}]\n\
+             [pools.bench.users.{}]\n",
+            idle + 200,
+            cluster.primary.port,
+            roles::TRUST
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let switchyard = Killed(
+        Command::new(&bin)
+            .arg("--config")
+            .arg(&sy_conf)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+
+    // PgBouncer: the same pool, run as the PostgreSQL OS user (it refuses root).
+    let pgb_port = free_port();
+    let pgb_dir = cluster.dir.join("pgbouncer");
+    std::fs::create_dir_all(&pgb_dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        pgb_dir.join("userlist.txt"),
+        format!("\"{}\" \"\"\n", roles::TRUST),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        pgb_dir.join("pgbouncer.ini"),
+        format!(
+            "[databases]\nbench = host=127.0.0.1 port={} dbname=bench\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {pgb_port}\nunix_socket_dir =\nauth_type = trust\n\
+             auth_file = {}\npool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = {}\n\
+             logfile = {}\n",
+            cluster.primary.port,
+            pgb_dir.join("userlist.txt").display(),
+            idle + 200,
+            pgb_dir.join("pgbouncer.log").display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let (uid, gid) =
+        os_uid_gid(&std::env::var("PG_OS_USER").unwrap_or_else(|_| "postgres".into()))?;
+    run(Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(&pgb_dir))?;
+    let pgbouncer = Killed(
+        Command::new("pgbouncer")
+            .arg(pgb_dir.join("pgbouncer.ini"))
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("pgbouncer: {e}"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in [sy_port, pgb_port] {
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("nothing listens on {port}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    let targets = [
+        Target {
+            name: "postgres",
+            port: cluster.primary.port,
+            pid: None,
+        },
+        Target {
+            name: "switchyard",
+            port: sy_port,
+            pid: Some(switchyard.0.id()),
+        },
+        Target {
+            name: "pgbouncer",
+            port: pgb_port,
+            pid: Some(pgbouncer.0.id()),
+        },
+    ];
+    // Warm up every path once.
+    for t in &targets {
+        pgbench(&cluster.bindir, t, "simple", 10, 2)?;
+    }
+    let mut samples: BTreeMap<(String, u32, &str), Vec<Sample>> = BTreeMap::new();
+    for r in 1..=runs {
+        for mode in &modes {
+            for &c in &clients {
+                for t in &targets {
+                    let s = pgbench(&cluster.bindir, t, mode, c, seconds)?;
+                    eprintln!("bench: run {r}/{runs} {mode:8} c={c:<3} {:10} tps {:>9.0}  lat {:.3} ms  cpu/tx {}",
+                        t.name, s.tps, s.latency_ms,
+                        s.cpu_us_per_tx.map(|v| format!("{v:.1} µs")).unwrap_or_else(|| "-".into()));
+                    samples
+                        .entry((mode.clone(), c, t.name))
+                        .or_default()
+                        .push(s);
+                }
+            }
+        }
+    }
+
+    println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections.\n");
+    println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | tps vs direct | tps vs PgBouncer |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for mode in &modes {
+        for &c in &clients {
+            let med = |name: &str, f: fn(&Sample) -> Option<f64>| {
+                median(
+                    samples[&(mode.clone(), c, name)]
+                        .iter()
+                        .filter_map(f)
+                        .collect(),
+                )
+            };
+            let direct = med("postgres", |s| Some(s.tps));
+            let pgb = med("pgbouncer", |s| Some(s.tps));
+            for t in &targets {
+                let tps = med(t.name, |s| Some(s.tps));
+                let cpu = med(t.name, |s| s.cpu_us_per_tx);
+                println!(
+                    "| {mode} | {c} | {} | {tps:.0} | {:.3} | {} | {:.2} | {:.2} |",
+                    t.name,
+                    med(t.name, |s| Some(s.latency_ms)),
+                    if cpu.is_nan() {
+                        "-".into()
+                    } else {
+                        format!("{cpu:.1}")
+                    },
+                    tps / direct,
+                    tps / pgb
+                );
+            }
+        }
+    }
+
+    println!("\nRSS per idle client ({idle} clients logged in and idle):\n");
+    println!("| proxy | RSS before | RSS with clients | per client |");
+    println!("|---|---|---|---|");
+    for t in &targets[1..] {
+        let pid = t.pid.expect("proxy pid");
+        let before = rss_kib(pid).ok_or("no RSS")?;
+        let socks = idle_clients(t.port, idle)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(pid).ok_or("no RSS")?;
+        drop(socks);
+        println!(
+            "| {} | {before} KiB | {after} KiB | {:.2} KiB |",
+            t.name,
+            (after as f64 - before as f64) / idle as f64
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(switchyard);
+    drop(pgbouncer);
+    cluster.stop();
+    Ok(())
+}
