@@ -6,6 +6,7 @@
 //! (see [`ServerKey::cancel_pending`]).
 
 use crate::server::ServerKey;
+use atomic_waker::AtomicWaker;
 use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -14,24 +15,30 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Which server connection a client is using right now, if any.
+/// A connected client as the rest of the proxy reaches it: which server connection it is using
+/// right now (for cancels), and how to wake its session (for shutdown).
 #[derive(Debug, Default)]
-pub struct CancelSlot(Mutex<Option<Arc<ServerKey>>>);
+pub struct CancelSlot {
+    server: Mutex<Option<Arc<ServerKey>>>,
+    /// The session's waker while it waits; shutdown wakes it.
+    pub wake: AtomicWaker,
+}
 
 impl CancelSlot {
     /// Records the server the client just checked out.
     pub fn set(&self, key: &Arc<ServerKey>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.clone());
+        *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.clone());
     }
 
     /// Forgets the server; after this no new cancel can aim at it for this client.
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// Claims the current server for a cancel; the caller must call `cancel_done` on it.
+    /// Claims the current server for a cancel; the caller must decrement
+    /// `cancels_in_flight` when done.
     fn claim(&self) -> Option<Arc<ServerKey>> {
-        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.server.lock().unwrap_or_else(|e| e.into_inner());
         let key = guard.as_ref()?.clone();
         key.cancels_in_flight.fetch_add(1, Ordering::AcqRel);
         Some(key)
@@ -82,6 +89,14 @@ impl CancelRegistry {
             pid,
             secret,
             slot,
+        }
+    }
+
+    /// Wakes every session (after a shutdown phase change).
+    pub fn wake_all(&self) {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, slot) in clients.values() {
+            slot.wake.wake();
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod listener;
 pub mod pool;
@@ -16,6 +17,7 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod workers;
 
 use cancel::CancelRegistry;
 use config::Config;
@@ -32,23 +34,51 @@ pub struct Proxy {
     pub config: Config,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
-    pub clients: ClientCounter,
+    pub clients: Arc<ClientCounter>,
     pub shutdown: Shutdown,
 }
 
+/// Half the CPUs, at least one. Most of a pooler's CPU is the kernel's TCP work charged to it;
+/// fewer, busier event loops batch more events per `epoll_wait` (measured: one worker costs
+/// ~10 % less CPU per transaction than two on a 2-core machine shared with PostgreSQL).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Serves clients from `listener` until `stop` resolves, then shuts down gracefully.
-pub async fn run(config: Config, listener: TcpListener, stop: impl Future<Output = ()>) {
+///
+/// Runs on the main thread's runtime; client sessions run on [`workers`] threads.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let n = config
+        .general
+        .worker_threads
+        .unwrap_or_else(default_workers);
+    let workers = Arc::new(workers::Workers::start(n)?);
     let (controller, shutdown) = ShutdownController::new();
-    let pools = Arc::new(Pools::from_config(&config));
+    let pools = Arc::new(Pools::from_config(&config, n));
     let proxy = Arc::new(Proxy {
         config,
         pools: pools.clone(),
         cancels: CancelRegistry::default(),
-        clients: ClientCounter::default(),
+        clients: Arc::new(ClientCounter::default()),
         shutdown: shutdown.clone(),
     });
-    pool::spawn_reaper(pools, Duration::from_secs(1), shutdown.clone());
-    let accept = tokio::spawn(listener::accept_loop(listener, proxy.clone()));
+    clock::spawn_ticker(shutdown.clone());
+    // On a worker, so that min_pool_size connections live on a worker's reactor.
+    workers.get(0).spawn(pool::reaper(
+        pools,
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
+    let accept = tokio::spawn(listener::accept_loop(
+        listener,
+        proxy.clone(),
+        workers.clone(),
+    ));
 
     stop.await;
     let grace = Duration::from_millis(proxy.config.general.shutdown_timeout_ms);
@@ -58,6 +88,7 @@ pub async fn run(config: Config, listener: TcpListener, stop: impl Future<Output
         "shutting down: no new connections; transactions in flight may finish"
     );
     controller.enter(Phase::Draining);
+    proxy.cancels.wake_all();
     let _ = accept.await;
     if tokio::time::timeout(grace, proxy.clients.wait_zero())
         .await
@@ -69,6 +100,11 @@ pub async fn run(config: Config, listener: TcpListener, stop: impl Future<Output
         );
     }
     controller.enter(Phase::Closing);
+    proxy.cancels.wake_all();
     let _ = tokio::time::timeout(Duration::from_secs(2), proxy.clients.wait_zero()).await;
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        workers.stop();
+    }
     tracing::info!("stopped");
+    Ok(())
 }

@@ -1,6 +1,7 @@
-//! Accepting clients: one task per connection, bounded by `max_client_conn`.
+//! Accepting clients: one task per connection on a worker thread, bounded by `max_client_conn`.
 
 use crate::protocol::{backend, sqlstate};
+use crate::workers::Workers;
 use crate::Proxy;
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts until shutdown begins.
-pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
+pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, workers: Arc<Workers>) {
     let mut shutdown = proxy.shutdown.clone();
     let max = proxy.config.general.max_client_conn;
     loop {
@@ -25,11 +26,24 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
             },
             _ = shutdown.draining() => return,
         };
+        let Some(guard) = proxy.clients.try_enter(max) else {
+            tokio::spawn(refuse(stream, max));
+            continue;
+        };
+        // Hand the socket to a worker: deregister here, register on the worker's reactor.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand over a client connection");
+                continue;
+            }
+        };
         let proxy = proxy.clone();
-        tokio::spawn(async move {
-            match proxy.clients.try_enter(max) {
-                Some(_guard) => crate::client::serve(stream, peer, &proxy).await,
-                None => refuse(stream, max).await,
+        workers.next().spawn(async move {
+            let _guard = guard;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => crate::client::serve(stream, peer, &proxy).await,
+                Err(e) => tracing::warn!(error = %e, "cannot register a client connection"),
             }
         });
     }

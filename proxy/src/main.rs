@@ -46,11 +46,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // The main thread accepts and coordinates shutdown; sessions run on worker threads.
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
     runtime.enable_all();
-    if let Some(n) = config.general.worker_threads {
-        runtime.worker_threads(n);
-    }
     let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
@@ -70,8 +68,13 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(addr = %config.general.listen_addr, "switchyard listening");
-        switchyard::run(config, listener, stop_signal()).await;
-        ExitCode::SUCCESS
+        match switchyard::run(config, listener, stop_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard: cannot start worker threads: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

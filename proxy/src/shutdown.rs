@@ -5,7 +5,8 @@
 //! finish it. After `shutdown_timeout_ms` the phase becomes `Closing` and everyone left is closed
 //! the same way.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 
 /// Where the proxy is in its life.
@@ -18,21 +19,49 @@ pub enum Phase {
 
 /// The sending side, owned by `run`.
 #[derive(Debug)]
-pub struct ShutdownController(watch::Sender<Phase>);
+pub struct ShutdownController {
+    tx: watch::Sender<Phase>,
+    phase: Arc<AtomicU8>,
+}
 
 /// The receiving side: cheap to clone, one per task.
+///
+/// Background tasks await [`Shutdown::draining`]; client sessions, which wait on every
+/// transaction, read [`Shutdown::phase`] (one atomic load) and are woken through their
+/// registry entry instead of registering with the channel each time.
 #[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<Phase>);
+pub struct Shutdown {
+    rx: watch::Receiver<Phase>,
+    phase: Arc<AtomicU8>,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            _ => Phase::Closing,
+        }
+    }
+}
 
 impl ShutdownController {
     pub fn new() -> (Self, Shutdown) {
         let (tx, rx) = watch::channel(Phase::Running);
-        (ShutdownController(tx), Shutdown(rx))
+        let phase = Arc::new(AtomicU8::new(Phase::Running as u8));
+        (
+            ShutdownController {
+                tx,
+                phase: phase.clone(),
+            },
+            Shutdown { rx, phase },
+        )
     }
 
     /// Moves to a later phase (never back).
     pub fn enter(&self, phase: Phase) {
-        self.0.send_if_modified(|p| {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+        self.tx.send_if_modified(|p| {
             let later = phase > *p;
             if later {
                 *p = phase;
@@ -45,20 +74,17 @@ impl ShutdownController {
 impl Shutdown {
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        *self.0.borrow()
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
     /// Resolves when the phase is at least `Draining`.
     pub async fn draining(&mut self) {
-        let _ = self.0.wait_for(|p| *p >= Phase::Draining).await;
+        let _ = self.rx.wait_for(|p| *p >= Phase::Draining).await;
     }
 
-    /// Resolves with the new phase when it changes; never, if the controller is gone.
-    pub async fn changed(&mut self) -> Phase {
-        if self.0.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        *self.0.borrow_and_update()
+    /// Resolves when the phase is `Closing`.
+    pub async fn closing(&mut self) {
+        let _ = self.rx.wait_for(|p| *p >= Phase::Closing).await;
     }
 }
 
@@ -70,9 +96,9 @@ pub struct ClientCounter {
 }
 
 /// Held by each client task; leaving decrements the count.
-pub struct ClientGuard<'a>(&'a ClientCounter);
+pub struct ClientGuard(Arc<ClientCounter>);
 
-impl Drop for ClientGuard<'_> {
+impl Drop for ClientGuard {
     fn drop(&mut self) {
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.zero.notify_waiters();
@@ -82,7 +108,7 @@ impl Drop for ClientGuard<'_> {
 
 impl ClientCounter {
     /// Registers a client, unless `max` are already connected.
-    pub fn try_enter(&self, max: usize) -> Option<ClientGuard<'_>> {
+    pub fn try_enter(self: &Arc<Self>, max: usize) -> Option<ClientGuard> {
         let mut n = self.count.load(Ordering::Acquire);
         loop {
             if n >= max {
@@ -92,7 +118,7 @@ impl ClientCounter {
                 .count
                 .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Some(ClientGuard(self)),
+                Ok(_) => return Some(ClientGuard(self.clone())),
                 Err(now) => n = now,
             }
         }

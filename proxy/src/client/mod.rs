@@ -44,9 +44,15 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) {
     let _ = stream.set_nodelay(true);
     let registration = proxy.cancels.register();
     let mut buf = BytesMut::new();
+    // Boxed: the handshake's state is large and needed once; the session's future stays small.
     let login = tokio::time::timeout(
         LOGIN_TIMEOUT,
-        handshake::handshake(&mut stream, proxy, &mut buf, &registration),
+        Box::pin(handshake::handshake(
+            &mut stream,
+            proxy,
+            &mut buf,
+            &registration,
+        )),
     )
     .await
     .unwrap_or_else(|_| {
@@ -58,7 +64,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) {
     match login {
         Ok(handshake::Hello::Cancel { pid, secret }) => {
             let timeout = Duration::from_millis(proxy.config.general.cancel_timeout_ms);
-            proxy.cancels.cancel(pid, secret, timeout).await;
+            Box::pin(proxy.cancels.cancel(pid, secret, timeout)).await;
         }
         Ok(handshake::Hello::Login(login)) => {
             tracing::debug!(%peer, user = %login.pool.user, database = %login.pool.database, "client logged in");
@@ -69,7 +75,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) {
         Err(Refusal::Gone) => {}
         Err(Refusal::Fatal { code, message }) => {
             tracing::info!(%peer, %code, %message, "client refused");
-            send_fatal(&mut stream, &code, &message).await;
+            Box::pin(send_fatal(&mut stream, &code, &message)).await;
         }
     }
 }

@@ -68,6 +68,16 @@ impl Default for Responses {
 }
 
 impl Responses {
+    /// Starts over for a newly attached server, keeping the queue's memory.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        self.server_skipping = false;
+        self.partial = 0;
+        self.at_sync = true;
+        self.tx_status = b'I';
+        self.copy_in = false;
+    }
+
     /// Whether the server ignores extended-protocol messages until the next Sync.
     pub fn skipping(&self) -> bool {
         self.server_skipping

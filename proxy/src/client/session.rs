@@ -44,7 +44,6 @@ struct Attached {
     conn: Pooled,
     /// Its index in the pool's server list.
     index: usize,
-    responses: Responses,
 }
 
 /// One client's session.
@@ -60,11 +59,16 @@ pub(crate) struct Session<'p> {
     /// Messages for the attached server.
     to_server: BytesMut,
     server: Option<Attached>,
+    /// What the attached server still owes (kept here so its queue is reused, not reallocated,
+    /// on every checkout).
+    responses: Responses,
     params: ClientParams,
     statements: Statements,
     cancel: Arc<CancelSlot>,
     pid: i32,
     shutdown: Shutdown,
+    /// The shutdown phase this session has acted on.
+    seen_phase: Phase,
     draining: bool,
     /// The proxy answered an extended-protocol message with an error: drop messages to Sync.
     skip_until_sync: bool,
@@ -100,11 +104,13 @@ impl<'p> Session<'p> {
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
             server: None,
+            responses: Responses::default(),
             params: login.params,
             statements: Statements::default(),
             cancel: registration.slot.clone(),
             pid: registration.pid,
             draining: shutdown.phase() >= Phase::Draining,
+            seen_phase: shutdown.phase(),
             shutdown,
             skip_until_sync: false,
             max_message: proxy.config.general.max_message_size,
@@ -118,18 +124,22 @@ impl<'p> Session<'p> {
     /// Runs the session to its end and cleans up its server connection.
     pub(crate) async fn run(mut self) {
         let end = self.forward_loop().await;
-        match &end {
-            End::Fatal(code, message) => {
-                tracing::debug!(pid = self.pid, code, %message, "closing client");
-                self.to_client.clear();
-                backend::error(&mut self.to_client, Severity::Fatal, code, message);
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    self.client.write_all(&self.to_client),
-                )
-                .await;
-            }
-            End::Terminate | End::ClientGone => {}
+        // The end of a session is cold: boxed so that its state (timers, a cleanup query) is not
+        // part of the future every connected client keeps in memory.
+        Box::pin(self.finish(end)).await;
+    }
+
+    async fn finish(&mut self, end: End) {
+        if let End::Fatal(code, message) = &end {
+            tracing::debug!(pid = self.pid, code, %message, "closing client");
+            self.to_client.clear();
+            backend::error(&mut self.to_client, Severity::Fatal, code, message);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.client.write_all(&self.to_client),
+            )
+            .await;
+            super::linger_close(&mut self.client).await;
         }
         self.detach_at_end().await;
     }
@@ -147,7 +157,7 @@ impl<'p> Session<'p> {
                 && self
                     .server
                     .as_ref()
-                    .is_none_or(|a| a.responses.quiet() && a.responses.tx_status == b'I')
+                    .is_none_or(|_| self.responses.quiet() && self.responses.tx_status == b'I')
             {
                 return End::Fatal(
                     sqlstate::ADMIN_SHUTDOWN,
@@ -159,10 +169,16 @@ impl<'p> Session<'p> {
                 Event::ClientData(Ok(0)) | Event::ClientData(Err(_)) => Err(End::ClientGone),
                 Event::ClientData(Ok(_)) => Ok(()),
                 Event::ClientReadable => {
-                    self.cbuf.reserve(8192);
-                    match self.client.try_read_buf(&mut self.cbuf) {
+                    // Readiness can be stale (left over from login): read into the stack first
+                    // and allocate the session's buffer only once bytes really arrive.
+                    let mut first = [0u8; 2048];
+                    match self.client.try_read(&mut first) {
                         Ok(0) => Err(End::ClientGone),
-                        Ok(_) => Ok(()),
+                        Ok(n) => {
+                            self.cbuf.reserve(8192);
+                            self.cbuf.extend_from_slice(&first[..n]);
+                            Ok(())
+                        }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
                         Err(_) => Err(End::ClientGone),
                     }
@@ -179,8 +195,9 @@ impl<'p> Session<'p> {
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection because switchyard is shutting down".into(),
                 )),
-                Event::Phase(_) => {
-                    self.draining = true;
+                Event::Phase(p) => {
+                    self.seen_phase = p;
+                    self.draining = p >= Phase::Draining;
                     Ok(())
                 }
             };
@@ -194,7 +211,20 @@ impl<'p> Session<'p> {
     async fn wait(&mut self) -> Event {
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
-        let shutdown = &mut self.shutdown;
+        // Shutdown: one atomic load per poll; the session's waker sits in its registry slot,
+        // which shutdown wakes. No lock, no allocation.
+        let (shutdown, slot, seen) = (&self.shutdown, &self.cancel, self.seen_phase);
+        let phase_change = std::future::poll_fn(|cx| {
+            let p = shutdown.phase();
+            if p != seen {
+                return std::task::Poll::Ready(p);
+            }
+            slot.wake.register(cx.waker());
+            match shutdown.phase() {
+                p if p != seen => std::task::Poll::Ready(p),
+                _ => std::task::Poll::Pending,
+            }
+        });
         match self.server.as_mut() {
             Some(att) => {
                 if cbuf.capacity() - cbuf.len() < 1024 {
@@ -205,26 +235,31 @@ impl<'p> Session<'p> {
                     conn.rbuf.reserve(16384);
                 }
                 tokio::select! {
-                    r = client.read_buf(cbuf) => Event::ClientData(r),
+                    biased;
                     r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
-                    p = shutdown.changed() => Event::Phase(p),
+                    r = client.read_buf(cbuf) => Event::ClientData(r),
+                    p = phase_change => Event::Phase(p),
                 }
             }
-            // Idle clients wait without a read buffer (see README: memory per idle client).
-            None if cbuf.is_empty() => tokio::select! {
+            // A client that has not sent a query yet waits without a read buffer, so idle
+            // clients cost little memory. After that the buffer is kept and read with
+            // `read_buf`, which (unlike `try_read_buf`) lets tokio skip the EAGAIN read.
+            None if cbuf.capacity() == 0 => tokio::select! {
+                biased;
                 r = client.readable() => match r {
                     Ok(()) => Event::ClientReadable,
                     Err(e) => Event::ClientData(Err(e)),
                 },
-                p = shutdown.changed() => Event::Phase(p),
+                p = phase_change => Event::Phase(p),
             },
             None => {
                 if cbuf.capacity() - cbuf.len() < 1024 {
                     cbuf.reserve(8192);
                 }
                 tokio::select! {
+                    biased;
                     r = client.read_buf(cbuf) => Event::ClientData(r),
-                    p = shutdown.changed() => Event::Phase(p),
+                    p = phase_change => Event::Phase(p),
                 }
             }
         }
@@ -336,9 +371,15 @@ impl<'p> Session<'p> {
         if let Some(sql) = self.params.sync_sql(&conn) {
             let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
             let tracked = &mut self.params.tracked;
-            let outcome = maintenance::run(&mut conn, &[&sql], timeout, |name, value| {
-                tracked.set(name, value);
-            })
+            // Rare (parameters differ): boxed to keep the session future small.
+            let outcome = Box::pin(maintenance::run(
+                &mut conn,
+                &[&sql],
+                timeout,
+                |name, value| {
+                    tracked.set(name, value);
+                },
+            ))
             .await;
             match outcome {
                 Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
@@ -364,11 +405,8 @@ impl<'p> Session<'p> {
                 }
             }
         }
-        self.server = Some(Attached {
-            conn,
-            index,
-            responses: Responses::default(),
-        });
+        self.responses.reset();
+        self.server = Some(Attached { conn, index });
         Ok(())
     }
 
@@ -378,7 +416,7 @@ impl<'p> Session<'p> {
         let map_names = self.transaction_mode();
         let att = self.server.as_mut().expect("attached before forwarding");
         let out = &mut self.to_server;
-        let r = &mut att.responses;
+        let r = &mut self.responses;
         let skipping = r.skipping();
         r.sent();
         let body = &msg[5..];
@@ -500,7 +538,7 @@ impl<'p> Session<'p> {
     async fn relay(&mut self) -> Result<(), End> {
         let att = self.server.as_mut().expect("relay needs a server");
         let conn = &mut *att.conn;
-        let r = &mut att.responses;
+        let r = &mut self.responses;
         let out = &mut self.to_client;
         let buf = &conn.rbuf[..];
         let mut pos = r.partial.min(buf.len());
@@ -576,7 +614,7 @@ impl<'p> Session<'p> {
             || !self
                 .server
                 .as_ref()
-                .is_some_and(|a| a.responses.releasable())
+                .is_some_and(|_| self.responses.releasable())
         {
             return;
         }
@@ -600,7 +638,7 @@ impl<'p> Session<'p> {
             "server connection lost"
         );
         let message = format!("server connection lost: {why}");
-        let r = &att.responses;
+        let r = &self.responses;
         drop(att.conn);
         if self.transaction_mode() && r.tx_status == b'I' {
             let owed = r.ready_owed();
@@ -640,7 +678,7 @@ impl<'p> Session<'p> {
         self.cancel.clear();
         let server = &self.pool.servers[att.index];
         let mut conn = att.conn;
-        if !att.responses.quiet() {
+        if !self.responses.quiet() {
             let key = conn.key.clone();
             drop(conn);
             let timeout = Duration::from_millis(self.proxy.config.general.cancel_timeout_ms);
@@ -650,7 +688,7 @@ impl<'p> Session<'p> {
             return;
         }
         let mut statements: Vec<&str> = Vec::with_capacity(2);
-        if att.responses.tx_status != b'I' {
+        if self.responses.tx_status != b'I' {
             statements.push("ROLLBACK");
         }
         let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
@@ -662,7 +700,7 @@ impl<'p> Session<'p> {
             return;
         }
         let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
-        match maintenance::run(&mut conn, &statements, timeout, |_, _| {}).await {
+        match Box::pin(maintenance::run(&mut conn, &statements, timeout, |_, _| {})).await {
             Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
                 if reset {
                     conn.applied_extras = ParamList::new();

@@ -21,7 +21,7 @@ pub struct Config {
 pub struct General {
     /// Where clients connect, `host:port`.
     pub listen_addr: String,
-    /// Tokio worker threads; default: one per CPU.
+    /// Worker threads (each a single-threaded event loop); default: half the CPUs, at least 1.
     pub worker_threads: Option<usize>,
     /// Most client connections open at once; more get `53300` at login.
     pub max_client_conn: usize,

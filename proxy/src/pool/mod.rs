@@ -8,7 +8,7 @@ mod reaper;
 mod server_pool;
 mod user_pool;
 
-pub use reaper::spawn_reaper;
+pub use reaper::reaper;
 pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool};
 pub use user_pool::UserPool;
 
@@ -24,14 +24,15 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Builds the pools of a validated config. No connection is opened here.
-    pub fn from_config(config: &Config) -> Self {
+    /// Builds the pools of a validated config for `workers` worker threads. No connection is
+    /// opened here.
+    pub fn from_config(config: &Config, workers: usize) -> Self {
         let timeouts = PoolTimeouts::from_general(&config.general);
         let router: Arc<dyn Router> = Arc::new(PrimaryOnly);
         let mut by_key = HashMap::new();
         for (db, pool) in &config.pools {
             for (user, u) in &pool.users {
-                let up = UserPool::new(db, user, pool, u, timeouts, router.clone());
+                let up = UserPool::new(db, user, pool, u, timeouts, router.clone(), workers);
                 by_key.insert((db.clone(), user.clone()), Arc::new(up));
             }
         }

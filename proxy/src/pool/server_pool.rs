@@ -1,7 +1,9 @@
 //! The connections of one (database, user) to one server.
 //!
-//! A semaphore with `pool_size` permits bounds the connections checked out; idle connections wait
-//! on a LIFO stack, so the warmest one is reused first and the coldest can time out. The fast
+//! A semaphore with `pool_size` permits bounds the connections checked out. Idle connections wait
+//! on one LIFO stack per worker thread (the warmest is reused first, the coldest can time out);
+//! a worker takes from its own stack first, so a transaction normally stays on one thread, and
+//! from the others before opening a new connection, so `pool_size` is never exceeded. The fast
 //! path of a checkout is one `try_acquire` and one uncontended mutex: no allocation, no syscall.
 
 use crate::config::{General, Role};
@@ -12,6 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Boxed connections: moving one in and out of the pool copies a pointer, not ~300 bytes.
+#[allow(clippy::vec_box)]
+type IdleStack = Vec<Box<ServerConn>>;
 
 /// The timeouts that govern every pool.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +65,8 @@ pub struct ServerPool {
     pub size: u32,
     pub min_size: u32,
     timeouts: PoolTimeouts,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Idle connections, one stack per worker (by `ServerConn::home`).
+    idle: Vec<Mutex<IdleStack>>,
     permits: Arc<Semaphore>,
     /// Connections opened since start, for tests and stats.
     pub opened: AtomicU64,
@@ -68,7 +75,7 @@ pub struct ServerPool {
 /// A checked-out connection. Dropping it closes the connection; [`ServerPool::checkin`] returns it.
 #[derive(Debug)]
 pub struct Pooled {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -105,6 +112,7 @@ impl ServerPool {
         size: u32,
         min_size: u32,
         timeouts: PoolTimeouts,
+        workers: usize,
     ) -> Self {
         ServerPool {
             name,
@@ -113,14 +121,25 @@ impl ServerPool {
             size,
             min_size,
             timeouts,
-            idle: Mutex::new(Vec::with_capacity(size as usize)),
+            idle: (0..workers.max(1))
+                .map(|_| Mutex::new(Vec::with_capacity(size as usize)))
+                .collect(),
             permits: Arc::new(Semaphore::new(size as usize)),
             opened: AtomicU64::new(0),
         }
     }
 
-    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, IdleStack> {
+        self.idle[i % self.idle.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection: this worker's own first, then another worker's.
+    fn pop_idle(&self) -> Option<Box<ServerConn>> {
+        let n = self.idle.len();
+        let home = crate::workers::current();
+        (0..n).find_map(|i| self.shard(home + i).pop())
     }
 
     /// Hands out a connection: an idle one if any is sound, else a new one. Waits up to
@@ -128,26 +147,10 @@ impl ServerPool {
     pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => {
-                let started = Instant::now();
-                match tokio::time::timeout(
-                    self.timeouts.checkout,
-                    self.permits.clone().acquire_owned(),
-                )
-                .await
-                {
-                    Ok(Ok(p)) => p,
-                    _ => {
-                        return Err(CheckoutError::Exhausted {
-                            server: self.name.clone(),
-                            waited_ms: started.elapsed().as_millis(),
-                            size: self.size,
-                        })
-                    }
-                }
-            }
+            // The pool is full: wait in line (boxed, since only waiting clients need the timer).
+            Err(_) => Box::pin(self.wait_for_permit()).await?,
         };
-        while let Some(mut conn) = self.idle_list().pop() {
+        while let Some(mut conn) = self.pop_idle() {
             if conn.idle_check() {
                 return Ok(Pooled {
                     conn: Some(conn),
@@ -156,14 +159,30 @@ impl ServerPool {
             }
             tracing::debug!(server = %self.name, "discarding a broken idle server connection");
         }
-        let conn = self.open().await?;
+        // Rare (a new connection): boxed, so its large login state is not part of every
+        // session's future.
+        let conn = Box::pin(self.open()).await?;
         Ok(Pooled {
             conn: Some(conn),
             _permit: permit,
         })
     }
 
-    async fn open(&self) -> Result<ServerConn, ConnectError> {
+    async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeouts.checkout, self.permits.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(CheckoutError::Exhausted {
+                server: self.name.clone(),
+                waited_ms: started.elapsed().as_millis(),
+                size: self.size,
+            }),
+        }
+    }
+
+    async fn open(&self) -> Result<Box<ServerConn>, ConnectError> {
         let conn = connect(&self.target, self.timeouts.connect, self.timeouts.lifetime).await?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         Ok(conn)
@@ -175,39 +194,41 @@ impl ServerPool {
         let Some(mut conn) = pooled.conn.take() else {
             return;
         };
-        let now = Instant::now();
-        if conn.retire_at.is_some_and(|t| now >= t) || conn.key.cancel_pending() {
+        let now = crate::clock::now_ms();
+        if conn.retire_at_ms.is_some_and(|t| now >= t) || conn.key.cancel_pending() {
             conn.terminate();
             return;
         }
-        conn.idle_since = now;
-        self.idle_list().push(conn);
+        conn.idle_since_ms = now;
+        let home = conn.home;
+        self.shard(home).push(conn);
     }
 
     /// Closes idle connections past their idle timeout or lifetime; returns how many.
-    pub fn reap(&self, now: Instant) -> usize {
+    pub fn reap(&self, now: u64) -> usize {
+        let keep_min = self.min_size as usize;
+        let mut idle_total = self.idle_count();
         let mut closed = Vec::new();
-        {
-            let mut idle = self.idle_list();
-            let keep_min = self.min_size as usize;
+        for shard in 0..self.idle.len() {
+            let mut idle = self.shard(shard);
             let mut i = 0;
             while i < idle.len() {
                 let c = &idle[i];
-                let retired = c.retire_at.is_some_and(|t| now >= t);
-                let idle_too_long = self
-                    .timeouts
-                    .idle
-                    .is_some_and(|t| now.duration_since(c.idle_since) >= t)
-                    && idle.len() > keep_min;
+                let retired = c.retire_at_ms.is_some_and(|t| now >= t);
+                let idle_too_long =
+                    self.timeouts.idle.is_some_and(|t| {
+                        now.saturating_sub(c.idle_since_ms) >= t.as_millis() as u64
+                    }) && idle_total > keep_min;
                 if retired || idle_too_long {
                     closed.push(idle.swap_remove(i));
+                    idle_total -= 1;
                 } else {
                     i += 1;
                 }
             }
         }
         let n = closed.len();
-        closed.into_iter().for_each(ServerConn::terminate);
+        closed.into_iter().for_each(|c| c.terminate());
         n
     }
 
@@ -232,11 +253,11 @@ impl ServerPool {
 
     /// Connections open now: idle plus checked out.
     pub fn open_count(&self) -> usize {
-        self.idle_list().len() + (self.size as usize - self.permits.available_permits())
+        self.idle_count() + (self.size as usize - self.permits.available_permits())
     }
 
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.idle_list().len()
+        (0..self.idle.len()).map(|i| self.shard(i).len()).sum()
     }
 }

@@ -44,6 +44,7 @@ impl UserPool {
         u: &UserConfig,
         timeouts: PoolTimeouts,
         router: Arc<dyn Router>,
+        workers: usize,
     ) -> Self {
         let (auth, secret) = u.client_auth().expect("config was validated");
         let size = u.pool_size.unwrap_or(pool.pool_size);
@@ -71,6 +72,7 @@ impl UserPool {
                     size,
                     min_size,
                     timeouts,
+                    workers,
                 )
             })
             .collect();

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::net::TcpStream;
 
 /// The key PostgreSQL gave this connection, to cancel what it runs.
@@ -43,11 +42,14 @@ pub struct ServerConn {
     pub applied_extras: ParamList,
     /// Hashes of the proxy-named prepared statements that exist on this connection.
     pub prepared: HashSet<u64>,
-    pub created: Instant,
-    /// When the connection is retired (server_lifetime with jitter), if ever.
-    pub retire_at: Option<Instant>,
-    /// When it last went idle.
-    pub idle_since: Instant,
+    /// When the connection is retired (server_lifetime with jitter), if ever, in
+    /// [`clock::now_ms`](crate::clock::now_ms) milliseconds.
+    pub retire_at_ms: Option<u64>,
+    /// When it last went idle, in `clock::now_ms` milliseconds.
+    pub idle_since_ms: u64,
+    /// The worker whose reactor the socket is registered with; it returns to that worker's
+    /// idle list.
+    pub home: usize,
 }
 
 impl ServerConn {

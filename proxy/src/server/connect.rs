@@ -12,7 +12,7 @@ use postgres_protocol::message::frontend;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -66,8 +66,8 @@ pub async fn connect(
     target: &ServerTarget,
     timeout: Duration,
     lifetime: Option<Duration>,
-) -> Result<ServerConn, ConnectError> {
-    match tokio::time::timeout(timeout, login(target, lifetime)).await {
+) -> Result<Box<ServerConn>, ConnectError> {
+    match tokio::time::timeout(timeout, Box::pin(login(target, lifetime))).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout(target.addr.clone())),
     }
@@ -76,7 +76,7 @@ pub async fn connect(
 async fn login(
     target: &ServerTarget,
     lifetime: Option<Duration>,
-) -> Result<ServerConn, ConnectError> {
+) -> Result<Box<ServerConn>, ConnectError> {
     let addr = &target.addr;
     let io = |source| ConnectError::Io {
         addr: addr.clone(),
@@ -190,8 +190,8 @@ async fn login(
             }
             Message::ReadyForQuery(_) => {
                 let (pid, secret) = key.unwrap_or((0, 0));
-                let now = Instant::now();
-                return Ok(ServerConn {
+                let now = crate::clock::now_ms();
+                return Ok(Box::new(ServerConn {
                     stream,
                     rbuf,
                     key: Arc::new(ServerKey {
@@ -204,10 +204,10 @@ async fn login(
                     reported,
                     applied_extras: ParamList::new(),
                     prepared: HashSet::new(),
-                    created: now,
-                    retire_at: lifetime.map(|l| now + jitter(l)),
-                    idle_since: now,
-                });
+                    retire_at_ms: lifetime.map(|l| now + jitter(l).as_millis() as u64),
+                    idle_since_ms: now,
+                    home: crate::workers::current(),
+                }));
             }
             Message::AuthenticationGss
             | Message::AuthenticationKerberosV5
