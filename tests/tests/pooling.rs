@@ -391,3 +391,121 @@ async fn server_lifetime_retires_connections() {
         .get(0);
     assert_ne!(first, second, "the old server connection was retired");
 }
+
+/// A minimal raw client for byte-level protocol checks: trust login, then raw messages.
+mod raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub async fn login(port: u16, user: &str, db: &str) -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let body = format!("user\0{user}\0database\0{db}\0\0");
+        let mut p = ((body.len() + 8) as i32).to_be_bytes().to_vec();
+        p.extend_from_slice(&196608i32.to_be_bytes());
+        p.extend_from_slice(body.as_bytes());
+        s.write_all(&p).await.unwrap();
+        read_until(&mut s, b'Z').await;
+        s
+    }
+
+    pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Reads whole messages until one with `tag`; returns the tags seen.
+    pub async fn read_until(s: &mut TcpStream, tag: u8) -> Vec<u8> {
+        let mut tags = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            s.read_exact(&mut head).await.unwrap();
+            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len - 4];
+            s.read_exact(&mut body).await.unwrap();
+            tags.push(head[0]);
+            if head[0] == tag {
+                return tags;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn server_is_not_released_before_the_clients_sync() {
+    use tokio::io::AsyncWriteExt;
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 1");
+    let mut a = raw::login(proxy.port, roles::TRUST, &db).await;
+    // Parse/Bind/Execute and a Flush, but no Sync yet: the server is mid-request.
+    let mut batch = raw::msg(b'P', b"\0SELECT 1\0\0\0");
+    batch.extend(raw::msg(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(raw::msg(b'E', b"\0\0\0\0\0"));
+    batch.extend(raw::msg(b'H', b""));
+    a.write_all(&batch).await.unwrap();
+    assert_eq!(raw::read_until(&mut a, b'C').await, b"12DC".to_vec());
+    // Another client must wait: the only server is still A's.
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let r = b.query_one("SELECT 2::int", &[]).await.unwrap();
+        (r.get::<_, i32>(0), Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "B got the server while A had not synced"
+    );
+    let synced_at = Instant::now();
+    a.write_all(&raw::msg(b'S', b"")).await.unwrap();
+    assert_eq!(raw::read_until(&mut a, b'Z').await, b"Z".to_vec());
+    let (v, done) = waiting.await.unwrap();
+    assert_eq!(v, 2);
+    assert!(done >= synced_at, "B ran only after A's Sync");
+}
+
+#[tokio::test]
+async fn unreachable_server_fails_cleanly_and_other_pools_keep_working() {
+    let cluster = shared_cluster();
+    let alive = unique_name("pool");
+    cluster.create_database(&alive, roles::TRUST);
+    let dead = unique_name("dead");
+    let dead_port = switchyard_tests::free_port();
+    let pools = format!(
+        "{}[pools.{dead}]\nservers = [{{ host = \"127.0.0.1\", port = {dead_port}, role = \"primary\" }}]\n\
+         [pools.{dead}.users.{}]\n",
+        trust_pool(cluster, &alive, "pool_mode = \"transaction\""),
+        roles::TRUST
+    );
+    let proxy = Proxy::start("connect_timeout_ms = 1000", &pools);
+    let c = proxy.connect(roles::TRUST, None, &alive).await.unwrap();
+    // The dead pool's only server is down: login fails quickly with 08001 naming the server.
+    let started = Instant::now();
+    let err = proxy
+        .connect(roles::TRUST, None, &dead)
+        .await
+        .expect_err("no server to log in to");
+    let db_err = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db_err.code().code(), "08001", "{db_err:?}");
+    assert!(
+        db_err.message().contains(&dead_port.to_string()),
+        "{}",
+        db_err.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Clients of the other pool are not affected.
+    assert_eq!(
+        c.query_one("SELECT 1::int", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+    let c2 = proxy.connect(roles::TRUST, None, &alive).await.unwrap();
+    assert_eq!(
+        c2.query_one("SELECT 2::int", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        2
+    );
+}
