@@ -281,6 +281,7 @@ impl<'p> Session<'p> {
         };
         if cbuf.is_empty() {
             cbuf.clear();
+            release_if_large(&mut cbuf);
         }
         self.cbuf = cbuf;
         result
@@ -522,6 +523,7 @@ impl<'p> Session<'p> {
                 None => Ok(()),
             };
             self.to_server.clear();
+            release_if_large(&mut self.to_server);
             if let Err(e) = written {
                 self.server_lost(&e.to_string(), false)?;
             }
@@ -529,6 +531,7 @@ impl<'p> Session<'p> {
         if !self.to_client.is_empty() {
             let r = self.client.write_all(&self.to_client).await;
             self.to_client.clear();
+            release_if_large(&mut self.to_client);
             r.map_err(|_| End::ClientGone)?;
         }
         Ok(())
@@ -597,6 +600,7 @@ impl<'p> Session<'p> {
             out.extend_from_slice(&buf[from..pos]);
             let w = self.client.write_all(out).await;
             out.clear();
+            release_if_large(out);
             w
         };
         conn.rbuf.advance(pos);
@@ -715,6 +719,16 @@ impl<'p> Session<'p> {
                 tracing::warn!(server = %server.name, error = %e, "reset failed; closing the server connection")
             }
         }
+    }
+}
+
+/// Buffers keep their memory between transactions (no allocation per query), except after a
+/// message far larger than usual: then the memory goes back, so one 100 MiB COPY row does not
+/// stay with the session for its lifetime.
+fn release_if_large(buf: &mut BytesMut) {
+    const KEEP: usize = 256 * 1024;
+    if buf.is_empty() && buf.capacity() > KEEP {
+        *buf = BytesMut::new();
     }
 }
 
