@@ -84,3 +84,18 @@ pub fn trust_pool(cluster: &Cluster, db: &str, pool: &str) -> String {
         &format!("[pools.{db}.users.{}]\n", roles::TRUST),
     )
 }
+
+/// A database of its own on the shared cluster (owned by the trust role) and a Switchyard in
+/// front of it: `general` are extra `[general]` lines, `pool` the pool's lines.
+pub fn trust_proxy(prefix: &str, general: &str, pool: &str) -> (String, Proxy) {
+    let cluster = shared_cluster();
+    let db = unique_name(prefix);
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start(general, &trust_pool(cluster, &db, pool));
+    (db, proxy)
+}
+
+/// The SQLSTATE of a tokio-postgres error, when the server (or proxy) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}

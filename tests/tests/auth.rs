@@ -1,12 +1,10 @@
 //! Client authentication by the proxy, and the proxy's own login to PostgreSQL, with the
 //! SQLSTATEs and messages PostgreSQL gives.
 
-use switchyard_tests::{pool_toml, roles, shared_cluster, unique_name, Proxy};
+use switchyard_tests::{pool_toml, roles, shared_cluster, sqlstate, unique_name, Proxy};
 
 fn err_code(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.code().code().to_string())
-        .unwrap_or_else(|| format!("not a db error: {e}"))
+    sqlstate(e).map_or_else(|| format!("not a db error: {e}"), str::to_owned)
 }
 
 /// A pool whose client users each use one auth method, logging in to the server with the

@@ -2,21 +2,10 @@
 //! the process exits 0.
 
 use std::time::{Duration, Instant};
-use switchyard_tests::{roles, shared_cluster, trust_pool, unique_name, Proxy};
+use switchyard_tests::{roles, shared_cluster, sqlstate, trust_proxy, Proxy};
 
 fn setup(general: &str) -> (String, Proxy) {
-    let cluster = shared_cluster();
-    let db = unique_name("life");
-    cluster.create_database(&db, roles::TRUST);
-    let proxy = Proxy::start(
-        general,
-        &trust_pool(cluster, &db, "pool_mode = \"transaction\""),
-    );
-    (db, proxy)
-}
-
-fn code(e: &tokio_postgres::Error) -> Option<String> {
-    e.as_db_error().map(|d| d.code().code().to_string())
+    trust_proxy("life", general, "pool_mode = \"transaction\"")
 }
 
 #[tokio::test]
@@ -38,7 +27,7 @@ async fn sigterm_lets_open_transactions_finish_then_exits_zero() {
     // The idle client was closed with 57P01.
     let err = idle.simple_query("SELECT 1").await.unwrap_err();
     assert!(
-        idle.is_closed() || code(&err).as_deref() == Some("57P01"),
+        idle.is_closed() || sqlstate(&err) == Some("57P01"),
         "{err:?}"
     );
     // The client inside a transaction may finish it.

@@ -1,14 +1,12 @@
 //! Pooling rules, each checked against what the real server sees.
 
 use std::time::{Duration, Instant};
-use switchyard_tests::{roles, shared_cluster, trust_pool, unique_name, Proxy};
+use switchyard_tests::{
+    roles, shared_cluster, sqlstate, trust_pool, trust_proxy, unique_name, Proxy,
+};
 
 fn setup(general: &str, pool: &str) -> (String, Proxy) {
-    let cluster = shared_cluster();
-    let db = unique_name("pool");
-    cluster.create_database(&db, roles::TRUST);
-    let proxy = Proxy::start(general, &trust_pool(cluster, &db, pool));
-    (db, proxy)
+    trust_proxy("pool", general, pool)
 }
 
 /// Server-side sessions of `db` as seen by the primary: (state, query) for client backends.
@@ -265,11 +263,7 @@ async fn cancel_reaches_only_the_query_it_aims_at() {
     );
     let (r, done) = victim;
     let err = r.unwrap_err();
-    assert_eq!(
-        err.as_db_error().map(|e| e.code().code()),
-        Some("57014"),
-        "{err}"
-    );
+    assert_eq!(sqlstate(&err), Some("57014"), "{err}");
     assert!(
         done.duration_since(sent) < Duration::from_secs(1),
         "cancel took {:?}",
@@ -317,11 +311,7 @@ async fn max_client_conn_refuses_extra_clients_with_53300() {
         .connect(roles::TRUST, None, &db)
         .await
         .expect_err("third is refused");
-    assert_eq!(
-        err.as_db_error().map(|e| e.code().code()),
-        Some("53300"),
-        "{err}"
-    );
+    assert_eq!(sqlstate(&err), Some("53300"), "{err}");
     drop(_a);
     tokio::time::sleep(Duration::from_millis(100)).await;
     proxy

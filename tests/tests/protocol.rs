@@ -4,16 +4,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-use switchyard_tests::{roles, shared_cluster, trust_pool, unique_name, Proxy};
+use switchyard_tests::{roles, shared_cluster, trust_proxy, Proxy};
 use tokio_postgres::SimpleQueryMessage;
 
 /// A database of its own and a proxy in front of it.
 fn setup(pool: &str) -> (String, Proxy) {
-    let cluster = shared_cluster();
-    let db = unique_name("proto");
-    cluster.create_database(&db, roles::TRUST);
-    let proxy = Proxy::start("", &trust_pool(cluster, &db, pool));
-    (db, proxy)
+    trust_proxy("proto", "", pool)
 }
 
 fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
