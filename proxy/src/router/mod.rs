@@ -4,8 +4,10 @@
 //! everything to the primary; routing policies loaded as WebAssembly components implement the
 //! same trait. Nothing else in the proxy chooses a server.
 
+pub mod classify;
 mod primary;
 
+pub use classify::{Classification, Classifier, StatementKind};
 pub use primary::PrimaryOnly;
 
 /// What a router sees when a client needs a server.
@@ -18,6 +20,13 @@ pub struct RouteRequest<'a> {
     pub session_id: i32,
     pub database: &'a str,
     pub user: &'a str,
+}
+
+impl RouteRequest<'_> {
+    /// The SQL text of the message, when it is a `Query` or a `Parse`.
+    pub fn sql(&self) -> Option<&str> {
+        classify::sql_of(self.message)
+    }
 }
 
 /// A routing decision.
