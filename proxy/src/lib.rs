@@ -59,7 +59,7 @@ pub async fn run(
         .unwrap_or_else(default_workers);
     let workers = Arc::new(workers::Workers::start(n)?);
     let (controller, shutdown) = ShutdownController::new();
-    let pools = Arc::new(Pools::from_config(&config, n));
+    let pools = Arc::new(Pools::from_config(&config, n).map_err(std::io::Error::other)?);
     let proxy = Arc::new(Proxy {
         config,
         pools: pools.clone(),
@@ -67,6 +67,7 @@ pub async fn run(
         clients: Arc::new(ClientCounter::default()),
         shutdown: shutdown.clone(),
     });
+    tracing::info!(addr = %proxy.config.general.listen_addr, workers = n, "switchyard listening");
     clock::spawn_ticker(shutdown.clone());
     // On a worker, so that min_pool_size connections live on a worker's reactor.
     workers.get(0).spawn(pool::reaper(

@@ -31,6 +31,11 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
+        // Loading the routing policies compiles them and runs their `init` on the config.
+        if let Err(e) = switchyard::pool::Pools::from_config(&config, 1) {
+            eprintln!("switchyard: invalid config: {}: {e}", cli.config.display());
+            return ExitCode::from(2);
+        }
         println!(
             "{}: OK ({} pools)",
             cli.config.display(),
@@ -67,12 +72,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(addr = %config.general.listen_addr, "switchyard listening");
         match switchyard::run(config, listener, stop_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("switchyard: cannot start worker threads: {e}");
-                ExitCode::FAILURE
+                eprintln!("switchyard: cannot start: {e}");
+                ExitCode::from(2)
             }
         }
     })

@@ -99,3 +99,23 @@ pub fn trust_proxy(prefix: &str, general: &str, pool: &str) -> (String, Proxy) {
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())
 }
+
+/// A built routing-policy component, e.g. `plugin("read-write-split")`.
+pub fn plugin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/wasm32-wasip2/release/<name>.wasm
+    let target = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target dir");
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo xtask test`, which builds the plugins first",
+        path.display()
+    );
+    path
+}

@@ -83,3 +83,20 @@ pub fn pgbouncer() -> Result<(), String> {
         .args(["install", "-y", "--no-install-recommends", "pgbouncer"])
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
+
+/// Makes sure the `wasm32-wasip2` Rust target is installed (policies are built for it).
+pub fn wasm_target() -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-wasip2")
+        })
+        .unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
+}

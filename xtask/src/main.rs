@@ -49,9 +49,24 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// The routing-policy components: built for wasm32-wasip2 (cargo cannot build them as
+/// ordinary dependencies of the proxy).
+pub const PLUGINS: [&str; 3] = ["read-write-split", "least-outstanding", "round-robin"];
+
+fn build_plugins() -> Result<(), String> {
+    install::wasm_target()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    for p in PLUGINS {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)
+}
+
 /// Formatting, lints, then every test in the workspace against real PostgreSQL.
 fn test(extra: &[String]) -> Result<(), String> {
     install::postgres()?;
+    build_plugins()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -75,6 +90,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Primary + 2 replicas + Switchyard on 127.0.0.1:6432, until Ctrl-C.
 fn demo() -> Result<(), String> {
     install::postgres()?;
+    build_plugins()?;
     run(cargo().args(["build", "--release", "-p", "switchyard"]))?;
     let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard");
     if std::net::TcpListener::bind("127.0.0.1:6432").is_err() {

@@ -66,6 +66,7 @@ pub(crate) struct Session<'p> {
     statements: Statements,
     cancel: Arc<CancelSlot>,
     pid: i32,
+    peer: Option<std::net::SocketAddr>,
     shutdown: Shutdown,
     /// The shutdown phase this session has acted on.
     seen_phase: Phase,
@@ -92,6 +93,7 @@ impl<'p> Session<'p> {
         registration: &Registration<'_>,
     ) -> Self {
         let shutdown = proxy.shutdown.clone();
+        let peer = client.peer_addr().ok();
         Session {
             proxy,
             pool: login.pool,
@@ -107,6 +109,7 @@ impl<'p> Session<'p> {
             responses: Responses::default(),
             params: login.params,
             statements: Statements::default(),
+            peer,
             cancel: registration.slot.clone(),
             pid: registration.pid,
             draining: shutdown.phase() >= Phase::Draining,
@@ -141,6 +144,7 @@ impl<'p> Session<'p> {
             .await;
             super::linger_close(&mut self.client).await;
         }
+        self.pool.router.session_closed(self.pid);
         self.detach_at_end().await;
     }
 
@@ -338,18 +342,34 @@ impl<'p> Session<'p> {
         self.forward(tag, msg)
     }
 
+    /// The SQL a routing policy sees for a message: its own text for `Query` and `Parse`; for
+    /// a `Bind` or a statement `Describe`, the text of the prepared statement it names.
+    fn sql_of<'m>(&'m self, msg: &'m [u8]) -> Option<&'m str> {
+        let body = msg.get(5..)?;
+        let statement = match msg.first()? {
+            b'Q' | b'P' => return crate::router::classify::sql_of(msg),
+            b'B' => frame::cstr(frame::cstr(body)?.1)?.0,
+            b'D' if body.first() == Some(&b'S') => frame::cstr(&body[1..])?.0,
+            _ => return None,
+        };
+        let (_, parse_rest) = self.statements.get(statement)?;
+        std::str::from_utf8(frame::cstr(parse_rest)?.0).ok()
+    }
+
     /// Routes and checks out a server connection, and gives it this client's parameters.
     async fn attach(&mut self, msg: &[u8]) -> Result<(), (&'static str, String)> {
         let pool = self.pool.clone();
         let route = pool.router.route(&RouteRequest {
             message: msg,
+            sql: self.sql_of(msg),
             session_id: self.pid,
             database: &pool.database,
             user: &pool.user,
+            application_name: self.params.tracked_value("application_name").unwrap_or(""),
+            client_addr: self.peer,
+            in_transaction: self.responses.tx_status != b'I',
         });
-        let index = pool
-            .resolve(route)
-            .map_err(|m| (sqlstate::INTERNAL_ERROR, m))?;
+        let index = pool.resolve(route)?;
         let server = &pool.servers[index];
         let mut conn = server.checkout().await.map_err(|e| match e {
             CheckoutError::Exhausted { .. } => (

@@ -13,6 +13,9 @@ pub struct Config {
     /// Client-facing databases, by the name clients put in `database`.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
+    /// The directory of the config file (relative plugin paths start here).
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
 }
 
 /// Process-wide settings.
@@ -39,6 +42,11 @@ pub struct General {
     pub shutdown_timeout_ms: u64,
     /// How long a forwarded cancel request may take.
     pub cancel_timeout_ms: u64,
+    /// Longest a routing policy call may run before it is stopped (and the query goes to the
+    /// primary).
+    pub plugin_deadline_ms: u64,
+    /// Memory each routing policy instance may use, in MiB.
+    pub plugin_memory_mb: u64,
 }
 
 impl Default for General {
@@ -54,6 +62,8 @@ impl Default for General {
             server_lifetime_ms: 3_600_000,
             shutdown_timeout_ms: 30_000,
             cancel_timeout_ms: 5000,
+            plugin_deadline_ms: 5,
+            plugin_memory_mb: 32,
         }
     }
 }
@@ -88,6 +98,13 @@ pub struct PoolConfig {
     /// Default connections per user and server kept open even when idle.
     #[serde(default)]
     pub min_pool_size: u32,
+    /// Routing policies (WebAssembly components), run in order; none: everything to the primary.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    /// Functions whose call makes a SELECT a write, for the host's classifier (on top of
+    /// nextval, setval and the advisory locks).
+    #[serde(default)]
+    pub write_functions: Vec<String>,
     /// Who may connect, by user name.
     #[serde(default)]
     pub users: BTreeMap<String, UserConfig>,
@@ -103,6 +120,32 @@ pub struct ServerConfig {
     /// A name for logs and routing policies; default `host:port`.
     #[serde(default)]
     pub name: Option<String>,
+    /// Weight for weighted balancing policies; default 1.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+/// One routing policy of a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The component (`.wasm`), relative to the config file's directory.
+    pub plugin: std::path::PathBuf,
+    /// The policy's own settings: a TOML table or a string, passed to its `init` as TOML text.
+    #[serde(default)]
+    pub config: Option<toml::Value>,
+}
+
+impl PolicyConfig {
+    /// The config as the TOML text the plugin's `init` receives.
+    pub fn config_text(&self) -> String {
+        match &self.config {
+            None => String::new(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(toml::Value::Table(t)) => toml::to_string(t).unwrap_or_default(),
+            Some(other) => other.to_string(),
+        }
+    }
 }
 
 /// A server's part in replication.

@@ -6,7 +6,9 @@
 mod file;
 mod validate;
 
-pub use file::{Config, General, PoolConfig, PoolMode, Role, ServerConfig, UserConfig};
+pub use file::{
+    Config, General, PolicyConfig, PoolConfig, PoolMode, Role, ServerConfig, UserConfig,
+};
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -59,6 +61,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         )
     })?;
     validate::check(&config).map_err(|(key, message)| invalid(key, message))?;
+    let mut config = config;
+    config.base_dir = path.parent().map(|p| p.to_owned()).unwrap_or_default();
     Ok(config)
 }
 

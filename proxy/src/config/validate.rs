@@ -51,6 +51,9 @@ pub fn check(config: &Config) -> Result<(), Failure> {
                 format!("needs exactly one server with role = \"primary\", found {primaries}"),
             ));
         }
+        if pool.servers.len() > 64 {
+            return Err((key("servers"), "at most 64 servers per pool".into()));
+        }
         if pool.pool_size == 0 {
             return Err((key("pool_size"), "must be at least 1".into()));
         }

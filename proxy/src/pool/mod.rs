@@ -13,9 +13,12 @@ pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool};
 pub use user_pool::UserPool;
 
 use crate::config::Config;
+use crate::router::classify::Classifier;
+use crate::router::wasm::{LoadError, LoadedPlugin, PolicyChain};
 use crate::router::{PrimaryOnly, Router};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Every pool of the running config, found by (database, user) at client login.
 #[derive(Debug)]
@@ -24,19 +27,42 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Builds the pools of a validated config for `workers` worker threads. No connection is
-    /// opened here.
-    pub fn from_config(config: &Config, workers: usize) -> Self {
-        let timeouts = PoolTimeouts::from_general(&config.general);
-        let router: Arc<dyn Router> = Arc::new(PrimaryOnly);
+    /// Builds the pools of a validated config for `workers` worker threads, loading each
+    /// pool's routing policies (compiled once per pool, checked, `init` run on a canary). No
+    /// server connection is opened here.
+    pub fn from_config(config: &Config, workers: usize) -> Result<Self, LoadError> {
+        let g = &config.general;
+        let timeouts = PoolTimeouts::from_general(g);
+        let deadline = Duration::from_millis(g.plugin_deadline_ms.max(1));
+        let memory = (g.plugin_memory_mb as usize) << 20;
         let mut by_key = HashMap::new();
         for (db, pool) in &config.pools {
+            let plugins: Vec<Arc<LoadedPlugin>> = pool
+                .policies
+                .iter()
+                .map(|p| {
+                    LoadedPlugin::load(&config.base_dir.join(&p.plugin), p.config_text(), memory)
+                })
+                .collect::<Result<_, _>>()?;
+            let weights: Vec<u32> = pool.servers.iter().map(|s| s.weight.unwrap_or(1)).collect();
             for (user, u) in &pool.users {
-                let up = UserPool::new(db, user, pool, u, timeouts, router.clone(), workers);
+                let up = UserPool::new(db, user, pool, u, timeouts, workers, |servers| {
+                    if plugins.is_empty() {
+                        Arc::new(PrimaryOnly) as Arc<dyn Router>
+                    } else {
+                        Arc::new(PolicyChain::new(
+                            plugins.clone(),
+                            servers.clone(),
+                            weights.clone(),
+                            Classifier::new(&pool.write_functions),
+                            deadline,
+                        ))
+                    }
+                });
                 by_key.insert((db.clone(), user.clone()), Arc::new(up));
             }
         }
-        Pools { by_key }
+        Ok(Pools { by_key })
     }
 
     /// The pool for a client's (database, user).

@@ -17,7 +17,7 @@ pub async fn reaper(pools: Arc<Pools>, period: Duration, mut shutdown: Shutdown)
         }
         let now = crate::clock::now_ms();
         for pool in pools.all() {
-            for server in &pool.servers {
+            for server in pool.servers.iter() {
                 let closed = server.reap(now);
                 if closed > 0 {
                     tracing::debug!(server = %server.name, closed, "closed idle server connections");

@@ -256,6 +256,11 @@ impl ServerPool {
         self.idle_count() + (self.size as usize - self.permits.available_permits())
     }
 
+    /// Connections checked out now (queries or transactions in flight).
+    pub fn in_use(&self) -> usize {
+        self.size as usize - self.permits.available_permits()
+    }
+
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
         (0..self.idle.len()).map(|i| self.shard(i).len()).sum()

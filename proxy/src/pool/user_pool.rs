@@ -18,7 +18,7 @@ pub struct UserPool {
     pub auth: AuthMethod,
     pub secret: Option<ClientSecret>,
     /// One pool per configured server, in config order (the router's backend indexes).
-    pub servers: Vec<ServerPool>,
+    pub servers: Arc<Vec<ServerPool>>,
     primary: usize,
     pub router: Arc<dyn Router>,
     /// ParameterStatus of a fresh server connection, learnt from the first one.
@@ -43,8 +43,8 @@ impl UserPool {
         pool: &PoolConfig,
         u: &UserConfig,
         timeouts: PoolTimeouts,
-        router: Arc<dyn Router>,
         workers: usize,
+        make_router: impl FnOnce(&Arc<Vec<ServerPool>>) -> Arc<dyn Router>,
     ) -> Self {
         let (auth, secret) = u.client_auth().expect("config was validated");
         let size = u.pool_size.unwrap_or(pool.pool_size);
@@ -76,6 +76,8 @@ impl UserPool {
                 )
             })
             .collect();
+        let servers = Arc::new(servers);
+        let router = make_router(&servers);
         let primary = servers
             .iter()
             .position(|s| s.role == Role::Primary)
@@ -95,15 +97,18 @@ impl UserPool {
         }
     }
 
-    /// Turns a routing decision into a server index, or the message for the client.
-    pub fn resolve(&self, route: Route) -> Result<usize, String> {
+    /// Turns a routing decision into a server index, or the SQLSTATE and message for the client.
+    pub fn resolve(&self, route: Route) -> Result<usize, (&'static str, String)> {
         match route {
             Route::Primary => Ok(self.primary),
             Route::Backend(i) if i < self.servers.len() => Ok(i),
-            Route::Backend(i) => Err(format!(
-                "routing policy chose server {i}, but pool \"{}\" has {} servers",
-                self.database,
-                self.servers.len()
+            Route::Backend(i) => Err((
+                crate::protocol::sqlstate::INTERNAL_ERROR,
+                format!(
+                    "routing policy chose server {i}, but pool \"{}\" has {} servers",
+                    self.database,
+                    self.servers.len()
+                ),
             )),
             Route::AnyReplica => {
                 let replicas = self
@@ -124,7 +129,7 @@ impl UserPool {
                     .map(|(i, _)| i)
                     .unwrap_or(self.primary))
             }
-            Route::Reject(msg) => Err(msg),
+            Route::Reject(msg) => Err((crate::protocol::sqlstate::ROUTING_REJECTED, msg)),
         }
     }
 

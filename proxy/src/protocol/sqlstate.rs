@@ -18,5 +18,7 @@ pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 /// `0A000` feature_not_supported: unsupported protocol version or request.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// `P0001` raise_exception: a routing policy rejected the query (the policy's message follows).
+pub const ROUTING_REJECTED: &str = "P0001";
 /// `XX000` internal_error: a routing decision that cannot be carried out.
 pub const INTERNAL_ERROR: &str = "XX000";

@@ -6,6 +6,7 @@
 
 pub mod classify;
 mod primary;
+pub mod wasm;
 
 pub use classify::{Classification, Classifier, StatementKind};
 pub use primary::PrimaryOnly;
@@ -16,17 +17,17 @@ pub struct RouteRequest<'a> {
     /// The client message that needs a server, whole (tag, length, body): usually a `Query` or
     /// `Parse`, whose SQL text a policy may read.
     pub message: &'a [u8],
+    /// The SQL text: of the `Query` or `Parse`, or of the prepared statement a `Bind` or
+    /// `Describe` names.
+    pub sql: Option<&'a str>,
     /// The client's proxy-issued session id (its cancel key pid).
     pub session_id: i32,
     pub database: &'a str,
     pub user: &'a str,
-}
-
-impl RouteRequest<'_> {
-    /// The SQL text of the message, when it is a `Query` or a `Parse`.
-    pub fn sql(&self) -> Option<&str> {
-        classify::sql_of(self.message)
-    }
+    pub application_name: &'a str,
+    pub client_addr: Option<std::net::SocketAddr>,
+    /// The client is inside a transaction block (session mode).
+    pub in_transaction: bool,
 }
 
 /// A routing decision.
@@ -46,4 +47,7 @@ pub enum Route {
 /// session mode; it must not block.
 pub trait Router: Send + Sync + 'static {
     fn route(&self, request: &RouteRequest<'_>) -> Route;
+
+    /// A session ended (called on the thread that ran its routes).
+    fn session_closed(&self, _session_id: i32) {}
 }

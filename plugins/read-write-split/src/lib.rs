@@ -1,0 +1,227 @@
+//! `read-write-split`: reads to replicas, everything else to the primary.
+//!
+//! Writes, DDL, explicit transactions (unless `BEGIN READ ONLY`), session commands and anything
+//! the host could not classify go to the primary. Reads narrow the candidates to the replicas
+//! (the next policy in the chain, or the host, picks one); with no replica available they go to
+//! the primary. Hints override: `/* switchyard: primary */` in the SQL, or
+//! `SET switchyard.route = 'primary'` for the rest of the session.
+//!
+//! Config (TOML): `primary_reads = false` (also send reads to the primary, as one more
+//! candidate), `write_functions = ["audit_write"]` (calls that make a SELECT a write, on top of
+//! the host's list).
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use switchyard_sdk::hints::{self, Hint};
+use switchyard_sdk::{
+    export_policy, Candidates, Decision, Policy, Query, Role, StatementKind, Topology,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    primary_reads: bool,
+    #[serde(default)]
+    write_functions: Vec<String>,
+}
+
+pub struct ReadWriteSplit {
+    config: Config,
+    replicas: Candidates,
+    primary: Option<u32>,
+    /// Session hints set with `SET switchyard.route`.
+    session_hints: HashMap<u32, Hint>,
+}
+
+impl Policy for ReadWriteSplit {
+    fn init(config: &str) -> Result<Self, String> {
+        let config: Config =
+            toml::from_str(config).map_err(|e| format!("read-write-split: {}", e.message()))?;
+        Ok(ReadWriteSplit {
+            config,
+            replicas: Candidates::NONE,
+            primary: None,
+            session_hints: HashMap::new(),
+        })
+    }
+
+    fn topology_changed(&mut self, topology: &Topology) {
+        self.replicas = Candidates::from_ids(
+            topology
+                .backends
+                .iter()
+                .filter(|b| b.role == Role::Replica)
+                .map(|b| b.id),
+        );
+        self.primary = topology
+            .backends
+            .iter()
+            .find(|b| b.role == Role::Primary)
+            .map(|b| b.id);
+    }
+
+    fn session_closed(&mut self, id: u32) {
+        self.session_hints.remove(&id);
+    }
+
+    fn route(&mut self, query: &Query, candidates: Candidates) -> Decision {
+        if let Some(hint) = hints::session_hint(&query.sql) {
+            match hint {
+                Hint::Default => self.session_hints.remove(&query.session_id),
+                h => self.session_hints.insert(query.session_id, h),
+            };
+            return Decision::Primary;
+        }
+        let hint = hints::comment_hint(&query.sql)
+            .or_else(|| self.session_hints.get(&query.session_id).copied());
+        let replicas = candidates.and(self.replicas);
+        let to_replicas = || {
+            if replicas.is_empty() {
+                Decision::Primary
+            } else {
+                Decision::Narrow(replicas.0)
+            }
+        };
+        match hint {
+            Some(Hint::Primary) => return Decision::Primary,
+            Some(Hint::Replica) => return to_replicas(),
+            _ => {}
+        }
+        let read = match query.kind {
+            StatementKind::Read => !self
+                .config
+                .write_functions
+                .iter()
+                .any(|f| hints::calls(&query.sql, f)),
+            StatementKind::TransactionControl => query
+                .flags
+                .contains(switchyard_sdk::QueryFlags::BEGINS_READ_ONLY),
+            _ => false,
+        };
+        if !read {
+            return Decision::Primary;
+        }
+        if self.config.primary_reads {
+            let with_primary = self.primary.map_or(replicas, |p| {
+                Candidates(replicas.0 | (1 << p)).and(candidates)
+            });
+            return Decision::Narrow(with_primary.0);
+        }
+        to_replicas()
+    }
+}
+
+export_policy!(ReadWriteSplit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_sdk::{Backend, Protocol, QueryFlags};
+
+    fn policy(config: &str) -> ReadWriteSplit {
+        let mut p = ReadWriteSplit::init(config).unwrap();
+        let backend = |id, role| Backend {
+            id,
+            name: format!("b{id}"),
+            role,
+            healthy: true,
+            weight: 1,
+        };
+        p.topology_changed(&Topology {
+            generation: 1,
+            backends: vec![
+                backend(0, Role::Primary),
+                backend(1, Role::Replica),
+                backend(2, Role::Replica),
+            ],
+        });
+        p
+    }
+
+    fn q(sql: &str, kind: StatementKind) -> Query {
+        Query {
+            session_id: 1,
+            sql: sql.into(),
+            kind,
+            flags: QueryFlags::empty(),
+            protocol: Protocol::Simple,
+        }
+    }
+
+    const ALL: Candidates = Candidates(0b111);
+
+    #[test]
+    fn reads_to_replicas_writes_to_primary() {
+        let mut p = policy("");
+        assert_eq!(
+            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            Decision::Narrow(0b110)
+        );
+        for k in [
+            StatementKind::Write,
+            StatementKind::Ddl,
+            StatementKind::Other,
+            StatementKind::Session,
+        ] {
+            assert_eq!(p.route(&q("x", k), ALL), Decision::Primary);
+        }
+        assert_eq!(
+            p.route(&q("BEGIN", StatementKind::TransactionControl), ALL),
+            Decision::Primary
+        );
+        let mut begin_ro = q("BEGIN READ ONLY", StatementKind::TransactionControl);
+        begin_ro.flags = QueryFlags::BEGINS_READ_ONLY;
+        assert_eq!(p.route(&begin_ro, ALL), Decision::Narrow(0b110));
+        // No replica left among the candidates: the primary reads.
+        assert_eq!(
+            p.route(&q("SELECT 1", StatementKind::Read), Candidates(0b001)),
+            Decision::Primary
+        );
+    }
+
+    #[test]
+    fn configured_write_functions_and_primary_reads() {
+        let mut p = policy("write_functions = [\"audit_write\"]\nprimary_reads = true");
+        assert_eq!(
+            p.route(&q("SELECT audit_write(1)", StatementKind::Read), ALL),
+            Decision::Primary
+        );
+        assert_eq!(
+            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            Decision::Narrow(0b111)
+        );
+        assert!(ReadWriteSplit::init("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn hints_override() {
+        let mut p = policy("");
+        assert_eq!(
+            p.route(
+                &q("/* switchyard: primary */ SELECT 1", StatementKind::Read),
+                ALL
+            ),
+            Decision::Primary
+        );
+        assert_eq!(
+            p.route(
+                &q("SET switchyard.route = 'primary'", StatementKind::Session),
+                ALL
+            ),
+            Decision::Primary
+        );
+        assert_eq!(
+            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            Decision::Primary
+        );
+        p.route(
+            &q("SET switchyard.route = default", StatementKind::Session),
+            ALL,
+        );
+        assert_eq!(
+            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            Decision::Narrow(0b110)
+        );
+    }
+}

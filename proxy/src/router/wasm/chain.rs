@@ -1,0 +1,216 @@
+//! A pool's chain of policies as one [`Router`].
+//!
+//! Composition: the candidates start as every healthy backend. Each policy in order may decide
+//! (`primary`, `backend(id)`, `reject`), which ends the chain, or `narrow` the candidates, or
+//! `abstain`. When the chain ends without a decision, the host balances round robin among the
+//! remaining candidates; when nothing narrowed them either, the query goes to the primary. So
+//! `read-write-split` (narrows reads to replicas) followed by `least-outstanding` (picks the
+//! least busy candidate) needs no code of its own.
+//!
+//! Failure: a policy that traps (panic, over `plugin_deadline_ms`, over its memory) or cannot be
+//! instantiated sends the query to the primary, the safe place for anything; its instance on
+//! that worker is rebuilt on the next call, and `traps` counts it.
+
+use super::bindings::switchyard::policy::types::{
+    Backend, Decision, Protocol, Query, QueryFlags, Role as WitRole, Session,
+    StatementKind as WitKind, Topology,
+};
+use super::engine::{LoadedPlugin, EPOCH_TICK};
+use super::instance::{new_slot, with_live, InstanceError, Live};
+use crate::config::Role;
+use crate::pool::ServerPool;
+use crate::router::classify::{Classifier, StatementKind};
+use crate::router::{Route, RouteRequest, Router};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One policy of a chain and its instance slot.
+struct Link {
+    plugin: Arc<LoadedPlugin>,
+    slot: usize,
+}
+
+/// The routing policies of one (database, user) pool.
+pub struct PolicyChain {
+    links: Vec<Link>,
+    servers: Arc<Vec<ServerPool>>,
+    topology: Topology,
+    classifier: Classifier,
+    deadline_ticks: u64,
+    all: u64,
+    primary: usize,
+    next: AtomicUsize,
+    /// Calls that trapped or failed, since start.
+    pub traps: AtomicU64,
+}
+
+impl PolicyChain {
+    /// A chain over `servers` running `plugins` in order.
+    pub fn new(
+        plugins: Vec<Arc<LoadedPlugin>>,
+        servers: Arc<Vec<ServerPool>>,
+        weights: Vec<u32>,
+        classifier: Classifier,
+        deadline: Duration,
+    ) -> Self {
+        let backends: Vec<Backend> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Backend {
+                id: i as u32,
+                name: s.name.clone(),
+                role: match s.role {
+                    Role::Primary => WitRole::Primary,
+                    Role::Replica => WitRole::Replica,
+                },
+                healthy: true,
+                weight: weights.get(i).copied().unwrap_or(1),
+            })
+            .collect();
+        let n = backends.len().min(64);
+        let primary = servers
+            .iter()
+            .position(|s| s.role == Role::Primary)
+            .unwrap_or(0);
+        PolicyChain {
+            links: plugins
+                .into_iter()
+                .map(|plugin| Link {
+                    plugin,
+                    slot: new_slot(),
+                })
+                .collect(),
+            servers,
+            topology: Topology {
+                generation: 1,
+                backends,
+            },
+            classifier,
+            deadline_ticks: (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+            all: if n == 64 { u64::MAX } else { (1u64 << n) - 1 },
+            primary,
+            next: AtomicUsize::new(0),
+            traps: AtomicU64::new(0),
+        }
+    }
+
+    fn trapped(&self, link: &Link, e: &InstanceError) {
+        let n = self.traps.fetch_add(1, Ordering::Relaxed) + 1;
+        if super::host::log_allowed() {
+            let why = match e {
+                InstanceError::Trap(t) => format!("{t:#}"),
+                InstanceError::Init(m) => m.clone(),
+            };
+            tracing::warn!(plugin = %link.plugin.name, traps = n, error = %why, "routing policy failed; query sent to the primary");
+        }
+    }
+
+    fn make(&self, link: &Link) -> Result<Live, InstanceError> {
+        Live::new(&link.plugin, self.servers.clone(), Some(&self.topology))
+    }
+}
+
+fn wit_kind(k: StatementKind) -> WitKind {
+    match k {
+        StatementKind::Read => WitKind::Read,
+        StatementKind::Session => WitKind::Session,
+        StatementKind::TransactionControl => WitKind::TransactionControl,
+        StatementKind::Other => WitKind::Other,
+        StatementKind::Ddl => WitKind::Ddl,
+        StatementKind::Write => WitKind::Write,
+    }
+}
+
+impl Router for PolicyChain {
+    fn route(&self, request: &RouteRequest<'_>) -> Route {
+        let sql = request.sql.unwrap_or("");
+        let class = self.classifier.classify(sql);
+        let mut flags = QueryFlags::empty();
+        if request.in_transaction {
+            flags |= QueryFlags::IN_TRANSACTION;
+        }
+        if class.read_only_begin {
+            flags |= QueryFlags::BEGINS_READ_ONLY;
+        }
+        let query = Query {
+            session_id: request.session_id as u32,
+            sql: sql.to_owned(),
+            kind: wit_kind(class.kind),
+            flags,
+            protocol: if request.message.first() == Some(&b'Q') {
+                Protocol::Simple
+            } else {
+                Protocol::Extended
+            },
+        };
+        let mut candidates = self.all;
+        let mut narrowed = false;
+        for link in &self.links {
+            let session_id = query.session_id;
+            let result = with_live(
+                link.slot,
+                || self.make(link),
+                |live| {
+                    if live.topology_generation != self.topology.generation {
+                        live.topology(&self.topology, self.deadline_ticks)?;
+                    }
+                    if !live.sessions.contains(&session_id) {
+                        let session = Session {
+                            id: session_id,
+                            user: request.user.to_owned(),
+                            database: request.database.to_owned(),
+                            application_name: request.application_name.to_owned(),
+                            client_addr: request
+                                .client_addr
+                                .map(|a| a.to_string())
+                                .unwrap_or_default(),
+                            options: Vec::new(),
+                        };
+                        live.session_opened(&session, self.deadline_ticks)?;
+                    }
+                    live.route(&query, candidates, self.deadline_ticks)
+                },
+            );
+            match result {
+                Ok(Decision::Primary) => return Route::Primary,
+                Ok(Decision::Backend(id)) => return Route::Backend(id as usize),
+                Ok(Decision::Reject(message)) => return Route::Reject(message),
+                Ok(Decision::Abstain) => {}
+                Ok(Decision::Narrow(mask)) => {
+                    candidates &= mask;
+                    narrowed = true;
+                    if candidates == 0 {
+                        return Route::Primary;
+                    }
+                }
+                Err(e) => {
+                    self.trapped(link, &e);
+                    return Route::Primary;
+                }
+            }
+        }
+        if !narrowed {
+            return Route::Primary;
+        }
+        let n = candidates.count_ones() as usize;
+        let pick = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut bits = candidates;
+        for _ in 0..pick {
+            bits &= bits - 1;
+        }
+        let _ = self.primary;
+        Route::Backend(bits.trailing_zeros() as usize)
+    }
+
+    fn session_closed(&self, session_id: i32) {
+        for link in &self.links {
+            // Only instances that exist on this thread; never create one to say goodbye.
+            let _ = with_live(
+                link.slot,
+                || Err(InstanceError::Init(String::new())),
+                |live| live.session_closed(session_id as u32, self.deadline_ticks),
+            );
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The host side of the contract: the only functions a plugin can call.
+
+use super::bindings::switchyard::policy::host::{Host, Level};
+use super::bindings::switchyard::policy::types;
+use crate::pool::ServerPool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+
+/// Per-Store state: the pool's servers (for live load) and the memory limit.
+pub struct HostState {
+    pub plugin: Arc<str>,
+    pub servers: Arc<Vec<ServerPool>>,
+    pub limits: StoreLimits,
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<str>, servers: Arc<Vec<ServerPool>>, memory_bytes: usize) -> Self {
+        HostState {
+            plugin,
+            servers,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .instances(16)
+                .tables(16)
+                .memories(4)
+                .build(),
+        }
+    }
+}
+
+/// Log lines from plugins allowed per second, process-wide (the rest are counted, not shown).
+const LOG_LINES_PER_SECOND: u64 = 20;
+static LOG_WINDOW: AtomicU64 = AtomicU64::new(0);
+static LOG_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a rate-limited log line may be written now.
+pub fn log_allowed() -> bool {
+    let second = crate::clock::now_ms() / 1000;
+    if LOG_WINDOW.swap(second, Ordering::Relaxed) != second {
+        LOG_COUNT.store(0, Ordering::Relaxed);
+    }
+    LOG_COUNT.fetch_add(1, Ordering::Relaxed) < LOG_LINES_PER_SECOND
+}
+
+impl types::Host for HostState {}
+
+impl Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if !log_allowed() {
+            return;
+        }
+        let plugin = &*self.plugin;
+        match level {
+            Level::Debug => tracing::debug!(plugin, "{message}"),
+            Level::Info => tracing::info!(plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        crate::clock::now_ms()
+    }
+
+    fn in_flight(&mut self, backend: u32) -> u32 {
+        self.servers
+            .get(backend as usize)
+            .map_or(0, |s| s.in_use() as u32)
+    }
+}

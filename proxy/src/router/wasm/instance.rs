@@ -1,0 +1,159 @@
+//! One live instance of a plugin on one worker thread.
+//!
+//! Instances are kept in a thread-local table indexed by a slot number that each (pool, plugin)
+//! pair gets once. A call borrows the table only for the duration of the synchronous call; no
+//! `.await` happens in between, so tasks moving between threads never share an instance.
+
+use super::bindings::switchyard::policy::types::{Decision, Query, Session, Topology};
+use super::bindings::RoutingPolicy;
+use super::engine::LoadedPlugin;
+use super::host::HostState;
+use crate::pool::ServerPool;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use wasmtime::Store;
+
+/// Why an instance could not be made or used.
+#[derive(Debug)]
+pub enum InstanceError {
+    /// The plugin's `init` returned this error.
+    Init(String),
+    /// A trap: panic, deadline, out of memory, or a call of a forbidden import.
+    Trap(wasmtime::Error),
+}
+
+/// A Store with an instance of the plugin in it.
+pub struct Live {
+    store: Store<HostState>,
+    policy: RoutingPolicy,
+    /// The topology generation this instance has seen.
+    pub topology_generation: u64,
+    /// Sessions already announced to this instance.
+    pub sessions: HashSet<u32>,
+}
+
+impl Live {
+    /// Instantiates the plugin, runs `init`, and pushes the topology if given.
+    pub fn new(
+        plugin: &LoadedPlugin,
+        servers: Arc<Vec<ServerPool>>,
+        topology: Option<&Topology>,
+    ) -> Result<Live, InstanceError> {
+        let engine = plugin.pre.engine();
+        let mut store = Store::new(
+            engine,
+            HostState::new(plugin.name.clone(), servers, plugin.memory_bytes),
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1000);
+        let policy = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(InstanceError::Trap)?;
+        policy
+            .switchyard_policy_policy()
+            .call_init(&mut store, &plugin.config)
+            .map_err(InstanceError::Trap)?
+            .map_err(InstanceError::Init)?;
+        let mut live = Live {
+            store,
+            policy,
+            topology_generation: 0,
+            sessions: HashSet::new(),
+        };
+        if let Some(t) = topology {
+            live.topology(t, 1000)?;
+        }
+        Ok(live)
+    }
+
+    /// Pushes a topology.
+    pub fn topology(&mut self, t: &Topology, deadline_ticks: u64) -> Result<(), InstanceError> {
+        self.store.set_epoch_deadline(deadline_ticks);
+        self.policy
+            .switchyard_policy_policy()
+            .call_topology_changed(&mut self.store, t)
+            .map_err(InstanceError::Trap)?;
+        self.topology_generation = t.generation;
+        Ok(())
+    }
+
+    /// Announces a session.
+    pub fn session_opened(
+        &mut self,
+        s: &Session,
+        deadline_ticks: u64,
+    ) -> Result<(), InstanceError> {
+        self.store.set_epoch_deadline(deadline_ticks);
+        self.policy
+            .switchyard_policy_policy()
+            .call_session_opened(&mut self.store, s)
+            .map_err(InstanceError::Trap)?;
+        self.sessions.insert(s.id);
+        Ok(())
+    }
+
+    /// Tells the instance a session ended.
+    pub fn session_closed(&mut self, id: u32, deadline_ticks: u64) -> Result<(), InstanceError> {
+        if !self.sessions.remove(&id) {
+            return Ok(());
+        }
+        self.store.set_epoch_deadline(deadline_ticks);
+        self.policy
+            .switchyard_policy_policy()
+            .call_session_closed(&mut self.store, id)
+            .map_err(InstanceError::Trap)
+    }
+
+    /// The routing call, bounded by `deadline_ticks` epochs.
+    pub fn route(
+        &mut self,
+        q: &Query,
+        candidates: u64,
+        deadline_ticks: u64,
+    ) -> Result<Decision, InstanceError> {
+        self.store.set_epoch_deadline(deadline_ticks);
+        self.policy
+            .switchyard_policy_policy()
+            .call_route(&mut self.store, q, candidates)
+            .map_err(InstanceError::Trap)
+    }
+}
+
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+/// A number for one (pool, plugin) pair, naming its instance on every worker thread.
+pub fn new_slot() -> usize {
+    NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
+}
+
+thread_local! {
+    static LIVE: RefCell<Vec<Option<Live>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's instance in `slot`, creating it with `make` if there is none.
+/// On any error the instance is dropped (a trap poisons its Store); the next call rebuilds it.
+pub fn with_live<R>(
+    slot: usize,
+    make: impl FnOnce() -> Result<Live, InstanceError>,
+    f: impl FnOnce(&mut Live) -> Result<R, InstanceError>,
+) -> Result<R, InstanceError> {
+    LIVE.with(|table| {
+        let mut table = table.borrow_mut();
+        if table.len() <= slot {
+            table.resize_with(slot + 1, || None);
+        }
+        let entry = &mut table[slot];
+        if entry.is_none() {
+            *entry = Some(make()?);
+        }
+        let live = entry.as_mut().expect("just made");
+        let r = f(live);
+        if r.is_err() {
+            *entry = None;
+        }
+        r
+    })
+}

@@ -1,0 +1,255 @@
+//! Routing policies (WebAssembly components) against a real primary and two streaming replicas:
+//! where each statement ran is proven server-side (`inet_server_port()`, `pg_is_in_recovery()`,
+//! `pg_stat_database`).
+
+use std::collections::HashMap;
+use switchyard_tests::{plugin, pool_toml, roles, shared_cluster, unique_name, Proxy};
+
+/// A database with a table and a sequence, and a proxy whose pool runs `policies` in order.
+fn setup(policies: &[(&str, &str)], pool_extra: &str) -> (String, Proxy) {
+    let cluster = shared_cluster();
+    let db = unique_name("route");
+    cluster.create_database(&db, roles::TRUST);
+    cluster
+        .psql(
+            cluster.primary.port,
+            &db,
+            &format!(
+                "CREATE TABLE t (id serial primary key, v text); CREATE SEQUENCE s;\n\
+                 CREATE FUNCTION audit_write(x text) RETURNS int LANGUAGE sql AS $$ INSERT INTO t (v) VALUES (x) RETURNING id $$;\n\
+                 ALTER TABLE t OWNER TO {t}; ALTER SEQUENCE s OWNER TO {t}; ALTER FUNCTION audit_write(text) OWNER TO {t};",
+                t = roles::TRUST
+            ),
+        )
+        .unwrap();
+    cluster.wait_replicas_caught_up();
+    let mut pool = format!("pool_mode = \"transaction\"\n{pool_extra}\n");
+    for (name, config) in policies {
+        pool.push_str(&format!(
+            "[[pools.{db}.policies]]\nplugin = \"{}\"\nconfig = {config}\n",
+            plugin(name).display()
+        ));
+    }
+    // Policies are arrays of tables: they must come after the pool's plain keys, before users.
+    let toml = pool_toml(
+        cluster,
+        &db,
+        &pool,
+        &format!("[pools.{db}.users.{}]\n", roles::TRUST),
+    );
+    (db.clone(), Proxy::start("", &toml))
+}
+
+fn ports() -> (u16, Vec<u16>) {
+    let c = shared_cluster();
+    (c.primary.port, c.replicas.iter().map(|r| r.port).collect())
+}
+
+async fn port_of(c: &impl tokio_postgres::GenericClient, sql: &str) -> u16 {
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    row.get::<_, i32>(0) as u16
+}
+
+#[tokio::test]
+async fn reads_go_to_replicas_and_writes_to_the_primary() {
+    let (db, proxy) = setup(
+        &[
+            ("read-write-split", "\"write_functions = ['audit_write']\""),
+            ("least-outstanding", "\"\""),
+        ],
+        "write_functions = [\"audit_write\"]",
+    );
+    let (primary, replicas) = ports();
+    let mut c = match proxy.connect(roles::TRUST, None, &db).await {
+        Ok(c) => c,
+        Err(e) => panic!("{e:?}\n{}", proxy.log()),
+    };
+    for _ in 0..10 {
+        let p = port_of(&c, "SELECT inet_server_port()").await;
+        assert!(
+            replicas.contains(&p),
+            "a read ran on {p}, not a replica {replicas:?}"
+        );
+        let in_recovery: bool = c
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(in_recovery);
+    }
+    // A battery of writes in disguise: each would fail on a replica, so success proves the
+    // primary ran it.
+    let writes = [
+        "INSERT INTO t (v) VALUES ('plain') RETURNING inet_server_port()",
+        "WITH d AS (INSERT INTO t (v) VALUES ('cte') RETURNING id) SELECT inet_server_port() FROM d",
+        "SELECT inet_server_port() FROM t FOR UPDATE LIMIT 1",
+        "SELECT inet_server_port() FROM (SELECT nextval('s')) x",
+        "SELECT inet_server_port() FROM (SELECT audit_write('fn')) x",
+        "/* switchyard: primary */ SELECT inet_server_port()",
+    ];
+    for sql in writes {
+        assert_eq!(port_of(&c, sql).await, primary, "{sql}");
+    }
+    // Multi-statement strings mixing read and write, and SQL the lexer cannot classify.
+    c.batch_execute("SELECT 1; INSERT INTO t (v) VALUES ('multi')")
+        .await
+        .unwrap();
+    c.batch_execute("DO $$ BEGIN INSERT INTO t (v) VALUES ('do'); END $$")
+        .await
+        .unwrap();
+    // A transaction that starts with SELECT and then writes stays on the primary.
+    let tx = c.transaction().await.unwrap();
+    let p = port_of(&tx, "SELECT inet_server_port()").await;
+    assert_eq!(p, primary, "explicit transactions go to the primary");
+    tx.execute("INSERT INTO t (v) VALUES ('tx')", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // BEGIN READ ONLY may go to a replica.
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let p = port_of(&c, "SELECT inet_server_port()").await;
+    assert!(replicas.contains(&p), "read-only transaction on {p}");
+    c.batch_execute("COMMIT").await.unwrap();
+    // Everything written is on the primary.
+    let n: i64 = c
+        .query_one("/* switchyard: primary */ SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 6);
+}
+
+#[tokio::test]
+async fn round_robin_alternates_between_replicas() {
+    let (db, proxy) = setup(&[("read-write-split", "\"\""), ("round-robin", "\"\"")], "");
+    let (_, replicas) = ports();
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    // Simple queries: one routing decision each (a prepare and an execute would be two).
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let msgs = c.simple_query("SELECT inet_server_port()").await.unwrap();
+        let port = msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.get(0).map(|v| v.parse::<u16>().unwrap())
+                }
+                _ => None,
+            })
+            .unwrap();
+        seen.push(port);
+    }
+    for pair in seen.windows(2) {
+        assert_ne!(pair[0], pair[1], "round robin alternates: {seen:?}");
+    }
+    assert!(seen.iter().all(|p| replicas.contains(p)), "{seen:?}");
+}
+
+#[tokio::test]
+async fn least_outstanding_avoids_a_busy_replica() {
+    let (db, proxy) = setup(
+        &[("read-write-split", "\"\""), ("least-outstanding", "\"\"")],
+        "",
+    );
+    let busy = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    // Hold one replica with an open read-only transaction.
+    busy.batch_execute("BEGIN READ ONLY").await.unwrap();
+    let held = port_of(&busy, "SELECT inet_server_port()").await;
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    for _ in 0..10 {
+        let p = port_of(&c, "SELECT inet_server_port()").await;
+        assert_ne!(p, held, "least-outstanding chose the busy replica");
+    }
+    busy.batch_execute("COMMIT").await.unwrap();
+}
+
+#[test]
+fn pgbench_select_only_runs_on_the_replicas() {
+    let (db, proxy) = setup(
+        &[("read-write-split", "\"\""), ("least-outstanding", "\"\"")],
+        "",
+    );
+    let cluster = shared_cluster();
+    let init = std::process::Command::new(cluster.bindir.join("pgbench"))
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.primary.port.to_string(),
+        ])
+        .args(["-U", roles::TRUST, &db])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    cluster.wait_replicas_caught_up();
+    let commits = || -> HashMap<u16, i64> {
+        cluster
+            .nodes()
+            .map(|n| {
+                let v = cluster
+                    .psql(
+                        n.port,
+                        "postgres",
+                        &format!("select xact_commit from pg_stat_database where datname = '{db}'"),
+                    )
+                    .unwrap();
+                (n.port, v.trim().parse().unwrap_or(0))
+            })
+            .collect()
+    };
+    let before = commits();
+    let out = std::process::Command::new(cluster.bindir.join("pgbench"))
+        .args([
+            "-S",
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-t",
+            "250",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port.to_string(),
+        ])
+        .args(["-U", roles::TRUST, &db])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0"),
+        "{stdout}"
+    );
+    // Backends flush their statistics when they exit: close the pooled connections.
+    drop(proxy);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let after = commits();
+    let (primary, replicas) = ports();
+    let on = |p: u16| after[&p] - before[&p];
+    let replica_total: i64 = replicas.iter().map(|&p| on(p)).sum();
+    assert!(
+        replica_total >= 1000,
+        "replicas ran {replica_total} of 1000 transactions"
+    );
+    assert!(
+        on(primary) < 50,
+        "primary ran {} select-only transactions",
+        on(primary)
+    );
+    for &r in &replicas {
+        assert!(on(r) > 200, "replica {r} ran only {}: {after:?}", on(r));
+    }
+}
