@@ -5,7 +5,7 @@
 //! wit-bindgen and keeps the policy instance in a thread-local (WebAssembly is single-threaded),
 //! so policy code needs no `unsafe` and no `static mut`.
 //!
-//! ```ignore
+//! ```
 //! use switchyard_sdk::{export_policy, Candidates, Decision, Policy, Query};
 //!
 //! struct AlwaysPrimary;

@@ -53,11 +53,14 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 /// ordinary dependencies of the proxy).
 pub const PLUGINS: [&str; 3] = ["read-write-split", "least-outstanding", "round-robin"];
 
+/// Misbehaving policies the tests load (tests/fixtures).
+const FIXTURES: [&str; 2] = ["evil-policy", "forbidden-policy"];
+
 fn build_plugins() -> Result<(), String> {
     install::wasm_target()?;
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);
-    for p in PLUGINS {
+    for p in PLUGINS.iter().chain(FIXTURES.iter()) {
         cmd.args(["-p", p]);
     }
     run(&mut cmd)
@@ -79,6 +82,13 @@ fn test(extra: &[String]) -> Result<(), String> {
     // The integration tests run the real binary; build it first.
     run(cargo().args(["build", "-p", "switchyard"]))?;
     run(cargo().args(["test", "--workspace"]).args(extra))
+}
+
+/// A built policy component.
+fn wasm(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -115,7 +125,11 @@ fn demo() -> Result<(), String> {
             "demo",
             "pool_mode = \"transaction\"\npool_size = 20",
             &format!(
-                "[pools.demo.users.demo]\npassword = \"demo\"\nserver_user = \"{}\"\n",
+                "[[pools.demo.policies]]\nplugin = \"{}\"\n\
+                 [[pools.demo.policies]]\nplugin = \"{}\"\n\
+                 [pools.demo.users.demo]\npassword = \"demo\"\nserver_user = \"{}\"\n",
+                wasm("read_write_split").display(),
+                wasm("least_outstanding").display(),
                 roles::TRUST
             ),
         )

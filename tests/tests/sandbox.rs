@@ -1,0 +1,141 @@
+//! A routing policy cannot hurt the proxy: a plugin that loops, panics or runs out of memory
+//! costs the query at most the deadline and sends it to the primary; a plugin with a forbidden
+//! import or a refused config is not loaded, with a message that says why.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use switchyard_tests::{
+    plugin, pool_toml, roles, shared_cluster, switchyard_binary, unique_name, Proxy,
+};
+
+fn pool_with(db: &str, policy: &str, config: &str) -> String {
+    let cluster = shared_cluster();
+    pool_toml(
+        cluster,
+        db,
+        &format!(
+            "pool_mode = \"transaction\"\n[[pools.{db}.policies]]\nplugin = \"{}\"\nconfig = \"{config}\"",
+            plugin(policy).display()
+        ),
+        &format!("[pools.{db}.users.{}]\n", roles::TRUST),
+    )
+}
+
+async fn server_port(c: &tokio_postgres::Client, sql: &str) -> u16 {
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test]
+async fn looping_panicking_and_hoarding_plugins_fall_back_to_the_primary() {
+    let cluster = shared_cluster();
+    for mode in ["loop", "panic", "oom"] {
+        let db = unique_name("sandbox");
+        cluster.create_database(&db, roles::TRUST);
+        let proxy = Proxy::start(
+            "plugin_deadline_ms = 20\nplugin_memory_mb = 16",
+            &pool_with(&db, "evil-policy", mode),
+        );
+        let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        let bystander = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let port = server_port(&c, "SELECT inet_server_port() /* trouble */").await;
+            let took = started.elapsed();
+            assert_eq!(
+                port, cluster.primary.port,
+                "{mode}: the fallback is the primary"
+            );
+            // The deadline bounds a runaway call; the rest is instance rebuilding (debug build).
+            assert!(
+                took < Duration::from_secs(2),
+                "{mode}: a bad call took {took:?}"
+            );
+            // Others keep being served, and well-behaved calls of the same plugin still work.
+            assert_eq!(
+                server_port(&bystander, "SELECT inet_server_port()").await,
+                cluster.primary.port
+            );
+        }
+        let log = proxy.log();
+        assert!(
+            log.contains("routing policy failed"),
+            "{mode}: the trap is logged:\n{log}"
+        );
+        assert!(log.contains("traps=3"), "{mode}: and counted:\n{log}");
+    }
+}
+
+fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(switchyard_binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn load_time_faults_are_refused_with_a_clear_message() {
+    let (ok, err) = check(&pool_with("app", "forbidden-policy", ""));
+    assert!(!ok);
+    assert!(err.contains("forbidden_policy.wasm"), "{err}");
+    assert!(
+        err.contains("imports `wasi:clocks/"),
+        "names the import: {err}"
+    );
+
+    let (ok, err) = check(&pool_with("app", "evil-policy", "bad"));
+    assert!(!ok);
+    assert!(
+        err.contains("refused its config: evil-policy: config \"bad\" is refused"),
+        "{err}"
+    );
+
+    let (ok, err) = check(&pool_with("app", "evil-policy", "fine"));
+    assert!(ok, "{err}");
+
+    // Not a component at all.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not wasm").unwrap();
+    let config = pool_with("app", "evil-policy", "fine").replace(
+        &plugin("evil-policy").display().to_string(),
+        &junk.display().to_string(),
+    );
+    let (ok, err) = check(&config);
+    assert!(!ok);
+    assert!(err.contains("not a valid component"), "{err}");
+
+    // The proxy itself refuses to start with such a plugin.
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[general]\nlisten_addr = \"127.0.0.1:0\"\n{}",
+            pool_with("app", "evil-policy", "bad")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(switchyard_binary())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused its config"));
+}
