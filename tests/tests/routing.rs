@@ -253,3 +253,58 @@ fn pgbench_select_only_runs_on_the_replicas() {
         assert!(on(r) > 200, "replica {r} ran only {}: {after:?}", on(r));
     }
 }
+
+/// Which replica each of `n` simple-protocol reads ran on.
+async fn replica_counts(c: &tokio_postgres::Client, n: usize) -> HashMap<u16, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let msgs = c.simple_query("SELECT inet_server_port()").await.unwrap();
+        let port: u16 = msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+                _ => None,
+            })
+            .unwrap();
+        *counts.entry(port).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn weighted_follows_three_to_one() {
+    let (db, proxy) = setup(
+        &[
+            ("read-write-split", "\"\""),
+            ("weighted", "\"weights = { replica1 = 3, replica2 = 1 }\""),
+        ],
+        "",
+    );
+    let cluster = shared_cluster();
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let counts = replica_counts(&c, 1000).await;
+    let r1 = counts.get(&cluster.replicas[0].port).copied().unwrap_or(0);
+    let r2 = counts.get(&cluster.replicas[1].port).copied().unwrap_or(0);
+    assert_eq!(r1 + r2, 1000, "{counts:?}");
+    // Per worker the split is exact; over two workers it stays close to 750:250.
+    assert!(
+        (700..=800).contains(&r1),
+        "replica1 got {r1}, replica2 {r2}"
+    );
+}
+
+#[tokio::test]
+async fn random_uses_both_replicas() {
+    let (db, proxy) = setup(&[("read-write-split", "\"\""), ("random", "\"\"")], "");
+    let cluster = shared_cluster();
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let counts = replica_counts(&c, 200).await;
+    for r in &cluster.replicas {
+        let n = counts.get(&r.port).copied().unwrap_or(0);
+        assert!(
+            (50..=150).contains(&n),
+            "replica {} got {n} of 200: {counts:?}",
+            r.name
+        );
+    }
+}

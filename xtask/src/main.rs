@@ -51,7 +51,13 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 
 /// The routing-policy components: built for wasm32-wasip2 (cargo cannot build them as
 /// ordinary dependencies of the proxy).
-pub const PLUGINS: [&str; 3] = ["read-write-split", "least-outstanding", "round-robin"];
+pub const PLUGINS: [&str; 5] = [
+    "read-write-split",
+    "least-outstanding",
+    "round-robin",
+    "random",
+    "weighted",
+];
 
 /// Misbehaving policies the tests load (tests/fixtures).
 const FIXTURES: [&str; 2] = ["evil-policy", "forbidden-policy"];
