@@ -3,4 +3,6 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "routing-policy",
+    // Borrowed strings in arguments: the per-query SQL goes to the plugin without a copy.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });

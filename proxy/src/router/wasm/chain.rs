@@ -35,11 +35,12 @@ struct Link {
 pub struct PolicyChain {
     links: Vec<Link>,
     servers: Arc<Vec<ServerPool>>,
-    topology: Topology,
+    /// The backends as plugins see them (name, role, weight), and their generation.
+    backends: Vec<(String, WitRole, u32)>,
+    generation: u64,
     classifier: Classifier,
     deadline_ticks: u64,
     all: u64,
-    primary: usize,
     next: AtomicUsize,
     /// Calls that trapped or failed, since start.
     pub traps: AtomicU64,
@@ -54,25 +55,18 @@ impl PolicyChain {
         classifier: Classifier,
         deadline: Duration,
     ) -> Self {
-        let backends: Vec<Backend> = servers
+        let backends: Vec<(String, WitRole, u32)> = servers
             .iter()
             .enumerate()
-            .map(|(i, s)| Backend {
-                id: i as u32,
-                name: s.name.clone(),
-                role: match s.role {
+            .map(|(i, s)| {
+                let role = match s.role {
                     Role::Primary => WitRole::Primary,
                     Role::Replica => WitRole::Replica,
-                },
-                healthy: true,
-                weight: weights.get(i).copied().unwrap_or(1),
+                };
+                (s.name.clone(), role, weights.get(i).copied().unwrap_or(1))
             })
             .collect();
         let n = backends.len().min(64);
-        let primary = servers
-            .iter()
-            .position(|s| s.role == Role::Primary)
-            .unwrap_or(0);
         PolicyChain {
             links: plugins
                 .into_iter()
@@ -82,14 +76,11 @@ impl PolicyChain {
                 })
                 .collect(),
             servers,
-            topology: Topology {
-                generation: 1,
-                backends,
-            },
+            backends,
+            generation: 1,
             classifier,
             deadline_ticks: (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
             all: if n == 64 { u64::MAX } else { (1u64 << n) - 1 },
-            primary,
             next: AtomicUsize::new(0),
             traps: AtomicU64::new(0),
         }
@@ -106,8 +97,28 @@ impl PolicyChain {
         }
     }
 
+    /// Runs `f` with the topology record, built on demand (pushes are rare).
+    fn with_topology<R>(&self, f: impl FnOnce(&Topology<'_>) -> R) -> R {
+        let backends: Vec<Backend<'_>> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, (name, role, weight))| Backend {
+                id: i as u32,
+                name,
+                role: *role,
+                healthy: true,
+                weight: *weight,
+            })
+            .collect();
+        f(&Topology {
+            generation: self.generation,
+            backends: &backends,
+        })
+    }
+
     fn make(&self, link: &Link) -> Result<Live, InstanceError> {
-        Live::new(&link.plugin, self.servers.clone(), Some(&self.topology))
+        self.with_topology(|t| Live::new(&link.plugin, self.servers.clone(), Some(t)))
     }
 }
 
@@ -135,7 +146,7 @@ impl Router for PolicyChain {
         }
         let query = Query {
             session_id: request.session_id as u32,
-            sql: sql.to_owned(),
+            sql,
             kind: wit_kind(class.kind),
             flags,
             protocol: if request.message.first() == Some(&b'Q') {
@@ -152,20 +163,21 @@ impl Router for PolicyChain {
                 link.slot,
                 || self.make(link),
                 |live| {
-                    if live.topology_generation != self.topology.generation {
-                        live.topology(&self.topology, self.deadline_ticks)?;
+                    if live.topology_generation != self.generation {
+                        self.with_topology(|t| live.topology(t, self.deadline_ticks))?;
                     }
                     if !live.sessions.contains(&session_id) {
+                        let client_addr = request
+                            .client_addr
+                            .map(|a| a.to_string())
+                            .unwrap_or_default();
                         let session = Session {
                             id: session_id,
-                            user: request.user.to_owned(),
-                            database: request.database.to_owned(),
-                            application_name: request.application_name.to_owned(),
-                            client_addr: request
-                                .client_addr
-                                .map(|a| a.to_string())
-                                .unwrap_or_default(),
-                            options: Vec::new(),
+                            user: request.user,
+                            database: request.database,
+                            application_name: request.application_name,
+                            client_addr: &client_addr,
+                            options: &[],
                         };
                         live.session_opened(&session, self.deadline_ticks)?;
                     }
@@ -199,7 +211,6 @@ impl Router for PolicyChain {
         for _ in 0..pick {
             bits &= bits - 1;
         }
-        let _ = self.primary;
         Route::Backend(bits.trailing_zeros() as usize)
     }
 

@@ -74,7 +74,7 @@ impl Live {
         self.store.set_epoch_deadline(deadline_ticks);
         self.policy
             .switchyard_policy_policy()
-            .call_topology_changed(&mut self.store, t)
+            .call_topology_changed(&mut self.store, t.clone())
             .map_err(InstanceError::Trap)?;
         self.topology_generation = t.generation;
         Ok(())
@@ -89,7 +89,7 @@ impl Live {
         self.store.set_epoch_deadline(deadline_ticks);
         self.policy
             .switchyard_policy_policy()
-            .call_session_opened(&mut self.store, s)
+            .call_session_opened(&mut self.store, s.clone())
             .map_err(InstanceError::Trap)?;
         self.sessions.insert(s.id);
         Ok(())
@@ -117,7 +117,7 @@ impl Live {
         self.store.set_epoch_deadline(deadline_ticks);
         self.policy
             .switchyard_policy_policy()
-            .call_route(&mut self.store, q, candidates)
+            .call_route(&mut self.store, q.clone(), candidates)
             .map_err(InstanceError::Trap)
     }
 }
