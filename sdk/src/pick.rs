@@ -92,8 +92,18 @@ pub fn least_outstanding(
     tie: &mut RoundRobin,
     load: impl Fn(u32) -> u32,
 ) -> Option<u32> {
-    let min = candidates.ids().map(&load).min()?;
-    let least = Candidates::from_ids(candidates.ids().filter(|&id| load(id) == min));
+    // One load reading per candidate (each is a host call).
+    let mut least = Candidates::NONE;
+    let mut min = u32::MAX;
+    for id in candidates.ids() {
+        let l = load(id);
+        if l < min {
+            min = l;
+            least = Candidates::from_ids([id]);
+        } else if l == min {
+            least = Candidates(least.0 | (1 << id));
+        }
+    }
     tie.pick(least)
 }
 

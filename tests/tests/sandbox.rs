@@ -74,6 +74,35 @@ async fn looping_panicking_and_hoarding_plugins_fall_back_to_the_primary() {
     }
 }
 
+#[tokio::test]
+async fn rejections_and_unknown_backends_are_errors_and_the_session_goes_on() {
+    let cluster = shared_cluster();
+    for (mode, code, text) in [
+        ("reject", "P0001", "evil-policy refuses this query"),
+        ("bad-backend", "XX000", "routing policy chose server 99"),
+    ] {
+        let db = unique_name("sandbox");
+        cluster.create_database(&db, roles::TRUST);
+        let proxy = Proxy::start("", &pool_with(&db, "evil-policy", mode));
+        let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        let err = c
+            .simple_query("SELECT 1 /* trouble */")
+            .await
+            .expect_err("refused");
+        let db_err = err.as_db_error().expect("an ErrorResponse");
+        assert_eq!(db_err.code().code(), code, "{mode}: {db_err:?}");
+        assert!(
+            db_err.message().contains(text),
+            "{mode}: {}",
+            db_err.message()
+        );
+        assert_eq!(
+            server_port(&c, "SELECT inet_server_port()").await,
+            cluster.primary.port
+        );
+    }
+}
+
 fn check(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");

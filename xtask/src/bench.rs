@@ -214,6 +214,7 @@ pub fn bench() -> Result<(), String> {
 
     install::postgres()?;
     install::pgbouncer()?;
+    crate::build_plugins()?;
     run(cargo().args(["build", "--release", "-p", "switchyard"]))?;
     raise_fd_limit();
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard");
@@ -250,6 +251,36 @@ pub fn bench() -> Result<(), String> {
         ),
     )
     .map_err(|e| e.to_string())?;
+    // The same with routing policies: read-write-split + least-outstanding (no replica here, so
+    // every query still ends on the primary: this measures the policy host's cost).
+    let syp_port = free_port();
+    let syp_conf = cluster.dir.join("bench-switchyard-policies.toml");
+    let plugin_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
+    std::fs::write(
+        &syp_conf,
+        std::fs::read_to_string(&sy_conf)
+            .map_err(|e| e.to_string())?
+            .replace(&format!("127.0.0.1:{sy_port}"), &format!("127.0.0.1:{syp_port}"))
+            .replace(
+                &format!("[pools.bench.users.{}]", roles::TRUST),
+                &format!(
+                    "[[pools.bench.policies]]\nplugin = \"{}\"\n[[pools.bench.policies]]\nplugin = \"{}\"\n[pools.bench.users.{}]",
+                    plugin_dir.join("read_write_split.wasm").display(),
+                    plugin_dir.join("least_outstanding.wasm").display(),
+                    roles::TRUST
+                ),
+            ),
+    )
+    .map_err(|e| e.to_string())?;
+    let switchyard_policies = Killed(
+        Command::new(&bin)
+            .arg("--config")
+            .arg(&syp_conf)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
     let switchyard = Killed(
         Command::new(&bin)
             .arg("--config")
@@ -300,7 +331,7 @@ pub fn bench() -> Result<(), String> {
             .map_err(|e| format!("pgbouncer: {e}"))?,
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [sy_port, pgb_port] {
+    for port in [sy_port, syp_port, pgb_port] {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
                 return Err(format!("nothing listens on {port}"));
@@ -321,6 +352,11 @@ pub fn bench() -> Result<(), String> {
             pid: Some(switchyard.0.id()),
         },
         Target {
+            name: "switchyard+policies",
+            port: syp_port,
+            pid: Some(switchyard_policies.0.id()),
+        },
+        Target {
             name: "pgbouncer",
             port: pgb_port,
             pid: Some(pgbouncer.0.id()),
@@ -336,7 +372,7 @@ pub fn bench() -> Result<(), String> {
             for &c in &clients {
                 for t in &targets {
                     let s = pgbench(&cluster.bindir, t, mode, c, seconds)?;
-                    eprintln!("bench: run {r}/{runs} {mode:8} c={c:<3} {:10} tps {:>9.0}  lat {:.3} ms  cpu/tx {}",
+                    eprintln!("bench: run {r}/{runs} {mode:8} c={c:<3} {:19} tps {:>9.0}  lat {:.3} ms  cpu/tx {}",
                         t.name, s.tps, s.latency_ms,
                         s.cpu_us_per_tx.map(|v| format!("{v:.1} µs")).unwrap_or_else(|| "-".into()));
                     samples
@@ -400,6 +436,7 @@ pub fn bench() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(switchyard);
+    drop(switchyard_policies);
     drop(pgbouncer);
     cluster.stop();
     Ok(())

@@ -62,7 +62,7 @@ pub const PLUGINS: [&str; 5] = [
 /// Misbehaving policies the tests load (tests/fixtures).
 const FIXTURES: [&str; 2] = ["evil-policy", "forbidden-policy"];
 
-fn build_plugins() -> Result<(), String> {
+pub fn build_plugins() -> Result<(), String> {
     install::wasm_target()?;
     let mut cmd = cargo();
     cmd.args(["build", "--release", "--target", "wasm32-wasip2"]);

@@ -73,8 +73,14 @@ impl Policy for ReadWriteSplit {
             };
             return Decision::Primary;
         }
-        let hint = hints::comment_hint(&query.sql)
-            .or_else(|| self.session_hints.get(&query.session_id).copied());
+        let session_hint = || {
+            if self.session_hints.is_empty() {
+                None
+            } else {
+                self.session_hints.get(&query.session_id).copied()
+            }
+        };
+        let hint = hints::comment_hint(&query.sql).or_else(session_hint);
         let replicas = candidates.and(self.replicas);
         let to_replicas = || {
             if replicas.is_empty() {
