@@ -119,3 +119,40 @@ pub fn plugin(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+impl Cluster {
+    /// `pgbench -i -s 1` on the primary for `db` (owned by the trust role), then waits until the
+    /// replicas have the tables.
+    pub fn pgbench_init(&self, db: &str) {
+        let out = std::process::Command::new(self.bindir.join("pgbench"))
+            .args([
+                "-i",
+                "-q",
+                "-s",
+                "1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.primary.port.to_string(),
+            ])
+            .args(["-U", roles::TRUST, db])
+            .output()
+            .expect("run pgbench -i");
+        assert!(
+            out.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_replicas_caught_up();
+    }
+}
+
+/// The first column of the first row of a simple-protocol result, parsed.
+pub fn first_value<T: std::str::FromStr>(
+    messages: &[tokio_postgres::SimpleQueryMessage],
+) -> Option<T> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    })
+}

@@ -46,25 +46,7 @@ fn setup(pool: &str) -> (String, Proxy) {
     let cluster = shared_cluster();
     let db = unique_name("bench");
     cluster.create_database(&db, roles::TRUST);
-    let init = Command::new(cluster.bindir.join("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.primary.port.to_string(),
-        ])
-        .args(["-U", roles::TRUST, &db])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    cluster.pgbench_init(&db);
     (
         db.clone(),
         Proxy::start("", &trust_pool(cluster, &db, pool)),

@@ -3,7 +3,7 @@
 //! `pg_stat_database`).
 
 use std::collections::HashMap;
-use switchyard_tests::{plugin, pool_toml, roles, shared_cluster, unique_name, Proxy};
+use switchyard_tests::{first_value, plugin, pool_toml, roles, shared_cluster, unique_name, Proxy};
 
 /// A database with a table and a sequence, and a proxy whose pool runs `policies` in order.
 fn setup(policies: &[(&str, &str)], pool_extra: &str) -> (String, Proxy) {
@@ -131,15 +131,7 @@ async fn round_robin_alternates_between_replicas() {
     let mut seen = Vec::new();
     for _ in 0..6 {
         let msgs = c.simple_query("SELECT inet_server_port()").await.unwrap();
-        let port = msgs
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    r.get(0).map(|v| v.parse::<u16>().unwrap())
-                }
-                _ => None,
-            })
-            .unwrap();
+        let port: u16 = first_value(&msgs).unwrap();
         seen.push(port);
     }
     for pair in seen.windows(2) {
@@ -173,22 +165,7 @@ fn pgbench_select_only_runs_on_the_replicas() {
         "",
     );
     let cluster = shared_cluster();
-    let init = std::process::Command::new(cluster.bindir.join("pgbench"))
-        .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.primary.port.to_string(),
-        ])
-        .args(["-U", roles::TRUST, &db])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
-    cluster.wait_replicas_caught_up();
+    cluster.pgbench_init(&db);
     let commits = || -> HashMap<u16, i64> {
         cluster
             .nodes()
@@ -259,13 +236,7 @@ async fn replica_counts(c: &tokio_postgres::Client, n: usize) -> HashMap<u16, us
     let mut counts = HashMap::new();
     for _ in 0..n {
         let msgs = c.simple_query("SELECT inet_server_port()").await.unwrap();
-        let port: u16 = msgs
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
-                _ => None,
-            })
-            .unwrap();
+        let port: u16 = first_value(&msgs).unwrap();
         *counts.entry(port).or_default() += 1;
     }
     counts

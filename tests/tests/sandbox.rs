@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 use switchyard_tests::{
-    plugin, pool_toml, roles, shared_cluster, switchyard_binary, unique_name, Proxy,
+    first_value, plugin, pool_toml, roles, shared_cluster, switchyard_binary, unique_name, Proxy,
 };
 
 fn pool_with(db: &str, policy: &str, config: &str) -> String {
@@ -26,12 +26,7 @@ async fn server_port(c: &tokio_postgres::Client, sql: &str) -> u16 {
         .simple_query(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    msgs.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
-            _ => None,
-        })
-        .expect("a row")
+    first_value(&msgs).expect("a row")
 }
 
 #[tokio::test]
