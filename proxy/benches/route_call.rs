@@ -81,6 +81,7 @@ fn time(name: &str, router: &dyn Router, sql: &str) -> f64 {
         m.push(0);
         m
     };
+    let empty = switchyard::server::ParamList::new();
     let request = RouteRequest {
         message: &message,
         sql: Some(sql),
@@ -89,6 +90,7 @@ fn time(name: &str, router: &dyn Router, sql: &str) -> f64 {
         user: "u",
         application_name: "bench",
         client_addr: None,
+        options: &empty,
         in_transaction: false,
     };
     for _ in 0..CALLS / 10 {

@@ -98,6 +98,38 @@ async fn rejections_and_unknown_backends_are_errors_and_the_session_goes_on() {
     }
 }
 
+#[tokio::test]
+async fn policies_see_the_session() {
+    let cluster = shared_cluster();
+    let db = unique_name("sandbox");
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &pool_with(&db, "evil-policy", "echo-session"));
+    let conn = format!(
+        "{} application_name=probe options='-c search_path=public'",
+        proxy.conn_str(roles::TRUST, None, &db)
+    );
+    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let err = c
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("echo-session rejects");
+    let seen = err
+        .as_db_error()
+        .expect("an ErrorResponse")
+        .message()
+        .to_string();
+    assert!(
+        seen.contains(&format!("user={} database={db}", roles::TRUST)),
+        "{seen}"
+    );
+    assert!(seen.contains("application_name=probe"), "{seen}");
+    assert!(seen.contains("(\"search_path\", \"public\")"), "{seen}");
+    assert!(seen.contains("addr_set=true"), "{seen}");
+}
+
 fn check(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");

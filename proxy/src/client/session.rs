@@ -367,6 +367,7 @@ impl<'p> Session<'p> {
             user: &pool.user,
             application_name: self.params.tracked_value("application_name").unwrap_or(""),
             client_addr: self.peer,
+            options: &self.params.extras,
             in_transaction: self.responses.tx_status != b'I',
         });
         let index = pool.resolve(route)?;

@@ -26,6 +26,8 @@ pub struct RouteRequest<'a> {
     pub user: &'a str,
     pub application_name: &'a str,
     pub client_addr: Option<std::net::SocketAddr>,
+    /// Startup parameters other than the tracked ones (`options=-c ...` split into pairs).
+    pub options: &'a crate::server::ParamList,
     /// The client is inside a transaction block (session mode).
     pub in_transaction: bool,
 }

@@ -167,6 +167,7 @@ impl Router for PolicyChain {
                         self.with_topology(|t| live.topology(t, self.deadline_ticks))?;
                     }
                     if !live.sessions.contains(&session_id) {
+                        let options: Vec<(&str, &str)> = request.options.iter().collect();
                         let client_addr = request
                             .client_addr
                             .map(|a| a.to_string())
@@ -177,7 +178,7 @@ impl Router for PolicyChain {
                             database: request.database,
                             application_name: request.application_name,
                             client_addr: &client_addr,
-                            options: &[],
+                            options: &options,
                         };
                         live.session_opened(&session, self.deadline_ticks)?;
                     }
