@@ -15,7 +15,7 @@ use super::bindings::switchyard::policy::types::{
     Backend, Decision, Protocol, Query, QueryFlags, Role as WitRole, Session,
     StatementKind as WitKind, Topology,
 };
-use super::engine::{LoadedPlugin, EPOCH_TICK};
+use super::engine::{deadline_ticks, LoadedPlugin};
 use super::instance::{new_slot, with_live, InstanceError, Live};
 use crate::config::Role;
 use crate::pool::ServerPool;
@@ -79,7 +79,7 @@ impl PolicyChain {
             backends,
             generation: 1,
             classifier,
-            deadline_ticks: (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+            deadline_ticks: deadline_ticks(deadline),
             all: if n == 64 { u64::MAX } else { (1u64 << n) - 1 },
             next: AtomicUsize::new(0),
             traps: AtomicU64::new(0),
