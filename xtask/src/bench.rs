@@ -193,6 +193,18 @@ impl Drop for Killed {
     }
 }
 
+/// Starts Switchyard with `config`, quiet, killed when dropped.
+fn spawn_switchyard(bin: &Path, config: &Path) -> Result<Killed, String> {
+    Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .map(Killed)
+        .map_err(|e| e.to_string())
+}
+
 pub fn bench() -> Result<(), String> {
     let seconds: u32 = env_or("BENCH_SECONDS", "15")
         .parse()
@@ -272,24 +284,8 @@ pub fn bench() -> Result<(), String> {
             ),
     )
     .map_err(|e| e.to_string())?;
-    let switchyard_policies = Killed(
-        Command::new(&bin)
-            .arg("--config")
-            .arg(&syp_conf)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    let switchyard = Killed(
-        Command::new(&bin)
-            .arg("--config")
-            .arg(&sy_conf)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
+    let switchyard_policies = spawn_switchyard(&bin, &syp_conf)?;
+    let switchyard = spawn_switchyard(&bin, &sy_conf)?;
 
     // PgBouncer: the same pool, run as the PostgreSQL OS user (it refuses root).
     let pgb_port = free_port();
