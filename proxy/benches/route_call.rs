@@ -35,6 +35,7 @@ fn servers() -> Arc<Vec<ServerPool>> {
         connect: Duration::from_secs(1),
         idle: None,
         lifetime: None,
+        login_retry: Duration::from_secs(5),
     };
     let target = |port: u16| ServerTarget {
         addr: format!("127.0.0.1:{port}"),
@@ -92,6 +93,7 @@ fn time(name: &str, router: &dyn Router, sql: &str) -> f64 {
         client_addr: None,
         options: &empty,
         in_transaction: false,
+        read_only_transaction: false,
     };
     for _ in 0..CALLS / 10 {
         black_box(router.route(black_box(&request)));

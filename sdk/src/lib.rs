@@ -23,8 +23,10 @@
 mod candidates;
 pub mod hints;
 pub mod pick;
+mod query;
 
 pub use candidates::Candidates;
+pub use query::Query;
 
 #[doc(hidden)]
 pub mod __bindings {
@@ -38,14 +40,59 @@ pub mod __bindings {
     });
 }
 
-pub use __bindings::exports::switchyard::policy::policy::{Decision, Guest as __Guest};
+pub use __bindings::exports::switchyard::policy::policy::Guest as __Guest;
 pub use __bindings::switchyard::policy::types::{
-    Backend, Protocol, Query, QueryFlags, Role, Session, StatementKind, Topology,
+    Backend, Protocol, QueryFlags, Role, Session, SessionRouting, StatementKind, Topology,
 };
 
-/// What the host offers: logging, a monotonic clock, live backend load.
+/// What the host offers: logging, a monotonic clock, live backend load, the query's text.
 pub mod host {
-    pub use crate::__bindings::switchyard::policy::host::{in_flight, log, now_ms, Level};
+    pub use crate::__bindings::switchyard::policy::host::{in_flight, log, now_ms, sql, Level};
+}
+
+/// Where a query goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The pool's primary.
+    Primary,
+    /// A specific backend by id.
+    Backend(u32),
+    /// Keep only these candidates (a bit mask of backend ids) and let the next policy in the
+    /// chain decide; after the last one the host balances among them.
+    Narrow(u64),
+    /// No opinion: the next policy decides.
+    Abstain,
+    /// Refuse the query: the client gets this message as an error; its session goes on.
+    Reject(String),
+}
+
+#[doc(hidden)]
+pub mod __export {
+    use crate::__bindings::switchyard::policy::types::Decision as Wire;
+    use std::cell::RefCell;
+
+    std::thread_local! {
+        static REJECTION: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+
+    /// A decision as it crosses the boundary; a rejection's message waits for `rejection()`.
+    pub fn decision(d: crate::Decision) -> Wire {
+        match d {
+            crate::Decision::Primary => Wire::Primary,
+            crate::Decision::Backend(id) => Wire::Backend(id),
+            crate::Decision::Narrow(mask) => Wire::Narrow(mask),
+            crate::Decision::Abstain => Wire::Abstain,
+            crate::Decision::Reject(message) => {
+                REJECTION.with(|r| *r.borrow_mut() = message);
+                Wire::Reject
+            }
+        }
+    }
+
+    /// The message of the last rejection.
+    pub fn rejection() -> String {
+        REJECTION.with(|r| std::mem::take(&mut *r.borrow_mut()))
+    }
 }
 
 /// A routing policy.
@@ -56,6 +103,12 @@ pub trait Policy: Sized + 'static {
 
     /// Decides where a query goes among `candidates`.
     fn route(&mut self, query: &Query, candidates: Candidates) -> Decision;
+
+    /// How a session-mode pool routes with this policy: once per session (the default), or per
+    /// statement outside transactions (the session then keeps one server per backend it used).
+    fn session_routing(&self) -> SessionRouting {
+        SessionRouting::PerSession
+    }
 
     /// The pool's backends changed (also called before the first `route`).
     fn topology_changed(&mut self, _topology: &Topology) {}
@@ -88,10 +141,15 @@ macro_rules! export_policy {
         }
 
         impl $crate::__Guest for __SwitchyardPolicyExport {
-            fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+            fn init(
+                config: ::std::string::String,
+            ) -> ::std::result::Result<$crate::__bindings::switchyard::policy::types::Settings, ::std::string::String> {
                 let policy = <$policy as $crate::Policy>::init(&config)?;
+                let settings = $crate::__bindings::switchyard::policy::types::Settings {
+                    session_routing: $crate::Policy::session_routing(&policy),
+                };
                 __SWITCHYARD_POLICY.with(|p| *p.borrow_mut() = ::std::option::Option::Some(policy));
-                ::std::result::Result::Ok(())
+                ::std::result::Result::Ok(settings)
             }
             fn topology_changed(topology: $crate::Topology) {
                 __switchyard_with(|p| $crate::Policy::topology_changed(p, &topology), ())
@@ -102,11 +160,18 @@ macro_rules! export_policy {
             fn session_closed(id: u32) {
                 __switchyard_with(|p| $crate::Policy::session_closed(p, id), ())
             }
-            fn route(query: $crate::Query, candidates: u64) -> $crate::Decision {
-                __switchyard_with(
+            fn route(
+                query: $crate::__bindings::switchyard::policy::types::Query,
+                candidates: u64,
+            ) -> $crate::__bindings::switchyard::policy::types::Decision {
+                let query = $crate::Query::__from_host(query);
+                $crate::__export::decision(__switchyard_with(
                     |p| $crate::Policy::route(p, &query, $crate::Candidates(candidates)),
                     $crate::Decision::Abstain,
-                )
+                ))
+            }
+            fn rejection() -> ::std::string::String {
+                $crate::__export::rejection()
             }
         }
 

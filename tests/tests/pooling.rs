@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 use switchyard_tests::{
-    roles, shared_cluster, sqlstate, trust_pool, trust_proxy, unique_name, Proxy,
+    first_value, roles, shared_cluster, sqlstate, trust_pool, trust_proxy, unique_name, Proxy,
 };
 
 fn setup(general: &str, pool: &str) -> (String, Proxy) {
@@ -340,7 +340,9 @@ async fn min_pool_size_opens_connections_and_idle_timeout_closes_extras() {
     let mut clients = Vec::new();
     for _ in 0..4 {
         let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        // (A lone BEGIN takes no server; the transaction's first statement does.)
         c.batch_execute("BEGIN").await.unwrap();
+        c.batch_execute("SELECT 1").await.unwrap();
         clients.push(c);
     }
     assert!(activity(&db).len() >= 4);
@@ -498,4 +500,78 @@ async fn unreachable_server_fails_cleanly_and_other_pools_keep_working() {
             .get::<_, i32>(0),
         2
     );
+}
+
+/// `txid_current()` and the server pid, by simple query.
+async fn xid_and_pid(c: &tokio_postgres::Client) -> (String, String) {
+    let rows = c
+        .simple_query("SELECT txid_current(), pg_backend_pid()")
+        .await
+        .unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).unwrap().into(), r.get(1).unwrap().into()))
+            }
+            _ => None,
+        })
+        .expect("a row")
+}
+
+#[tokio::test]
+async fn begin_takes_no_server_until_the_transactions_first_statement() {
+    let (db, proxy) = setup(
+        "checkout_timeout_ms = 2000",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    // A's BEGIN is answered by the proxy: B still gets the only server at once.
+    a.batch_execute("BEGIN").await.unwrap();
+    let started = Instant::now();
+    b.batch_execute("SELECT 1").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Once A runs a statement its transaction is real: one server and one transaction id
+    // until it ends, and ROLLBACK undoes its writes.
+    let first = xid_and_pid(&a).await;
+    a.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    assert_eq!(xid_and_pid(&a).await, first);
+    let blocked = b.simple_query("SELECT 1");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), blocked).await;
+    let e = outcome.expect("checkout timeout answers").unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"), "A holds the only server");
+    a.batch_execute("ROLLBACK").await.unwrap();
+    let n = b.simple_query("SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(
+        first_value::<i64>(&n),
+        Some(0),
+        "the rollback undid the insert"
+    );
+    // An empty transaction never needs a server; COMMIT and ROLLBACK of it are answered.
+    let mut c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    c.transaction().await.unwrap().commit().await.unwrap();
+    c.transaction().await.unwrap().rollback().await.unwrap();
+    // BEGIN forms a standby may refuse, and a BEGIN inside a longer string, go to the server.
+    a.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE")
+        .await
+        .unwrap();
+    let (_, pid) = xid_and_pid(&a).await;
+    a.batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN; INSERT INTO t VALUES (3); COMMIT")
+        .await
+        .unwrap();
+    let n = a.simple_query("SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(first_value::<i64>(&n), Some(2));
+    assert!(!pid.is_empty());
+    // A transaction status seen by the client matches the server's: a failed statement in a
+    // deferred transaction fails it, and COMMIT then reports ROLLBACK.
+    a.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("SELECT 1/0").await.unwrap_err();
+    let e = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("25P02"));
+    a.batch_execute("COMMIT").await.unwrap();
+    a.batch_execute("SELECT 1").await.unwrap();
 }

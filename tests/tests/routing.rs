@@ -3,10 +3,17 @@
 //! `pg_stat_database`).
 
 use std::collections::HashMap;
-use switchyard_tests::{first_value, plugin, pool_toml, roles, shared_cluster, unique_name, Proxy};
+use switchyard_tests::{
+    first_value, free_port, plugin, pool_toml, roles, shared_cluster, unique_name, Proxy,
+};
 
-/// A database with a table and a sequence, and a proxy whose pool runs `policies` in order.
+/// A database with a table and a sequence, and a proxy whose transaction-mode pool runs
+/// `policies` in order.
 fn setup(policies: &[(&str, &str)], pool_extra: &str) -> (String, Proxy) {
+    setup_mode("transaction", policies, pool_extra)
+}
+
+fn setup_mode(mode: &str, policies: &[(&str, &str)], pool_extra: &str) -> (String, Proxy) {
     let cluster = shared_cluster();
     let db = unique_name("route");
     cluster.create_database(&db, roles::TRUST);
@@ -23,7 +30,7 @@ fn setup(policies: &[(&str, &str)], pool_extra: &str) -> (String, Proxy) {
         )
         .unwrap();
     cluster.wait_replicas_caught_up();
-    let mut pool = format!("pool_mode = \"transaction\"\n{pool_extra}\n");
+    let mut pool = format!("pool_mode = \"{mode}\"\n{pool_extra}\n");
     for (name, config) in policies {
         pool.push_str(&format!(
             "[[pools.{db}.policies]]\nplugin = \"{}\"\nconfig = {config}\n",
@@ -120,6 +127,104 @@ async fn reads_go_to_replicas_and_writes_to_the_primary() {
         .unwrap()
         .get(0);
     assert_eq!(n, 6);
+}
+
+#[tokio::test]
+async fn session_mode_routes_per_statement_when_the_policy_asks() {
+    let (db, proxy) = setup_mode(
+        "session",
+        &[
+            ("read-write-split", "\"session_routing = 'per-statement'\""),
+            ("round-robin", "\"\""),
+        ],
+        "",
+    );
+    let (primary, replicas) = ports();
+    let conn = format!(
+        "{} application_name=per_statement",
+        proxy.conn_str(roles::TRUST, None, &db)
+    );
+    let (mut c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Reads go to the replicas, alternating; writes to the primary; one session throughout.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let msgs = c.simple_query("SELECT inet_server_port()").await.unwrap();
+        seen.push(first_value::<u16>(&msgs).unwrap());
+        let msgs = c
+            .simple_query("INSERT INTO t (v) VALUES ('s') RETURNING inet_server_port()")
+            .await
+            .unwrap();
+        assert_eq!(first_value::<u16>(&msgs), Some(primary));
+    }
+    assert!(seen.iter().all(|p| replicas.contains(p)), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] != w[1]), "{seen:?}");
+    // Session state follows the client to every server: a reported setting is applied where
+    // the next statement lands, and a prepared statement works wherever it executes.
+    c.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let stmt = c
+        .prepare("SELECT current_setting('TimeZone'), inet_server_port()")
+        .await
+        .unwrap();
+    let mut ports_seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let row = c.query_one(&stmt, &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "Asia/Tokyo");
+        ports_seen.insert(row.get::<_, i32>(1) as u16);
+    }
+    assert!(
+        ports_seen.iter().all(|p| replicas.contains(p)),
+        "{ports_seen:?}"
+    );
+    // A transaction stays on one server (the primary, for read-write-split).
+    let tx = c.transaction().await.unwrap();
+    assert_eq!(port_of(&tx, "SELECT inet_server_port()").await, primary);
+    assert_eq!(port_of(&tx, "SELECT inet_server_port()").await, primary);
+    tx.commit().await.unwrap();
+    // The session keeps one server connection per backend, not one per statement.
+    let cluster = shared_cluster();
+    for node in cluster.nodes() {
+        let out = cluster
+            .psql(
+                node.port,
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'per_statement'",
+            )
+            .unwrap();
+        let n: u32 = out.trim().parse().unwrap();
+        assert_eq!(n, 1, "connections of the session on {}: {out}", node.port);
+    }
+    // When the client leaves, every server it held is reset and back in the pool.
+    drop(c);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n: u32 = cluster
+            .nodes()
+            .map(|node| {
+                let out = cluster
+                    .psql(
+                        node.port,
+                        "postgres",
+                        "SELECT count(*) FROM pg_stat_activity \
+                         WHERE application_name = 'per_statement'",
+                    )
+                    .unwrap();
+                out.trim().parse::<u32>().unwrap()
+            })
+            .sum();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reset (DISCARD ALL) did not reach every server the session held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -278,4 +383,45 @@ async fn random_uses_both_replicas() {
             r.name
         );
     }
+}
+
+#[tokio::test]
+async fn a_replica_that_refuses_connections_is_left_out() {
+    let cluster = shared_cluster();
+    let db = unique_name("route");
+    cluster.create_database(&db, roles::TRUST);
+    let live = &cluster.replicas[0];
+    let dead = free_port();
+    let toml = format!(
+        "[pools.{db}]\n\
+         servers = [{{ host = \"127.0.0.1\", port = {p}, role = \"primary\" }}, \
+                    {{ host = \"127.0.0.1\", port = {live}, role = \"replica\", name = \"live\" }}, \
+                    {{ host = \"127.0.0.1\", port = {dead}, role = \"replica\", name = \"dead\" }}]\n\
+         pool_mode = \"transaction\"\n\
+         [[pools.{db}.policies]]\nplugin = \"{rw}\"\nconfig = \"\"\n\
+         [[pools.{db}.policies]]\nplugin = \"{rr}\"\nconfig = \"\"\n\
+         [pools.{db}.users.{user}]\n",
+        p = cluster.primary.port,
+        live = live.port,
+        rw = plugin("read-write-split").display(),
+        rr = plugin("round-robin").display(),
+        user = roles::TRUST,
+    );
+    let proxy = Proxy::start("server_login_retry_ms = 60000", &toml);
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    // Round robin over two replicas, one of which refuses connections: the first read that
+    // lands on it is routed again, and from then on the policies no longer see it as a
+    // candidate. No read fails.
+    for i in 0..8 {
+        let msgs = c
+            .simple_query("SELECT inet_server_port()")
+            .await
+            .unwrap_or_else(|e| panic!("read {i}: {e:?}\n{}", proxy.log()));
+        assert_eq!(first_value::<u16>(&msgs), Some(live.port), "read {i}");
+    }
+    let log = proxy.log();
+    assert!(
+        log.contains("server marked unhealthy") && log.contains("dead"),
+        "{log}"
+    );
 }

@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 use switchyard_tests::{
-    first_value, plugin, pool_toml, roles, shared_cluster, switchyard_binary, unique_name, Proxy,
+    first_value, plugin, pool_toml, roles, shared_cluster, sqlstate, switchyard_binary,
+    unique_name, Proxy,
 };
 
 fn pool_with(db: &str, policy: &str, config: &str) -> String {
@@ -128,6 +129,60 @@ async fn policies_see_the_session() {
     assert!(seen.contains("application_name=probe"), "{seen}");
     assert!(seen.contains("(\"search_path\", \"public\")"), "{seen}");
     assert!(seen.contains("addr_set=true"), "{seen}");
+}
+
+#[tokio::test]
+async fn policies_route_a_transaction_at_its_first_statement() {
+    let cluster = shared_cluster();
+    let db = unique_name("sandbox");
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &pool_with(&db, "evil-policy", "echo-query"));
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let message = |e: tokio_postgres::Error| {
+        e.as_db_error()
+            .expect("an ErrorResponse")
+            .message()
+            .to_string()
+    };
+    // The proxy answers BEGIN itself: the policy sees the transaction's first statement,
+    // knowing it is inside a READ ONLY transaction.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .unwrap();
+    let seen = message(c.simple_query("SELECT /* first */ 1").await.unwrap_err());
+    assert!(
+        seen.contains(
+            "kind=read flags=[in-transaction,read-only-transaction,has-comment] protocol=simple"
+        ),
+        "{seen}"
+    );
+    assert!(
+        seen.ends_with("sql_length=20 sql=SELECT /* first */ 1"),
+        "{seen}"
+    );
+    // The rejection failed the transaction, as an error on a server would.
+    let after = c.simple_query("SELECT 2").await.unwrap_err();
+    assert_eq!(sqlstate(&after), Some("25P02"));
+    let commit = c.simple_query("COMMIT").await.unwrap();
+    assert!(
+        matches!(
+            commit.last(),
+            Some(tokio_postgres::SimpleQueryMessage::CommandComplete(_))
+        ),
+        "{commit:?}"
+    );
+    // Outside a transaction again, over the extended protocol.
+    let seen = message(c.query("SELECT $1::int", &[&3i32]).await.unwrap_err());
+    assert!(
+        seen.contains("kind=read flags=[] protocol=extended"),
+        "{seen}"
+    );
+    assert!(seen.ends_with("sql=SELECT $1::int"), "{seen}");
+    // A plain BEGIN: in a transaction, not read-only.
+    c.batch_execute("BEGIN").await.unwrap();
+    let seen = message(c.simple_query("SELECT 4").await.unwrap_err());
+    assert!(seen.contains("flags=[in-transaction]"), "{seen}");
+    c.batch_execute("ROLLBACK").await.unwrap();
 }
 
 fn check(config: &str) -> (bool, String) {

@@ -8,13 +8,17 @@
 //!
 //! Config (TOML): `primary_reads = false` (also send reads to the primary, as one more
 //! candidate), `write_functions = ["audit_write"]` (calls that make a SELECT a write, on top of
-//! the host's list).
+//! the host's list), `session_routing = "per-statement"` (in a session-mode pool, route each
+//! statement outside a transaction; the default `"per-session"` keeps one server per session).
+//! Inside a transaction (its first statement, when the host deferred the `BEGIN`) only a
+//! `READ ONLY` transaction reads from replicas.
 
 use serde::Deserialize;
 use std::collections::HashMap;
 use switchyard_sdk::hints::{self, Hint};
 use switchyard_sdk::{
-    export_policy, Candidates, Decision, Policy, Query, Role, StatementKind, Topology,
+    export_policy, Candidates, Decision, Policy, Query, QueryFlags, Role, SessionRouting,
+    StatementKind, Topology,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +28,14 @@ struct Config {
     primary_reads: bool,
     #[serde(default)]
     write_functions: Vec<String>,
+    /// `per-session` (default) or `per-statement`: in a session-mode pool, whether each
+    /// statement outside a transaction is routed on its own.
+    #[serde(default = "per_session")]
+    session_routing: String,
+}
+
+fn per_session() -> String {
+    "per-session".into()
 }
 
 pub struct ReadWriteSplit {
@@ -38,6 +50,15 @@ impl Policy for ReadWriteSplit {
     fn init(config: &str) -> Result<Self, String> {
         let config: Config =
             toml::from_str(config).map_err(|e| format!("read-write-split: {}", e.message()))?;
+        if !matches!(
+            config.session_routing.as_str(),
+            "per-session" | "per-statement"
+        ) {
+            return Err(format!(
+                "read-write-split: session_routing must be \"per-session\" or \"per-statement\", not {:?}",
+                config.session_routing
+            ));
+        }
         Ok(ReadWriteSplit {
             config,
             replicas: Candidates::NONE,
@@ -65,22 +86,37 @@ impl Policy for ReadWriteSplit {
         self.session_hints.remove(&id);
     }
 
+    fn session_routing(&self) -> SessionRouting {
+        if self.config.session_routing == "per-statement" {
+            SessionRouting::PerStatement
+        } else {
+            SessionRouting::PerSession
+        }
+    }
+
     fn route(&mut self, query: &Query, candidates: Candidates) -> Decision {
-        if let Some(hint) = hints::session_hint(&query.sql) {
-            match hint {
-                Hint::Default => self.session_hints.remove(&query.session_id),
-                h => self.session_hints.insert(query.session_id, h),
-            };
+        // The text is fetched from the host only where it can matter: a SET that may be a
+        // session hint, a comment that may hold one, configured write functions.
+        if query.kind == StatementKind::Session {
+            if let Some(hint) = hints::session_hint(query.sql()) {
+                match hint {
+                    Hint::Default => self.session_hints.remove(&query.session_id),
+                    h => self.session_hints.insert(query.session_id, h),
+                };
+            }
             return Decision::Primary;
         }
-        let session_hint = || {
-            if self.session_hints.is_empty() {
-                None
-            } else {
-                self.session_hints.get(&query.session_id).copied()
-            }
-        };
-        let hint = hints::comment_hint(&query.sql).or_else(session_hint);
+        let hint = query
+            .has_comment()
+            .then(|| hints::comment_hint(query.sql()))
+            .flatten()
+            .or_else(|| {
+                if self.session_hints.is_empty() {
+                    None
+                } else {
+                    self.session_hints.get(&query.session_id).copied()
+                }
+            });
         let replicas = candidates.and(self.replicas);
         let to_replicas = || {
             if replicas.is_empty() {
@@ -94,15 +130,24 @@ impl Policy for ReadWriteSplit {
             Some(Hint::Replica) => return to_replicas(),
             _ => {}
         }
+        let read_only_transaction = query.flags.contains(QueryFlags::READ_ONLY_TRANSACTION);
         let read = match query.kind {
-            StatementKind::Read => !self
-                .config
-                .write_functions
-                .iter()
-                .any(|f| hints::calls(&query.sql, f)),
-            StatementKind::TransactionControl => query
-                .flags
-                .contains(switchyard_sdk::QueryFlags::BEGINS_READ_ONLY),
+            // Inside a transaction only a READ ONLY one may leave the primary.
+            _ if query.flags.contains(QueryFlags::IN_TRANSACTION) && !read_only_transaction => {
+                false
+            }
+            StatementKind::Read => {
+                self.config.write_functions.is_empty()
+                    || !self
+                        .config
+                        .write_functions
+                        .iter()
+                        .any(|f| hints::calls(query.sql(), f))
+            }
+            StatementKind::TransactionControl => query.flags.contains(QueryFlags::BEGINS_READ_ONLY),
+            // Not surely a read, but harmless in a READ ONLY transaction (which refuses
+            // writes wherever it runs). Writes and DDL stay on the primary regardless.
+            StatementKind::Other => read_only_transaction,
             _ => false,
         };
         if !read {
@@ -123,7 +168,7 @@ export_policy!(ReadWriteSplit);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_sdk::{Backend, Protocol, QueryFlags};
+    use switchyard_sdk::Backend;
 
     fn policy(config: &str) -> ReadWriteSplit {
         let mut p = ReadWriteSplit::init(config).unwrap();
@@ -146,13 +191,7 @@ mod tests {
     }
 
     fn q(sql: &str, kind: StatementKind) -> Query {
-        Query {
-            session_id: 1,
-            sql: sql.into(),
-            kind,
-            flags: QueryFlags::empty(),
-            protocol: Protocol::Simple,
-        }
+        Query::new(sql, kind)
     }
 
     const ALL: Candidates = Candidates(0b111);
@@ -176,9 +215,15 @@ mod tests {
             p.route(&q("BEGIN", StatementKind::TransactionControl), ALL),
             Decision::Primary
         );
-        let mut begin_ro = q("BEGIN READ ONLY", StatementKind::TransactionControl);
-        begin_ro.flags = QueryFlags::BEGINS_READ_ONLY;
+        let begin_ro = q("BEGIN READ ONLY", StatementKind::TransactionControl)
+            .with_flags(QueryFlags::BEGINS_READ_ONLY);
         assert_eq!(p.route(&begin_ro, ALL), Decision::Narrow(0b110));
+        // The first statement of a transaction: only a READ ONLY one leaves the primary.
+        let in_tx = q("SELECT 1", StatementKind::Read).with_flags(QueryFlags::IN_TRANSACTION);
+        assert_eq!(p.route(&in_tx, ALL), Decision::Primary);
+        let in_ro_tx = q("SELECT 1", StatementKind::Read)
+            .with_flags(QueryFlags::IN_TRANSACTION | QueryFlags::READ_ONLY_TRANSACTION);
+        assert_eq!(p.route(&in_ro_tx, ALL), Decision::Narrow(0b110));
         // No replica left among the candidates: the primary reads.
         assert_eq!(
             p.route(&q("SELECT 1", StatementKind::Read), Candidates(0b001)),
@@ -198,6 +243,12 @@ mod tests {
             Decision::Narrow(0b111)
         );
         assert!(ReadWriteSplit::init("bogus = 1").is_err());
+        assert!(ReadWriteSplit::init("session_routing = \"sometimes\"").is_err());
+        let per_statement = ReadWriteSplit::init("session_routing = \"per-statement\"").unwrap();
+        assert_eq!(
+            per_statement.session_routing(),
+            SessionRouting::PerStatement
+        );
     }
 
     #[test]

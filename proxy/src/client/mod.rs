@@ -7,6 +7,7 @@ mod params;
 mod responses;
 mod session;
 mod statements;
+mod transaction_block;
 
 pub use params::ClientParams;
 

@@ -16,6 +16,9 @@ use std::collections::{HashSet, VecDeque};
 pub enum Owed {
     /// A simple Query or FunctionCall: answered through its ReadyForQuery.
     Query,
+    /// A simple Query the proxy sent on the client's behalf (a deferred `BEGIN` the client
+    /// already got an answer to): its answers are swallowed, except errors and notices.
+    HiddenQuery,
     Sync,
     /// A client Parse; `named` is the server-side hash for proxy-named statements.
     Parse {
@@ -162,6 +165,16 @@ impl Responses {
         body: &[u8],
         prepared: &mut HashSet<u64>,
     ) -> Verdict {
+        if self.queue.front() == Some(&Owed::HiddenQuery) {
+            if tag == b'Z' {
+                self.queue.pop_front();
+                self.tx_status = body.first().copied().unwrap_or(b'I');
+            }
+            return match tag {
+                b'E' | b'N' => Verdict::Forward,
+                _ => Verdict::Swallow,
+            };
+        }
         match tag {
             b'Z' => {
                 while let Some(o) = self.queue.pop_front() {
@@ -369,6 +382,32 @@ mod tests {
         run(&mut r, b"2", &mut p);
         r.emit_synthetic(&mut out);
         assert_eq!(&out[..], b"1\0\0\0\x04");
+    }
+
+    #[test]
+    fn a_hidden_query_is_answered_to_nobody() {
+        let mut r = Responses::default();
+        let mut p = HashSet::new();
+        r.sent();
+        r.push(Owed::HiddenQuery);
+        r.push(Owed::Query);
+        assert_eq!(r.ready_owed(), 1);
+        let hidden = [
+            r.on_server_message(b'C', b"BEGIN\0", &mut p),
+            r.on_server_message(b'N', b"", &mut p),
+            r.on_server_message(b'Z', b"T", &mut p),
+        ];
+        assert_eq!(
+            hidden,
+            [Verdict::Swallow, Verdict::Forward, Verdict::Swallow]
+        );
+        assert!(!r.quiet());
+        assert_eq!(
+            run(&mut r, b"TDC", &mut p),
+            vec![Verdict::Forward, Verdict::Forward, Verdict::Forward]
+        );
+        assert_eq!(r.on_server_message(b'Z', b"T", &mut p), Verdict::Forward);
+        assert!(r.quiet() && !r.releasable(), "inside the transaction");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use super::handshake::Login;
 use super::responses::{Owed, Responses, Verdict};
 use super::statements::{self, Statements};
+use super::transaction_block::{deferrable_begin, lone_end};
 use super::ClientParams;
 use crate::cancel::{CancelSlot, Registration};
 use crate::config::PoolMode;
@@ -59,6 +60,18 @@ pub(crate) struct Session<'p> {
     /// Messages for the attached server.
     to_server: BytesMut,
     server: Option<Attached>,
+    /// Routing happens per transaction: in transaction mode, and in session mode when the
+    /// pool's policy asks for per-statement routing.
+    per_transaction: bool,
+    /// Session mode with per-statement routing: the idle servers this session keeps, at most
+    /// one per backend, so its session state stays with it.
+    parked: Vec<Attached>,
+    /// A `BEGIN` the proxy answered and will send ahead of the transaction's first statement
+    /// (empty: none). See `transaction_block`.
+    deferred: BytesMut,
+    deferred_read_only: bool,
+    /// The deferred transaction failed before reaching a server: it waits for ROLLBACK.
+    deferred_failed: bool,
     /// What the attached server still owes (kept here so its queue is reused, not reallocated,
     /// on every checkout).
     responses: Responses,
@@ -94,6 +107,8 @@ impl<'p> Session<'p> {
     ) -> Self {
         let shutdown = proxy.shutdown.clone();
         let peer = client.peer_addr().ok();
+        let per_transaction = login.pool.mode == PoolMode::Transaction
+            || login.pool.router.per_statement_in_session();
         Session {
             proxy,
             pool: login.pool,
@@ -106,6 +121,11 @@ impl<'p> Session<'p> {
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
             server: None,
+            per_transaction,
+            parked: Vec::new(),
+            deferred: BytesMut::new(),
+            deferred_read_only: false,
+            deferred_failed: false,
             responses: Responses::default(),
             params: login.params,
             statements: Statements::default(),
@@ -122,6 +142,48 @@ impl<'p> Session<'p> {
 
     fn transaction_mode(&self) -> bool {
         self.pool.mode == PoolMode::Transaction
+    }
+
+    /// The transaction status to report while no server is attached.
+    fn idle_status(&self) -> u8 {
+        match (self.deferred.is_empty(), self.deferred_failed) {
+            (true, _) => b'I',
+            (false, false) => b'T',
+            (false, true) => b'E',
+        }
+    }
+
+    /// Answers a `BEGIN` (deferring it) or the `COMMIT`/`ROLLBACK` of a deferred transaction
+    /// without a server. Returns whether `msg` (a `Query`) was answered.
+    fn answer_transaction_control(&mut self, msg: &[u8]) -> bool {
+        let Some(sql) = crate::router::classify::sql_of(msg) else {
+            return false;
+        };
+        if self.deferred.is_empty() {
+            let Some(begin) = deferrable_begin(sql) else {
+                return false;
+            };
+            self.deferred.extend_from_slice(msg);
+            self.deferred_read_only = begin.read_only;
+            self.deferred_failed = false;
+            backend::command_complete(&mut self.to_client, "BEGIN");
+            backend::ready_for_query(&mut self.to_client, b'T');
+            return true;
+        }
+        let Some(end) = lone_end(sql) else {
+            return false;
+        };
+        // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK.
+        let tag = if self.deferred_failed {
+            "ROLLBACK"
+        } else {
+            end.tag()
+        };
+        self.deferred.clear();
+        self.deferred_failed = false;
+        backend::command_complete(&mut self.to_client, tag);
+        backend::ready_for_query(&mut self.to_client, b'I');
+        true
     }
 
     /// Runs the session to its end and cleans up its server connection.
@@ -158,6 +220,7 @@ impl<'p> Session<'p> {
             }
             self.release_if_idle();
             if self.draining
+                && self.deferred.is_empty()
                 && self
                     .server
                     .as_ref()
@@ -307,36 +370,60 @@ impl<'p> Session<'p> {
         if self.skip_until_sync {
             if tag == b'S' {
                 self.skip_until_sync = false;
-                backend::ready_for_query(&mut self.to_client, b'I');
+                let status = self.idle_status();
+                backend::ready_for_query(&mut self.to_client, status);
             }
             return Ok(());
         }
         if self.server.is_none() {
             match tag {
-                // Nothing is in flight and no transaction is open: answer without a server.
+                // Nothing is in flight: answer without a server.
                 b'S' => {
-                    backend::ready_for_query(&mut self.to_client, b'I');
+                    let status = self.idle_status();
+                    backend::ready_for_query(&mut self.to_client, status);
                     return Ok(());
                 }
                 // Flush with nothing to flush; copy messages after a COPY the server ended.
                 b'H' | b'd' | b'c' | b'f' => return Ok(()),
-                b'C' if self.transaction_mode() => {
+                b'C' if self.per_transaction => {
                     if let Some(name) = named_statement(msg) {
                         self.statements.remove(name);
                         backend::empty(&mut self.to_client, b'3');
                         return Ok(());
                     }
                 }
+                b'Q' if self.per_transaction && self.answer_transaction_control(msg) => {
+                    return Ok(());
+                }
                 _ => {}
             }
-            if let Err((code, message)) = self.attach(msg).await {
+            let failed = if self.deferred_failed {
+                Err((
+                    sqlstate::IN_FAILED_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block"
+                        .to_string(),
+                ))
+            } else {
+                self.attach(msg).await
+            };
+            if let Err((code, message)) = failed {
                 backend::error(&mut self.to_client, Severity::Error, code, &message);
+                // Inside a deferred transaction the error fails it, as on a server.
+                self.deferred_failed = !self.deferred.is_empty();
                 if matches!(tag, b'Q' | b'F') {
-                    backend::ready_for_query(&mut self.to_client, b'I');
+                    let status = self.idle_status();
+                    backend::ready_for_query(&mut self.to_client, status);
                 } else {
                     self.skip_until_sync = true;
                 }
                 return Ok(());
+            }
+            if !self.deferred.is_empty() {
+                // The deferred BEGIN goes first, in the same write; the client had its answer.
+                self.to_server.extend_from_slice(&self.deferred);
+                self.deferred.clear();
+                self.responses.sent();
+                self.responses.push(Owed::HiddenQuery);
             }
         }
         self.forward(tag, msg)
@@ -359,36 +446,41 @@ impl<'p> Session<'p> {
     /// Routes and checks out a server connection, and gives it this client's parameters.
     async fn attach(&mut self, msg: &[u8]) -> Result<(), (&'static str, String)> {
         let pool = self.pool.clone();
-        let route = pool.router.route(&RouteRequest {
-            message: msg,
-            sql: self.sql_of(msg),
-            session_id: self.pid,
-            database: &pool.database,
-            user: &pool.user,
-            application_name: self.params.tracked_value("application_name").unwrap_or(""),
-            client_addr: self.peer,
-            options: &self.params.extras,
-            in_transaction: self.responses.tx_status != b'I',
-        });
-        let index = pool.resolve(route)?;
-        let server = &pool.servers[index];
-        let mut conn = server.checkout().await.map_err(|e| match e {
-            CheckoutError::Exhausted { .. } => (
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!(
-                    "connection pool for database \"{}\" user \"{}\" is exhausted: {e}",
-                    pool.database, pool.user
-                ),
-            ),
-            CheckoutError::Connect(c) => {
-                let code = if c.sqlstate() == sqlstate::CANNOT_CONNECT {
-                    sqlstate::CANNOT_CONNECT
-                } else {
-                    sqlstate::CONNECTION_FAILURE
-                };
-                (code, c.to_string())
+        // A server that refuses a connection is marked unhealthy, which takes it out of the
+        // policies' candidates: route again, until a route repeats a server that failed.
+        let mut failed = 0u64;
+        let mut last_error = None;
+        let (index, mut conn) = loop {
+            let route = pool.router.route(&RouteRequest {
+                message: msg,
+                sql: self.sql_of(msg),
+                session_id: self.pid,
+                database: &pool.database,
+                user: &pool.user,
+                application_name: self.params.tracked_value("application_name").unwrap_or(""),
+                client_addr: self.peer,
+                options: &self.params.extras,
+                in_transaction: !self.deferred.is_empty(),
+                read_only_transaction: !self.deferred.is_empty() && self.deferred_read_only,
+            });
+            let index = pool.resolve(route)?;
+            let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
+            if failed & bit != 0 {
+                return Err(last_error.expect("set with the bit"));
             }
-        })?;
+            if let Some(i) = self.parked.iter().position(|p| p.index == index) {
+                break (index, self.parked.swap_remove(i).conn);
+            }
+            match pool.servers[index].checkout().await {
+                Ok(conn) => break (index, conn),
+                Err(e @ CheckoutError::Connect(_)) if bit != 0 => {
+                    failed |= bit;
+                    last_error = Some(checkout_error(&pool, e));
+                }
+                Err(e) => return Err(checkout_error(&pool, e)),
+            }
+        };
+        let server = &pool.servers[index];
         self.cancel.set(&conn.key);
         if let Some(sql) = self.params.sync_sql(&conn) {
             let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
@@ -435,7 +527,7 @@ impl<'p> Session<'p> {
     /// Appends one client message for the attached server, translating statement names in
     /// transaction mode, and records what the server will owe for it.
     fn forward(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
-        let map_names = self.transaction_mode();
+        let map_names = self.per_transaction;
         let att = self.server.as_mut().expect("attached before forwarding");
         let out = &mut self.to_server;
         let r = &mut self.responses;
@@ -633,9 +725,10 @@ impl<'p> Session<'p> {
         Ok(())
     }
 
-    /// Gives the server connection back when the transaction (transaction mode) is over.
+    /// Gives the server connection back when the transaction is over: to the pool in
+    /// transaction mode, to the session's parked servers with per-statement session routing.
     fn release_if_idle(&mut self) {
-        if !self.transaction_mode()
+        if !self.per_transaction
             || !self
                 .server
                 .as_ref()
@@ -645,7 +738,11 @@ impl<'p> Session<'p> {
         }
         let att = self.server.take().expect("checked above");
         self.cancel.clear();
-        self.pool.servers[att.index].checkin(att.conn);
+        if self.transaction_mode() {
+            self.pool.servers[att.index].checkin(att.conn);
+        } else {
+            self.parked.push(att);
+        }
     }
 
     /// The server connection broke. The client gets an error for each answer it was owed and
@@ -697,9 +794,18 @@ impl<'p> Session<'p> {
     /// (and reset in session mode) and returned; one with a request in flight is cancelled and
     /// closed, so no transaction is ever left open behind a departed client.
     async fn detach_at_end(&mut self) {
-        let Some(att) = self.server.take() else {
-            return;
-        };
+        if let Some(att) = self.server.take() {
+            self.clean_up(att).await;
+        }
+        while let Some(att) = self.parked.pop() {
+            // Parked servers are idle, outside a transaction: only the reset is due.
+            self.responses.reset();
+            self.clean_up(att).await;
+        }
+    }
+
+    /// Returns one server connection to its pool after the session, or closes it.
+    async fn clean_up(&mut self, att: Attached) {
         self.cancel.clear();
         let server = &self.pool.servers[att.index];
         let mut conn = att.conn;
@@ -750,6 +856,27 @@ fn release_if_large(buf: &mut BytesMut) {
     const KEEP: usize = 256 * 1024;
     if buf.is_empty() && buf.capacity() > KEEP {
         *buf = BytesMut::new();
+    }
+}
+
+/// The SQLSTATE and message a client gets when no server connection could be had.
+fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str, String) {
+    match e {
+        CheckoutError::Exhausted { .. } => (
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "connection pool for database \"{}\" user \"{}\" is exhausted: {e}",
+                pool.database, pool.user
+            ),
+        ),
+        CheckoutError::Connect(c) => {
+            let code = if c.sqlstate() == sqlstate::CANNOT_CONNECT {
+                sqlstate::CANNOT_CONNECT
+            } else {
+                sqlstate::CONNECTION_FAILURE
+            };
+            (code, c.to_string())
+        }
     }
 }
 

@@ -42,6 +42,9 @@ pub struct General {
     pub shutdown_timeout_ms: u64,
     /// How long a forwarded cancel request may take.
     pub cancel_timeout_ms: u64,
+    /// After a failed connect, how long a server is reported unhealthy to routing policies
+    /// (and left out of their candidates) before it is tried again.
+    pub server_login_retry_ms: u64,
     /// Longest a routing policy call may run before it is stopped (and the query goes to the
     /// primary).
     pub plugin_deadline_ms: u64,
@@ -62,6 +65,7 @@ impl Default for General {
             server_lifetime_ms: 3_600_000,
             shutdown_timeout_ms: 30_000,
             cancel_timeout_ms: 5000,
+            server_login_retry_ms: 5000,
             plugin_deadline_ms: 5,
             plugin_memory_mb: 32,
         }

@@ -26,6 +26,8 @@ pub struct PoolTimeouts {
     pub connect: Duration,
     pub idle: Option<Duration>,
     pub lifetime: Option<Duration>,
+    /// How long a server that refused a connection stays unhealthy.
+    pub login_retry: Duration,
 }
 
 impl PoolTimeouts {
@@ -36,6 +38,7 @@ impl PoolTimeouts {
             connect: Duration::from_millis(g.connect_timeout_ms),
             idle: opt(g.idle_timeout_ms),
             lifetime: opt(g.server_lifetime_ms),
+            login_retry: Duration::from_millis(g.server_login_retry_ms),
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct ServerPool {
     permits: Arc<Semaphore>,
     /// Connections opened since start, for tests and stats.
     pub opened: AtomicU64,
+    /// Until when (coarse clock, ms) the server counts as down after a failed connect; 0 = up.
+    down_until_ms: AtomicU64,
 }
 
 /// A checked-out connection. Dropping it closes the connection; [`ServerPool::checkin`] returns it.
@@ -126,7 +131,14 @@ impl ServerPool {
                 .collect(),
             permits: Arc::new(Semaphore::new(size as usize)),
             opened: AtomicU64::new(0),
+            down_until_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the server is healthy as far as the pool knows: its last connect did not fail
+    /// within `server_login_retry_ms`. (One atomic load.)
+    pub fn healthy(&self, now_ms: u64) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, IdleStack> {
@@ -183,9 +195,21 @@ impl ServerPool {
     }
 
     async fn open(&self) -> Result<Box<ServerConn>, ConnectError> {
-        let conn = connect(&self.target, self.timeouts.connect, self.timeouts.lifetime).await?;
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
+        match connect(&self.target, self.timeouts.connect, self.timeouts.lifetime).await {
+            Ok(conn) => {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                self.down_until_ms.store(0, Ordering::Relaxed);
+                Ok(conn)
+            }
+            Err(e) => {
+                let now = crate::clock::now_ms();
+                let until = now + self.timeouts.login_retry.as_millis() as u64;
+                if self.down_until_ms.swap(until, Ordering::Relaxed) <= now {
+                    tracing::warn!(server = %self.name, error = %e, "server marked unhealthy");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Returns a connection to the idle list, or closes it if it has outlived `server_lifetime`

@@ -136,6 +136,11 @@ pub fn empty(buf: &mut BytesMut, tag: u8) {
     buf.put_i32(4);
 }
 
+/// A `CommandComplete` with its tag (`BEGIN`, `COMMIT`, ...), for statements the proxy answers.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    message(buf, b'C', |b| put_cstr(b, tag.as_bytes()));
+}
+
 /// A simple `Query`, used by the proxy for reset and parameter sync queries.
 pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, b'Q', |b| put_cstr(b, sql.as_bytes()));

@@ -57,7 +57,7 @@ impl Default for Classifier {
 
 /// One lexical token: a word (keyword or identifier, unquoted) or a symbol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token<'a> {
+pub(crate) enum Token<'a> {
     Word(&'a str),
     /// A quoted identifier or literal: never a keyword.
     Opaque,
@@ -65,14 +65,15 @@ enum Token<'a> {
 }
 
 /// The tokens of a string, with `None` after an unterminated literal or comment.
-struct Lexer<'a> {
+pub(crate) struct Lexer<'a> {
     sql: &'a str,
     pos: usize,
-    broken: bool,
+    /// An unterminated literal or comment was found.
+    pub(crate) broken: bool,
 }
 
 impl<'a> Lexer<'a> {
-    fn new(sql: &'a str) -> Self {
+    pub(crate) fn new(sql: &'a str) -> Self {
         Lexer {
             sql,
             pos: 0,

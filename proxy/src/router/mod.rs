@@ -28,8 +28,11 @@ pub struct RouteRequest<'a> {
     pub client_addr: Option<std::net::SocketAddr>,
     /// Startup parameters other than the tracked ones (`options=-c ...` split into pairs).
     pub options: &'a crate::server::ParamList,
-    /// The client is inside a transaction block (session mode).
+    /// The client is inside a transaction block: the statement is the first after a `BEGIN`
+    /// the proxy deferred.
     pub in_transaction: bool,
+    /// ... and that transaction was declared `READ ONLY`.
+    pub read_only_transaction: bool,
 }
 
 /// A routing decision.
@@ -49,6 +52,12 @@ pub enum Route {
 /// session mode; it must not block.
 pub trait Router: Send + Sync + 'static {
     fn route(&self, request: &RouteRequest<'_>) -> Route;
+
+    /// In a session-mode pool, route each statement outside a transaction (the session keeps
+    /// one server per backend it used) instead of once per session.
+    fn per_statement_in_session(&self) -> bool {
+        false
+    }
 
     /// A session ended (called on the thread that ran its routes).
     fn session_closed(&self, _session_id: i32) {}

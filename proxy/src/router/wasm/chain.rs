@@ -35,9 +35,12 @@ struct Link {
 pub struct PolicyChain {
     links: Vec<Link>,
     servers: Arc<Vec<ServerPool>>,
-    /// The backends as plugins see them (name, role, weight), and their generation.
+    /// The backends as plugins see them (name, role, weight).
     backends: Vec<(String, WitRole, u32)>,
-    generation: u64,
+    /// The topology's generation: bumped when a backend's health changes.
+    generation: AtomicU64,
+    /// The healthy-backend mask of that generation.
+    healthy: AtomicU64,
     classifier: Classifier,
     deadline_ticks: u64,
     all: u64,
@@ -77,7 +80,8 @@ impl PolicyChain {
                 .collect(),
             servers,
             backends,
-            generation: 1,
+            generation: AtomicU64::new(1),
+            healthy: AtomicU64::new(if n == 64 { u64::MAX } else { (1u64 << n) - 1 }),
             classifier,
             deadline_ticks: deadline_ticks(deadline),
             all: if n == 64 { u64::MAX } else { (1u64 << n) - 1 },
@@ -97,8 +101,28 @@ impl PolicyChain {
         }
     }
 
+    /// The backends healthy now, as a mask; a change starts a new topology generation. One
+    /// atomic load per backend.
+    fn healthy_now(&self) -> u64 {
+        let now = crate::clock::now_ms();
+        let mask = self
+            .servers
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, s)| s.healthy(now))
+            .fold(0u64, |m, (i, _)| m | 1 << i);
+        if self.healthy.load(Ordering::Relaxed) != mask
+            && self.healthy.swap(mask, Ordering::Relaxed) != mask
+        {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        mask
+    }
+
     /// Runs `f` with the topology record, built on demand (pushes are rare).
     fn with_topology<R>(&self, f: impl FnOnce(&Topology<'_>) -> R) -> R {
+        let healthy = self.healthy.load(Ordering::Relaxed);
         let backends: Vec<Backend<'_>> = self
             .backends
             .iter()
@@ -107,12 +131,12 @@ impl PolicyChain {
                 id: i as u32,
                 name,
                 role: *role,
-                healthy: true,
+                healthy: i < 64 && healthy & (1 << i) != 0,
                 weight: *weight,
             })
             .collect();
         f(&Topology {
-            generation: self.generation,
+            generation: self.generation.load(Ordering::Relaxed),
             backends: &backends,
         })
     }
@@ -141,12 +165,17 @@ impl Router for PolicyChain {
         if request.in_transaction {
             flags |= QueryFlags::IN_TRANSACTION;
         }
+        if request.read_only_transaction {
+            flags |= QueryFlags::READ_ONLY_TRANSACTION;
+        }
         if class.read_only_begin {
             flags |= QueryFlags::BEGINS_READ_ONLY;
         }
+        if sql.contains("/*") {
+            flags |= QueryFlags::HAS_COMMENT;
+        }
         let query = Query {
             session_id: request.session_id as u32,
-            sql,
             kind: wit_kind(class.kind),
             flags,
             protocol: if request.message.first() == Some(&b'Q') {
@@ -154,8 +183,10 @@ impl Router for PolicyChain {
             } else {
                 Protocol::Extended
             },
+            sql_length: sql.len() as u32,
         };
-        let mut candidates = self.all;
+        let mut candidates = self.all & self.healthy_now();
+        let generation = self.generation.load(Ordering::Relaxed);
         let mut narrowed = false;
         for link in &self.links {
             let session_id = query.session_id;
@@ -163,7 +194,7 @@ impl Router for PolicyChain {
                 link.slot,
                 || self.make(link),
                 |live| {
-                    if live.topology_generation != self.generation {
+                    if live.topology_generation != generation {
                         self.with_topology(|t| live.topology(t, self.deadline_ticks))?;
                     }
                     if !live.sessions.contains(&session_id) {
@@ -182,15 +213,20 @@ impl Router for PolicyChain {
                         };
                         live.session_opened(&session, self.deadline_ticks)?;
                     }
-                    live.route(&query, candidates, self.deadline_ticks)
+                    match live.route(query, sql, candidates, self.deadline_ticks)? {
+                        // Rare: the message is fetched in a second call.
+                        Decision::Reject => Ok(Err(live.rejection(self.deadline_ticks)?)),
+                        d => Ok(Ok(d)),
+                    }
                 },
             );
             match result {
-                Ok(Decision::Primary) => return Route::Primary,
-                Ok(Decision::Backend(id)) => return Route::Backend(id as usize),
-                Ok(Decision::Reject(message)) => return Route::Reject(message),
-                Ok(Decision::Abstain) => {}
-                Ok(Decision::Narrow(mask)) => {
+                Ok(Err(message)) => return Route::Reject(message),
+                Ok(Ok(Decision::Primary)) => return Route::Primary,
+                Ok(Ok(Decision::Backend(id))) => return Route::Backend(id as usize),
+                Ok(Ok(Decision::Reject)) => unreachable!("turned into its message above"),
+                Ok(Ok(Decision::Abstain)) => {}
+                Ok(Ok(Decision::Narrow(mask))) => {
                     candidates &= mask;
                     narrowed = true;
                     if candidates == 0 {
@@ -213,6 +249,10 @@ impl Router for PolicyChain {
             bits &= bits - 1;
         }
         Route::Backend(bits.trailing_zeros() as usize)
+    }
+
+    fn per_statement_in_session(&self) -> bool {
+        self.links.iter().any(|l| l.plugin.per_statement_in_session)
     }
 
     fn session_closed(&self, session_id: i32) {

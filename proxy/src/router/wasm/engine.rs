@@ -95,6 +95,8 @@ pub struct LoadedPlugin {
     pub pre: RoutingPolicyPre<HostState>,
     pub config: String,
     pub memory_bytes: usize,
+    /// The policy asked (from `init`) to route each statement of session-mode sessions.
+    pub per_statement_in_session: bool,
 }
 
 impl LoadedPlugin {
@@ -153,16 +155,20 @@ impl LoadedPlugin {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string())
             .into();
-        let plugin = Arc::new(LoadedPlugin {
+        let mut plugin = LoadedPlugin {
             name,
             pre,
             config,
             memory_bytes,
-        });
-        // The canary: a scratch instance must accept the config.
+            per_statement_in_session: false,
+        };
+        // The canary: a scratch instance must accept the config; its settings hold for all.
         let canary = super::instance::Live::new(&plugin, Arc::new(Vec::new()), None);
         match canary {
-            Ok(_) => Ok(plugin),
+            Ok(live) => {
+                plugin.per_statement_in_session = live.per_statement_in_session;
+                Ok(Arc::new(plugin))
+            }
             Err(super::instance::InstanceError::Init(message)) => {
                 Err(LoadError::Init { path: p(), message })
             }

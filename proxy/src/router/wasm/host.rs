@@ -7,11 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 
-/// Per-Store state: the pool's servers (for live load) and the memory limit.
+/// Per-Store state: the pool's servers (for live load), the memory limit, and the text of the
+/// query being routed.
 pub struct HostState {
     pub plugin: Arc<str>,
     pub servers: Arc<Vec<ServerPool>>,
     pub limits: StoreLimits,
+    /// What `sql()` answers: copied in per call (a memcpy into a kept buffer, cheaper than
+    /// passing a string across the boundary that most calls never read).
+    sql: String,
 }
 
 impl HostState {
@@ -25,7 +29,18 @@ impl HostState {
                 .tables(16)
                 .memories(4)
                 .build(),
+            sql: String::new(),
         }
+    }
+
+    /// Sets the text of the query about to be routed. A buffer grown by one huge statement
+    /// is given back rather than kept for the life of the worker.
+    pub fn set_sql(&mut self, sql: &str) {
+        self.sql.clear();
+        if self.sql.capacity() > 64 * 1024 && sql.len() <= 64 * 1024 {
+            self.sql = String::new();
+        }
+        self.sql.push_str(sql);
     }
 }
 
@@ -61,6 +76,10 @@ impl Host for HostState {
 
     fn now_ms(&mut self) -> u64 {
         crate::clock::now_ms()
+    }
+
+    fn sql(&mut self) -> String {
+        self.sql.clone()
     }
 
     fn in_flight(&mut self, backend: u32) -> u32 {

@@ -4,7 +4,9 @@
 //! pair gets once. A call borrows the table only for the duration of the synchronous call; no
 //! `.await` happens in between, so tasks moving between threads never share an instance.
 
-use super::bindings::switchyard::policy::types::{Decision, Query, Session, Topology};
+use super::bindings::switchyard::policy::types::{
+    Decision, Query, Session, SessionRouting, Topology,
+};
 use super::bindings::RoutingPolicy;
 use super::engine::LoadedPlugin;
 use super::host::HostState;
@@ -32,6 +34,8 @@ pub struct Live {
     pub topology_generation: u64,
     /// Sessions already announced to this instance.
     pub sessions: HashSet<u32>,
+    /// What `init` asked for.
+    pub per_statement_in_session: bool,
 }
 
 impl Live {
@@ -52,7 +56,7 @@ impl Live {
             .pre
             .instantiate(&mut store)
             .map_err(InstanceError::Trap)?;
-        policy
+        let settings = policy
             .switchyard_policy_policy()
             .call_init(&mut store, &plugin.config)
             .map_err(InstanceError::Trap)?
@@ -62,6 +66,7 @@ impl Live {
             policy,
             topology_generation: 0,
             sessions: HashSet::new(),
+            per_statement_in_session: settings.session_routing == SessionRouting::PerStatement,
         };
         if let Some(t) = topology {
             live.topology(t, 1000)?;
@@ -107,17 +112,29 @@ impl Live {
             .map_err(InstanceError::Trap)
     }
 
-    /// The routing call, bounded by `deadline_ticks` epochs.
+    /// The routing call, bounded by `deadline_ticks` epochs. `sql` is what `host.sql()`
+    /// answers during the call.
     pub fn route(
         &mut self,
-        q: &Query,
+        q: Query,
+        sql: &str,
         candidates: u64,
         deadline_ticks: u64,
     ) -> Result<Decision, InstanceError> {
         self.store.set_epoch_deadline(deadline_ticks);
+        self.store.data_mut().set_sql(sql);
         self.policy
             .switchyard_policy_policy()
-            .call_route(&mut self.store, q.clone(), candidates)
+            .call_route(&mut self.store, q, candidates)
+            .map_err(InstanceError::Trap)
+    }
+
+    /// The message of the rejection `route` just returned.
+    pub fn rejection(&mut self, deadline_ticks: u64) -> Result<String, InstanceError> {
+        self.store.set_epoch_deadline(deadline_ticks);
+        self.policy
+            .switchyard_policy_policy()
+            .call_rejection(&mut self.store)
             .map_err(InstanceError::Trap)
     }
 }
