@@ -136,6 +136,7 @@ fn main() {
             vec![1, 1, 1],
             Classifier::default(),
             deadline,
+            switchyard::config::FallbackReads::Primary,
         )
     };
     println!("route() per call, median of {RUNS} x {CALLS} calls, SQL = {sql:?}\n");

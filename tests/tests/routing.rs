@@ -228,6 +228,24 @@ async fn session_mode_routes_per_statement_when_the_policy_asks() {
 }
 
 #[tokio::test]
+async fn a_startup_option_hints_the_whole_session() {
+    let (db, proxy) = setup(&[("read-write-split", "\"\"")], "");
+    let (primary, _) = ports();
+    let conn = format!(
+        "{} options='-c switchyard.route=primary'",
+        proxy.conn_str(roles::TRUST, None, &db)
+    );
+    let (c, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        let msgs = c.simple_query("SELECT inet_server_port()").await.unwrap();
+        assert_eq!(first_value::<u16>(&msgs), Some(primary));
+    }
+}
+
+#[tokio::test]
 async fn round_robin_alternates_between_replicas() {
     let (db, proxy) = setup(&[("read-write-split", "\"\""), ("round-robin", "\"\"")], "");
     let (_, replicas) = ports();

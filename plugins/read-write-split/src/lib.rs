@@ -4,7 +4,8 @@
 //! the host could not classify go to the primary. Reads narrow the candidates to the replicas
 //! (the next policy in the chain, or the host, picks one); with no replica available they go to
 //! the primary. Hints override: `/* switchyard: primary */` in the SQL, or
-//! `SET switchyard.route = 'primary'` for the rest of the session.
+//! `SET switchyard.route = 'primary'` for the rest of the session (also given at connect time
+//! as a startup option: `options=-c switchyard.route=replica`).
 //!
 //! Config (TOML): `primary_reads = false` (also send reads to the primary, as one more
 //! candidate), `write_functions = ["audit_write"]` (calls that make a SELECT a write, on top of
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use switchyard_sdk::hints::{self, Hint};
 use switchyard_sdk::{
-    export_policy, Candidates, Decision, Policy, Query, QueryFlags, Role, SessionRouting,
+    export_policy, Candidates, Decision, Policy, Query, QueryFlags, Role, Session, SessionRouting,
     StatementKind, Topology,
 };
 
@@ -80,6 +81,24 @@ impl Policy for ReadWriteSplit {
             .iter()
             .find(|b| b.role == Role::Primary)
             .map(|b| b.id);
+    }
+
+    fn session_opened(&mut self, session: &Session) {
+        // A session hint given at connect time: `options=-c switchyard.route=replica`.
+        let hint = session
+            .options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("switchyard.route"))
+            .and_then(|(_, value)| hints::session_hint(&format!("SET switchyard.route = {value}")));
+        match hint {
+            Some(Hint::Primary) | Some(Hint::Replica) => {
+                self.session_hints
+                    .insert(session.id, hint.expect("matched"));
+            }
+            _ => {
+                self.session_hints.remove(&session.id);
+            }
+        }
     }
 
     fn session_closed(&mut self, id: u32) {
@@ -248,6 +267,32 @@ mod tests {
         assert_eq!(
             per_statement.session_routing(),
             SessionRouting::PerStatement
+        );
+    }
+
+    #[test]
+    fn a_startup_option_sets_the_session_hint() {
+        let mut p = policy("");
+        let session = |options: Vec<(String, String)>| Session {
+            id: 1,
+            user: "u".into(),
+            database: "d".into(),
+            application_name: String::new(),
+            client_addr: String::new(),
+            options,
+        };
+        p.session_opened(&session(vec![(
+            "switchyard.route".into(),
+            "primary".into(),
+        )]));
+        assert_eq!(
+            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            Decision::Primary
+        );
+        p.session_opened(&session(vec![]));
+        assert_eq!(
+            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            Decision::Narrow(0b110)
         );
     }
 

@@ -82,6 +82,18 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// Where a query goes when its routing policy fails (traps or cannot be instantiated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackReads {
+    /// Everything to the primary: always safe.
+    #[default]
+    Primary,
+    /// Statements the host's classifier finds to be plain reads outside a transaction go to a
+    /// healthy replica (round robin); everything else to the primary.
+    Replicas,
+}
+
 /// A database as clients see it, and the servers behind it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +121,9 @@ pub struct PoolConfig {
     /// nextval, setval and the advisory locks).
     #[serde(default)]
     pub write_functions: Vec<String>,
+    /// Where reads go when a routing policy fails.
+    #[serde(default)]
+    pub fallback_reads: FallbackReads,
     /// Who may connect, by user name.
     #[serde(default)]
     pub users: BTreeMap<String, UserConfig>,

@@ -7,7 +7,8 @@ mod file;
 mod validate;
 
 pub use file::{
-    Config, General, PolicyConfig, PoolConfig, PoolMode, Role, ServerConfig, UserConfig,
+    Config, FallbackReads, General, PolicyConfig, PoolConfig, PoolMode, Role, ServerConfig,
+    UserConfig,
 };
 
 use std::path::{Path, PathBuf};

@@ -56,6 +56,7 @@ impl Pools {
                             weights.clone(),
                             Classifier::new(&pool.write_functions),
                             deadline,
+                            pool.fallback_reads,
                         ))
                     }
                 });

@@ -8,8 +8,9 @@
 //! least busy candidate) needs no code of its own.
 //!
 //! Failure: a policy that traps (panic, over `plugin_deadline_ms`, over its memory) or cannot be
-//! instantiated sends the query to the primary, the safe place for anything; its instance on
-//! that worker is rebuilt on the next call, and `traps` counts it.
+//! instantiated sends the query to the primary, the safe place for anything (or, with
+//! `fallback_reads = "replicas"`, a plain read outside a transaction to a healthy replica); its
+//! instance on that worker is rebuilt on the next call, and `traps` counts it.
 
 use super::bindings::switchyard::policy::types::{
     Backend, Decision, Protocol, Query, QueryFlags, Role as WitRole, Session,
@@ -17,7 +18,7 @@ use super::bindings::switchyard::policy::types::{
 };
 use super::engine::{deadline_ticks, LoadedPlugin};
 use super::instance::{new_slot, with_live, InstanceError, Live};
-use crate::config::Role;
+use crate::config::{FallbackReads, Role};
 use crate::pool::ServerPool;
 use crate::router::classify::{Classifier, StatementKind};
 use crate::router::{Route, RouteRequest, Router};
@@ -43,6 +44,9 @@ pub struct PolicyChain {
     healthy: AtomicU64,
     classifier: Classifier,
     deadline_ticks: u64,
+    /// The replicas, as a mask (for the fallback of reads).
+    replicas: u64,
+    fallback_reads: FallbackReads,
     all: u64,
     next: AtomicUsize,
     /// Calls that trapped or failed, since start.
@@ -57,6 +61,7 @@ impl PolicyChain {
         weights: Vec<u32>,
         classifier: Classifier,
         deadline: Duration,
+        fallback_reads: FallbackReads,
     ) -> Self {
         let backends: Vec<(String, WitRole, u32)> = servers
             .iter()
@@ -70,6 +75,12 @@ impl PolicyChain {
             })
             .collect();
         let n = backends.len().min(64);
+        let replicas = backends
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, b)| b.1 == WitRole::Replica)
+            .fold(0u64, |m, (i, _)| m | 1 << i);
         PolicyChain {
             links: plugins
                 .into_iter()
@@ -84,6 +95,8 @@ impl PolicyChain {
             healthy: AtomicU64::new(if n == 64 { u64::MAX } else { (1u64 << n) - 1 }),
             classifier,
             deadline_ticks: deadline_ticks(deadline),
+            replicas,
+            fallback_reads,
             all: if n == 64 { u64::MAX } else { (1u64 << n) - 1 },
             next: AtomicUsize::new(0),
             traps: AtomicU64::new(0),
@@ -141,6 +154,20 @@ impl PolicyChain {
         })
     }
 
+    /// Round robin among `candidates`; the primary when there are none.
+    fn balance(&self, candidates: u64) -> Route {
+        let n = candidates.count_ones() as usize;
+        if n == 0 {
+            return Route::Primary;
+        }
+        let pick = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut bits = candidates;
+        for _ in 0..pick {
+            bits &= bits - 1;
+        }
+        Route::Backend(bits.trailing_zeros() as usize)
+    }
+
     fn make(&self, link: &Link) -> Result<Live, InstanceError> {
         self.with_topology(|t| Live::new(&link.plugin, self.servers.clone(), Some(t)))
     }
@@ -185,7 +212,8 @@ impl Router for PolicyChain {
             },
             sql_length: sql.len() as u32,
         };
-        let mut candidates = self.all & self.healthy_now();
+        let healthy = self.healthy_now();
+        let mut candidates = self.all & healthy;
         let generation = self.generation.load(Ordering::Relaxed);
         let mut narrowed = false;
         for link in &self.links {
@@ -235,6 +263,10 @@ impl Router for PolicyChain {
                 }
                 Err(e) => {
                     self.trapped(link, &e);
+                    let read = class.kind == StatementKind::Read && !request.in_transaction;
+                    if self.fallback_reads == FallbackReads::Replicas && read {
+                        return self.balance(self.replicas & healthy);
+                    }
                     return Route::Primary;
                 }
             }
@@ -242,13 +274,7 @@ impl Router for PolicyChain {
         if !narrowed {
             return Route::Primary;
         }
-        let n = candidates.count_ones() as usize;
-        let pick = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut bits = candidates;
-        for _ in 0..pick {
-            bits &= bits - 1;
-        }
-        Route::Backend(bits.trailing_zeros() as usize)
+        self.balance(candidates)
     }
 
     fn per_statement_in_session(&self) -> bool {
