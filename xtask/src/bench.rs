@@ -286,6 +286,26 @@ pub fn bench() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let switchyard_policies = spawn_switchyard(&bin, &syp_conf)?;
     let switchyard = spawn_switchyard(&bin, &sy_conf)?;
+    // BENCH_BASELINE: another switchyard binary (e.g. built from an earlier commit), run with
+    // the plain config, for before/after figures from one run.
+    let baseline_port = free_port();
+    let baseline = match std::env::var("BENCH_BASELINE") {
+        Ok(path) => {
+            let conf = cluster.dir.join("bench-switchyard-baseline.toml");
+            std::fs::write(
+                &conf,
+                std::fs::read_to_string(&sy_conf)
+                    .map_err(|e| e.to_string())?
+                    .replace(
+                        &format!("127.0.0.1:{sy_port}"),
+                        &format!("127.0.0.1:{baseline_port}"),
+                    ),
+            )
+            .map_err(|e| e.to_string())?;
+            Some(spawn_switchyard(Path::new(&path), &conf)?)
+        }
+        Err(_) => None,
+    };
 
     // PgBouncer: the same pool, run as the PostgreSQL OS user (it refuses root).
     let pgb_port = free_port();
@@ -327,7 +347,11 @@ pub fn bench() -> Result<(), String> {
             .map_err(|e| format!("pgbouncer: {e}"))?,
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [sy_port, syp_port, pgb_port] {
+    let mut ports = vec![sy_port, syp_port, pgb_port];
+    if baseline.is_some() {
+        ports.push(baseline_port);
+    }
+    for port in ports {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
                 return Err(format!("nothing listens on {port}"));
@@ -336,7 +360,7 @@ pub fn bench() -> Result<(), String> {
         }
     }
 
-    let targets = [
+    let mut targets = vec![
         Target {
             name: "postgres",
             port: cluster.primary.port,
@@ -358,6 +382,16 @@ pub fn bench() -> Result<(), String> {
             pid: Some(pgbouncer.0.id()),
         },
     ];
+    if let Some(b) = &baseline {
+        targets.insert(
+            2,
+            Target {
+                name: "switchyard-baseline",
+                port: baseline_port,
+                pid: Some(b.0.id()),
+            },
+        );
+    }
     // Warm up every path once.
     for t in &targets {
         pgbench(&cluster.bindir, t, "simple", 10, 2)?;

@@ -63,6 +63,11 @@ fn words(sql: &str, max: usize) -> Option<([&str; 12], usize)> {
 
 /// A lone `BEGIN`/`START TRANSACTION` with modes that any server accepts.
 pub(crate) fn deferrable_begin(sql: &str) -> Option<DeferrableBegin> {
+    // Called for every Query that needs a server: decide on the first word alone when it can.
+    match Lexer::new(sql).next() {
+        Some(Token::Word(w)) if is(w, "begin") || is(w, "start") => {}
+        _ => return None,
+    }
     let (w, n) = words(sql, 12)?;
     let mut i = if is(w[0], "begin") {
         usize::from(n > 1 && (is(w[1], "work") || is(w[1], "transaction"))) + 1
