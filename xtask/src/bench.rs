@@ -400,7 +400,10 @@ pub fn bench() -> Result<(), String> {
     for r in 1..=runs {
         for mode in &modes {
             for &c in &clients {
-                for t in &targets {
+                // The order rotates from run to run, so no target always follows the same one
+                // (a run right after another leaves the machine in a different state).
+                let n = targets.len();
+                for t in (0..n).map(|i| &targets[(i + r as usize) % n]) {
                     let s = pgbench(&cluster.bindir, t, mode, c, seconds)?;
                     eprintln!("bench: run {r}/{runs} {mode:8} c={c:<3} {:19} tps {:>9.0}  lat {:.3} ms  cpu/tx {}",
                         t.name, s.tps, s.latency_ms,
