@@ -47,7 +47,9 @@ pub use __bindings::switchyard::policy::types::{
 
 /// What the host offers: logging, a monotonic clock, live backend load, the query's text.
 pub mod host {
-    pub use crate::__bindings::switchyard::policy::host::{in_flight, log, now_ms, sql, Level};
+    pub use crate::__bindings::switchyard::policy::host::{
+        idle, in_flight, log, now_ms, sql, Level,
+    };
 }
 
 /// Where a query goes.

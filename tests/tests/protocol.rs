@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
-use switchyard_tests::{roles, shared_cluster, trust_proxy, Proxy};
+use switchyard_tests::{first_value, roles, shared_cluster, trust_proxy, Proxy};
 use tokio_postgres::SimpleQueryMessage;
 
 /// A database of its own and a proxy in front of it.
@@ -432,4 +432,48 @@ async fn newer_protocol_minor_is_negotiated_down() {
     let version = i32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
     assert_eq!(version, 3 << 16);
     assert!(buf[..n].windows(16).any(|w| w == b"_pq_.compression"));
+}
+
+#[tokio::test]
+async fn prepared_statements_per_server_stay_under_the_cap() {
+    let (db, proxy) = trust_proxy(
+        "proto",
+        "max_prepared_statements = 2",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let on_server = || async {
+        let msgs = c
+            .simple_query("SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .unwrap();
+        first_value::<i64>(&msgs).unwrap()
+    };
+    let mut stmts = Vec::new();
+    for k in 0..5 {
+        stmts.push(c.prepare(&format!("SELECT $1::int + {k}")).await.unwrap());
+    }
+    // Five statements in turns on one server connection with room for two: each is closed and
+    // parsed again there as needed, and every answer is right.
+    for round in 0..3i32 {
+        for (k, s) in stmts.iter().enumerate() {
+            let row = c.query_one(s, &[&round]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), round + k as i32);
+        }
+    }
+    assert_eq!(on_server().await, 2);
+    // Pipelined: statements in flight together are never closed under each other.
+    let (a, b, d) = tokio::join!(
+        c.query_one(&stmts[0], &[&10i32]),
+        c.query_one(&stmts[3], &[&10i32]),
+        c.query_one(&stmts[4], &[&10i32])
+    );
+    assert_eq!(
+        [a.unwrap(), b.unwrap(), d.unwrap()].map(|r| r.get::<_, i32>(0)),
+        [10, 13, 14]
+    );
+    // The next transaction brings the server back under the cap.
+    let row = c.query_one(&stmts[1], &[&0i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert!(on_server().await <= 2);
 }

@@ -193,6 +193,8 @@ async fn policies_route_a_transaction_at_its_first_statement() {
         seen.ends_with("sql_length=20 sql=SELECT /* first */ 1"),
         "{seen}"
     );
+    // Live load: nothing in flight on the primary; the connection that served the login is idle.
+    assert!(seen.contains("load0=0/1"), "{seen}");
     // The rejection failed the transaction, as an error on a server would.
     let after = c.simple_query("SELECT 2").await.unwrap_err();
     assert_eq!(sqlstate(&after), Some("25P02"));

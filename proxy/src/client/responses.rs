@@ -8,8 +8,9 @@
 
 use crate::protocol::backend;
 use crate::server::maintenance::forgets_prepared_statements;
+use crate::server::prepared::PreparedSet;
 use bytes::BytesMut;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 /// One answer owed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub enum Owed {
     },
     /// A Parse the proxy added before a Bind or Describe; its ParseComplete is swallowed.
     InjectedParse(u64),
+    /// A Close the proxy added to keep the server's statements under the cap; its
+    /// CloseComplete is swallowed.
+    InjectedClose(u64),
     Bind,
     Describe,
     Execute,
@@ -147,7 +151,7 @@ impl Responses {
     }
 
     /// Drops what the server will skip after an error, up to the next Sync.
-    fn skip_to_sync(&mut self, prepared: &mut HashSet<u64>) {
+    fn skip_to_sync(&mut self, prepared: &mut PreparedSet) {
         while let Some(&o) = self.queue.front() {
             if o == Owed::Sync {
                 return;
@@ -163,7 +167,7 @@ impl Responses {
         &mut self,
         tag: u8,
         body: &[u8],
-        prepared: &mut HashSet<u64>,
+        prepared: &mut PreparedSet,
     ) -> Verdict {
         if self.queue.front() == Some(&Owed::HiddenQuery) {
             if tag == b'Z' {
@@ -220,7 +224,11 @@ impl Responses {
                 self.pop_if(|o| o == Owed::Bind);
             }
             b'3' => {
-                self.pop_if(|o| o == Owed::Close);
+                if let Some(Owed::InjectedClose(_)) =
+                    self.pop_if(|o| matches!(o, Owed::Close | Owed::InjectedClose(_)))
+                {
+                    return Verdict::Swallow;
+                }
             }
             b'T' | b'n' => {
                 self.pop_if(|o| o == Owed::Describe);
@@ -238,10 +246,13 @@ impl Responses {
     }
 }
 
-/// A Parse that did not happen on the server must not be counted as prepared there.
-fn forget_parse(o: Owed, prepared: &mut HashSet<u64>) {
-    if let Owed::Parse { named: Some(h) } | Owed::InjectedParse(h) = o {
-        prepared.remove(&h);
+/// A message the server skipped (after an error): a Parse that did not happen must not be
+/// counted as prepared there, and a Close that did not happen leaves its statement.
+fn forget_parse(o: Owed, prepared: &mut PreparedSet) {
+    match o {
+        Owed::Parse { named: Some(h) } | Owed::InjectedParse(h) => prepared.remove(h),
+        Owed::InjectedClose(h) => prepared.restore(h),
+        _ => {}
     }
 }
 
@@ -249,7 +260,15 @@ fn forget_parse(o: Owed, prepared: &mut HashSet<u64>) {
 mod tests {
     use super::*;
 
-    fn run(r: &mut Responses, tags: &[u8], prepared: &mut HashSet<u64>) -> Vec<Verdict> {
+    fn prepared(hashes: &[u64]) -> PreparedSet {
+        let mut p = PreparedSet::default();
+        for &h in hashes {
+            p.add(h);
+        }
+        p
+    }
+
+    fn run(r: &mut Responses, tags: &[u8], prepared: &mut PreparedSet) -> Vec<Verdict> {
         tags.iter()
             .map(|&t| {
                 let body: &[u8] = if t == b'Z' { b"I" } else { b"" };
@@ -261,7 +280,7 @@ mod tests {
     #[test]
     fn extended_cycle_becomes_releasable_at_ready_for_query() {
         let mut r = Responses::default();
-        let mut p = HashSet::new();
+        let mut p = PreparedSet::default();
         r.sent();
         for o in [
             Owed::Parse { named: None },
@@ -281,7 +300,7 @@ mod tests {
     #[test]
     fn pipelined_syncs_keep_the_server_until_the_last() {
         let mut r = Responses::default();
-        let mut p = HashSet::new();
+        let mut p = PreparedSet::default();
         r.sent();
         for o in [
             Owed::Bind,
@@ -303,7 +322,7 @@ mod tests {
     #[test]
     fn injected_parse_complete_is_swallowed() {
         let mut r = Responses::default();
-        let mut p = HashSet::from([7]);
+        let mut p = prepared(&[7]);
         r.push(Owed::InjectedParse(7));
         r.push(Owed::Bind);
         assert_eq!(
@@ -315,7 +334,7 @@ mod tests {
     #[test]
     fn error_skips_to_sync_and_forgets_parses() {
         let mut r = Responses::default();
-        let mut p = HashSet::from([1, 2]);
+        let mut p = prepared(&[1, 2]);
         r.sent();
         for o in [
             Owed::Parse { named: Some(1) },
@@ -338,9 +357,29 @@ mod tests {
     }
 
     #[test]
+    fn an_injected_close_is_swallowed_or_undone() {
+        let mut r = Responses::default();
+        let mut p = prepared(&[2]);
+        r.sent();
+        r.push(Owed::InjectedClose(1));
+        r.push(Owed::Parse { named: Some(2) });
+        r.push(Owed::Sync);
+        assert_eq!(run(&mut r, b"3", &mut p), vec![Verdict::Swallow]);
+        // A Close the server skipped after an error leaves the statement there.
+        let mut r = Responses::default();
+        let mut p = prepared(&[2]);
+        r.sent();
+        r.push(Owed::Bind);
+        r.push(Owed::InjectedClose(1));
+        r.push(Owed::Sync);
+        run(&mut r, b"EZ", &mut p);
+        assert!(p.contains(1) && p.contains(2));
+    }
+
+    #[test]
     fn error_before_the_client_sent_sync_skips_later_messages() {
         let mut r = Responses::default();
-        let mut p = HashSet::new();
+        let mut p = PreparedSet::default();
         r.sent();
         r.push(Owed::Bind);
         run(&mut r, b"E", &mut p);
@@ -356,7 +395,7 @@ mod tests {
     fn syncs_sent_into_a_copy_in_owe_nothing() {
         // tokio-postgres: Bind, Execute, Sync; then CopyData, CopyDone, Sync.
         let mut r = Responses::default();
-        let mut p = HashSet::new();
+        let mut p = PreparedSet::default();
         r.sent();
         for o in [Owed::Bind, Owed::Execute, Owed::Sync] {
             r.push(o);
@@ -373,7 +412,7 @@ mod tests {
     #[test]
     fn synthetic_answers_wait_their_turn() {
         let mut r = Responses::default();
-        let mut p = HashSet::new();
+        let mut p = PreparedSet::default();
         r.push(Owed::Bind);
         r.push(Owed::Synthetic(b'1'));
         let mut out = BytesMut::new();
@@ -387,7 +426,7 @@ mod tests {
     #[test]
     fn a_hidden_query_is_answered_to_nobody() {
         let mut r = Responses::default();
-        let mut p = HashSet::new();
+        let mut p = PreparedSet::default();
         r.sent();
         r.push(Owed::HiddenQuery);
         r.push(Owed::Query);
@@ -413,7 +452,7 @@ mod tests {
     #[test]
     fn errors_inside_a_simple_query_do_not_skip() {
         let mut r = Responses::default();
-        let mut p = HashSet::new();
+        let mut p = PreparedSet::default();
         r.sent();
         r.push(Owed::Query);
         run(&mut r, b"TDCE", &mut p);

@@ -20,7 +20,7 @@ use crate::protocol::{frame, sqlstate};
 use crate::router::RouteRequest;
 use crate::server::maintenance;
 use crate::server::params::parse_parameter_status;
-use crate::server::ParamList;
+use crate::server::{ParamList, ServerConn};
 use crate::shutdown::{Phase, Shutdown};
 use crate::Proxy;
 use bytes::{Buf, BytesMut};
@@ -87,6 +87,8 @@ pub(crate) struct Session<'p> {
     /// The proxy answered an extended-protocol message with an error: drop messages to Sync.
     skip_until_sync: bool,
     max_message: usize,
+    /// `max_prepared_statements`: the cap per server connection.
+    max_prepared: usize,
 }
 
 /// What woke the session up.
@@ -137,6 +139,7 @@ impl<'p> Session<'p> {
             shutdown,
             skip_until_sync: false,
             max_message: proxy.config.general.max_message_size,
+            max_prepared: proxy.config.general.max_prepared_statements,
         }
     }
 
@@ -520,6 +523,8 @@ impl<'p> Session<'p> {
             }
         }
         self.responses.reset();
+        // Statements this attachment uses are in flight from here on: never evicted under it.
+        conn.prepared.start_batch();
         self.server = Some(Attached { conn, index });
         Ok(())
     }
@@ -565,12 +570,11 @@ impl<'p> Session<'p> {
                     r.push(Owed::Parse { named: None });
                 } else {
                     let h = self.statements.insert(name, rest);
-                    if att.conn.prepared.contains(&h) {
-                        r.push(Owed::Synthetic(b'1'));
-                    } else {
-                        att.conn.prepared.insert(h);
+                    if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
                         statements::write_parse(out, h, rest);
                         r.push(Owed::Parse { named: Some(h) });
+                    } else {
+                        r.push(Owed::Synthetic(b'1'));
                     }
                 }
             }
@@ -583,7 +587,7 @@ impl<'p> Session<'p> {
                     .filter(|_| map_names && !skipping && !stmt.is_empty())
                 {
                     Some((h, parse_rest)) => {
-                        if att.conn.prepared.insert(h) {
+                        if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
                             statements::write_parse(out, h, parse_rest);
                             r.push(Owed::InjectedParse(h));
                         }
@@ -601,7 +605,7 @@ impl<'p> Session<'p> {
                     .flatten();
                 match known {
                     Some((h, parse_rest)) => {
-                        if att.conn.prepared.insert(h) {
+                        if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
                             statements::write_parse(out, h, parse_rest);
                             r.push(Owed::InjectedParse(h));
                         }
@@ -857,6 +861,28 @@ fn release_if_large(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > KEEP {
         *buf = BytesMut::new();
     }
+}
+
+/// Records a use of statement `h` on the server connection. Returns true when it is not
+/// prepared there yet (the caller writes its Parse); past `max_prepared` the least recently
+/// used statement is closed first.
+fn prepare_here(
+    conn: &mut ServerConn,
+    out: &mut BytesMut,
+    r: &mut Responses,
+    max_prepared: usize,
+    h: u64,
+) -> bool {
+    if conn.prepared.touch(h) {
+        return false;
+    }
+    // Usually one; more when an earlier batch had to go past the cap.
+    while let Some(victim) = conn.prepared.evict_for_one_more(max_prepared) {
+        statements::write_close(out, victim);
+        r.push(Owed::InjectedClose(victim));
+    }
+    conn.prepared.add(h);
+    true
 }
 
 /// The SQLSTATE and message a client gets when no server connection could be had.

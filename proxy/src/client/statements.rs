@@ -95,6 +95,15 @@ pub fn write_describe(out: &mut BytesMut, hash: u64) {
     });
 }
 
+/// A Close of the statement under its server name (to make room under the cap).
+pub fn write_close(out: &mut BytesMut, hash: u64) {
+    with_length(out, b'C', |b| {
+        b.put_u8(b'S');
+        b.put_slice(&server_name(hash));
+        b.put_u8(0);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,9 @@ pub struct General {
     pub shutdown_timeout_ms: u64,
     /// How long a forwarded cancel request may take.
     pub cancel_timeout_ms: u64,
+    /// Proxy-named prepared statements kept per server connection in transaction mode; past
+    /// it the least recently used is closed (0 = no limit).
+    pub max_prepared_statements: usize,
     /// After a failed connect, how long a server is reported unhealthy to routing policies
     /// (and left out of their candidates) before it is tried again.
     pub server_login_retry_ms: u64,
@@ -66,6 +69,7 @@ impl Default for General {
             shutdown_timeout_ms: 30_000,
             cancel_timeout_ms: 5000,
             server_login_retry_ms: 5000,
+            max_prepared_statements: 200,
             plugin_deadline_ms: 5,
             plugin_memory_mb: 32,
         }

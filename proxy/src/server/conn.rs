@@ -1,8 +1,8 @@
 //! One open, logged-in server connection and what the proxy knows about its state.
 
 use crate::server::params::{ParamList, TrackedParams};
+use crate::server::prepared::PreparedSet;
 use bytes::BytesMut;
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -40,8 +40,8 @@ pub struct ServerConn {
     pub tracked: TrackedParams,
     /// Startup parameters without `ParameterStatus` (search_path, ...) the proxy has SET here.
     pub applied_extras: ParamList,
-    /// Hashes of the proxy-named prepared statements that exist on this connection.
-    pub prepared: HashSet<u64>,
+    /// The proxy-named prepared statements that exist on this connection.
+    pub prepared: PreparedSet,
     /// When the connection is retired (server_lifetime with jitter), if ever, in
     /// [`clock::now_ms`](crate::clock::now_ms) milliseconds.
     pub retire_at_ms: Option<u64>,

@@ -9,7 +9,6 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
-use std::collections::HashSet;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,7 +202,7 @@ async fn login(
                     tracked: TrackedParams::from_list(&reported),
                     reported,
                     applied_extras: ParamList::new(),
-                    prepared: HashSet::new(),
+                    prepared: Default::default(),
                     retire_at_ms: lifetime.map(|l| now + jitter(l).as_millis() as u64),
                     idle_since_ms: now,
                     home: crate::workers::current(),

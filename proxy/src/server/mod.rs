@@ -5,6 +5,7 @@ pub mod conn;
 pub mod connect;
 pub mod maintenance;
 pub mod params;
+pub mod prepared;
 
 pub use conn::{ServerConn, ServerKey};
 pub use connect::{connect, ConnectError, ServerTarget};

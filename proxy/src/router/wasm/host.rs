@@ -82,6 +82,12 @@ impl Host for HostState {
         self.sql.clone()
     }
 
+    fn idle(&mut self, backend: u32) -> u32 {
+        self.servers
+            .get(backend as usize)
+            .map_or(0, |s| s.idle_count() as u32)
+    }
+
     fn in_flight(&mut self, backend: u32) -> u32 {
         self.servers
             .get(backend as usize)
