@@ -477,3 +477,91 @@ async fn prepared_statements_per_server_stay_under_the_cap() {
     assert_eq!(row.get::<_, i32>(0), 1);
     assert!(on_server().await <= 2);
 }
+
+/// One protocol message: tag and body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
+}
+
+fn bind_execute_sync(name: &str) -> Vec<u8> {
+    let mut m = message(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+    m.extend(message(b'E', b"\0\0\0\0\0"));
+    m.extend(message(b'S', b""));
+    m
+}
+
+/// Reads messages up to and including the next ReadyForQuery: (tag, body) pairs.
+fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 5 {
+            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < len + 1 {
+                break;
+            }
+            let tag = buf[0];
+            out.push((tag, buf[5..len + 1].to_vec()));
+            buf.drain(..len + 1);
+            if tag == b'Z' {
+                return out;
+            }
+        }
+        let n = s.read(&mut chunk).expect("an answer");
+        assert!(n > 0, "closed; got {out:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn tags(msgs: &[(u8, Vec<u8>)]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+#[tokio::test]
+async fn statement_names_behave_as_in_postgresql() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    read_until_ready(&mut s);
+    let sync = message(b'S', b"");
+    // A name in use: 42P05, and the rest of the batch is skipped up to the Sync.
+    s.write_all(&[parse("a", "SELECT 1"), sync.clone()].concat())
+        .unwrap();
+    assert_eq!(tags(&read_until_ready(&mut s)), "1Z");
+    s.write_all(&[parse("a", "SELECT 2"), bind_execute_sync("a")].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut s);
+    assert_eq!(tags(&reply), "EZ", "{reply:?}");
+    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("42P05"));
+    // The first "a" is intact.
+    s.write_all(&bind_execute_sync("a")).unwrap();
+    let reply = read_until_ready(&mut s);
+    assert_eq!(tags(&reply), "2DCZ", "{reply:?}");
+    assert!(reply[1].1.ends_with(b"1"), "{reply:?}");
+    // A Parse the server refuses leaves no name behind: the name can be parsed again.
+    s.write_all(&[parse("b", "SELEC 3"), sync.clone()].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut s);
+    assert_eq!(tags(&reply), "EZ", "{reply:?}");
+    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("42601"));
+    s.write_all(&[parse("b", "SELECT 3"), bind_execute_sync("b")].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut s);
+    assert_eq!(tags(&reply), "12DCZ", "{reply:?}");
+    // So does one skipped after an earlier error in its batch.
+    s.write_all(&[parse("x", "SELEC"), parse("c", "SELECT 4"), sync.clone()].concat())
+        .unwrap();
+    assert_eq!(tags(&read_until_ready(&mut s)), "EZ");
+    s.write_all(&[parse("c", "SELECT 4"), sync].concat())
+        .unwrap();
+    assert_eq!(tags(&read_until_ready(&mut s)), "1Z");
+}

@@ -34,8 +34,12 @@ pub enum Owed {
     Describe,
     Execute,
     Close,
-    /// Answered by the proxy with this bodyless message when it comes up.
+    /// Answered by the proxy with this bodyless message when it comes up. A synthetic
+    /// ParseComplete (`1`) answers a client's named Parse of a statement the server has.
     Synthetic(u8),
+    /// Answered by the proxy with the ErrorResponse kept in `Responses::error` (an error the
+    /// proxy finds itself, such as a duplicate statement name).
+    SyntheticError,
 }
 
 /// What to do with one server message.
@@ -59,6 +63,11 @@ pub struct Responses {
     pub tx_status: u8,
     /// The server is in COPY FROM STDIN and ignores Sync and Flush until the copy ends.
     copy_in: bool,
+    /// The ErrorResponse of a queued `SyntheticError`.
+    error: BytesMut,
+    /// Outcomes of the client's named Parses, in order: whether the statement now exists
+    /// (false when the server refused or skipped it). The session drains them.
+    pub named_parses: VecDeque<bool>,
 }
 
 impl Default for Responses {
@@ -70,6 +79,8 @@ impl Default for Responses {
             at_sync: true,
             tx_status: b'I',
             copy_in: false,
+            error: BytesMut::new(),
+            named_parses: VecDeque::new(),
         }
     }
 }
@@ -83,6 +94,15 @@ impl Responses {
         self.at_sync = true;
         self.tx_status = b'I';
         self.copy_in = false;
+        self.error.clear();
+        self.named_parses.clear();
+    }
+
+    /// Queues an error the proxy gives itself, in its place among the server's answers.
+    pub fn push_error(&mut self, code: &str, message: &str) {
+        self.error.clear();
+        backend::error(&mut self.error, backend::Severity::Error, code, message);
+        self.push(Owed::SyntheticError);
     }
 
     /// Whether the server ignores extended-protocol messages until the next Sync.
@@ -132,14 +152,29 @@ impl Responses {
 
     /// Whether the next owed answer is one the proxy gives itself.
     pub fn synthetic_next(&self) -> bool {
-        matches!(self.queue.front(), Some(Owed::Synthetic(_)))
+        matches!(
+            self.queue.front(),
+            Some(Owed::Synthetic(_) | Owed::SyntheticError)
+        )
     }
 
     /// Writes the proxy's own answers now at the head of the queue.
     pub fn emit_synthetic(&mut self, out: &mut BytesMut) {
-        while let Some(Owed::Synthetic(tag)) = self.queue.front().copied() {
+        loop {
+            match self.queue.front().copied() {
+                Some(Owed::Synthetic(tag)) => {
+                    backend::empty(out, tag);
+                    if tag == b'1' {
+                        self.named_parses.push_back(true);
+                    }
+                }
+                Some(Owed::SyntheticError) => {
+                    out.extend_from_slice(&self.error);
+                    self.error.clear();
+                }
+                _ => return,
+            }
             self.queue.pop_front();
-            backend::empty(out, tag);
         }
     }
 
@@ -157,7 +192,7 @@ impl Responses {
                 return;
             }
             self.queue.pop_front();
-            forget_parse(o, prepared);
+            self.unanswered(o, prepared);
         }
         self.server_skipping = true;
     }
@@ -185,7 +220,7 @@ impl Responses {
                     if matches!(o, Owed::Query | Owed::Sync) {
                         break;
                     }
-                    forget_parse(o, prepared);
+                    self.unanswered(o, prepared);
                 }
                 self.at_sync = true;
                 self.server_skipping = false;
@@ -200,7 +235,7 @@ impl Responses {
                 None | Some(Owed::Query) => {}
                 Some(o) => {
                     self.queue.pop_front();
-                    forget_parse(o, prepared);
+                    self.unanswered(o, prepared);
                     self.skip_to_sync(prepared);
                 }
             },
@@ -213,13 +248,12 @@ impl Responses {
                     self.queue.remove(head);
                 }
             }
-            b'1' => {
-                if let Some(Owed::InjectedParse(_)) =
-                    self.pop_if(|o| matches!(o, Owed::Parse { .. } | Owed::InjectedParse(_)))
-                {
-                    return Verdict::Swallow;
-                }
-            }
+            b'1' => match self.pop_if(|o| matches!(o, Owed::Parse { .. } | Owed::InjectedParse(_)))
+            {
+                Some(Owed::InjectedParse(_)) => return Verdict::Swallow,
+                Some(Owed::Parse { named: Some(_) }) => self.named_parses.push_back(true),
+                _ => {}
+            },
             b'2' => {
                 self.pop_if(|o| o == Owed::Bind);
             }
@@ -246,13 +280,21 @@ impl Responses {
     }
 }
 
-/// A message the server skipped (after an error): a Parse that did not happen must not be
-/// counted as prepared there, and a Close that did not happen leaves its statement.
-fn forget_parse(o: Owed, prepared: &mut PreparedSet) {
-    match o {
-        Owed::Parse { named: Some(h) } | Owed::InjectedParse(h) => prepared.remove(h),
-        Owed::InjectedClose(h) => prepared.restore(h),
-        _ => {}
+impl Responses {
+    /// A message the server refused or skipped (after an error): a Parse that did not happen
+    /// is not prepared there and, for a client's named Parse, its name does not exist; a
+    /// Close that did not happen leaves its statement.
+    fn unanswered(&mut self, o: Owed, prepared: &mut PreparedSet) {
+        match o {
+            Owed::Parse { named: Some(h) } => {
+                prepared.remove(h);
+                self.named_parses.push_back(false);
+            }
+            Owed::Synthetic(b'1') => self.named_parses.push_back(false),
+            Owed::InjectedParse(h) => prepared.remove(h),
+            Owed::InjectedClose(h) => prepared.restore(h),
+            _ => {}
+        }
     }
 }
 

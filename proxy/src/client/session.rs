@@ -89,6 +89,8 @@ pub(crate) struct Session<'p> {
     max_message: usize,
     /// `max_prepared_statements`: the cap per server connection.
     max_prepared: usize,
+    /// Names of the client's named Parses whose outcome is not known yet, in order.
+    pending_names: std::collections::VecDeque<Vec<u8>>,
 }
 
 /// What woke the session up.
@@ -140,6 +142,7 @@ impl<'p> Session<'p> {
             skip_until_sync: false,
             max_message: proxy.config.general.max_message_size,
             max_prepared: proxy.config.general.max_prepared_statements,
+            pending_names: std::collections::VecDeque::new(),
         }
     }
 
@@ -213,8 +216,31 @@ impl<'p> Session<'p> {
         self.detach_at_end().await;
     }
 
+    /// Applies the outcomes of the client's named Parses: a name whose Parse the server
+    /// refused or skipped does not exist, as in PostgreSQL.
+    fn settle_names(&mut self) {
+        while let Some(ok) = self.responses.named_parses.pop_front() {
+            if let Some(name) = self.pending_names.pop_front() {
+                if !ok {
+                    self.statements.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// The server connection is gone with Parses in flight: their names do not exist.
+    fn fail_pending_names(&mut self) {
+        self.settle_names();
+        while let Some(name) = self.pending_names.pop_front() {
+            self.statements.remove(&name);
+        }
+    }
+
     async fn forward_loop(&mut self) -> End {
         loop {
+            if !self.responses.named_parses.is_empty() {
+                self.settle_names();
+            }
             if let Err(end) = self.handle_client_messages().await {
                 return end;
             }
@@ -371,12 +397,17 @@ impl<'p> Session<'p> {
             ));
         }
         if self.skip_until_sync {
-            if tag == b'S' {
-                self.skip_until_sync = false;
+            if tag != b'S' {
+                return Ok(());
+            }
+            self.skip_until_sync = false;
+            if self.server.is_none() {
                 let status = self.idle_status();
                 backend::ready_for_query(&mut self.to_client, status);
+                return Ok(());
             }
-            return Ok(());
+            // The error came from the proxy while a server was attached: the server still
+            // gets the Sync, and its ReadyForQuery ends the client's batch.
         }
         if self.server.is_none() {
             match tag {
@@ -568,7 +599,21 @@ impl<'p> Session<'p> {
                 if name.is_empty() || !map_names || skipping {
                     out.extend_from_slice(msg);
                     r.push(Owed::Parse { named: None });
+                } else if self.statements.get(name).is_some() {
+                    // As PostgreSQL: a statement name must be closed before it is reused.
+                    // (A name whose Parse is still in flight counts as used.)
+                    r.push_error(
+                        sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                        &format!(
+                            "prepared statement \"{}\" already exists",
+                            String::from_utf8_lossy(name)
+                        ),
+                    );
+                    r.emit_synthetic(&mut self.to_client);
+                    self.skip_until_sync = true;
+                    return Ok(());
                 } else {
+                    self.pending_names.push_back(name.to_vec());
                     let h = self.statements.insert(name, rest);
                     if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
                         statements::write_parse(out, h, rest);
@@ -757,6 +802,7 @@ impl<'p> Session<'p> {
             return Ok(());
         };
         self.cancel.clear();
+        self.fail_pending_names();
         tracing::warn!(
             server = %self.pool.servers[att.index].name,
             pid = self.pid,
