@@ -83,6 +83,8 @@ pub(crate) struct Session<'p> {
     shutdown: Shutdown,
     /// The shutdown phase this session has acted on.
     seen_phase: Phase,
+    /// The waker last registered in the client's slot for shutdown phase changes.
+    phase_waker: Option<std::task::Waker>,
     draining: bool,
     /// The proxy answered an extended-protocol message with an error: drop messages to Sync.
     skip_until_sync: bool,
@@ -138,6 +140,7 @@ impl<'p> Session<'p> {
             pid: registration.pid,
             draining: shutdown.phase() >= Phase::Draining,
             seen_phase: shutdown.phase(),
+            phase_waker: None,
             shutdown,
             skip_until_sync: false,
             max_message: proxy.config.general.max_message_size,
@@ -162,6 +165,11 @@ impl<'p> Session<'p> {
     /// Answers a `BEGIN` (deferring it) or the `COMMIT`/`ROLLBACK` of a deferred transaction
     /// without a server. Returns whether `msg` (a `Query`) was answered.
     fn answer_transaction_control(&mut self, msg: &[u8]) -> bool {
+        // Every Query that needs a server passes here: most are ruled out by their first byte,
+        // before the text is validated as UTF-8 and lexed.
+        if self.deferred.is_empty() && !may_begin(msg) {
+            return false;
+        }
         let Some(sql) = crate::router::classify::sql_of(msg) else {
             return false;
         };
@@ -293,6 +301,7 @@ impl<'p> Session<'p> {
                 )),
                 Event::Phase(p) => {
                     self.seen_phase = p;
+                    self.phase_waker = None;
                     self.draining = p >= Phase::Draining;
                     Ok(())
                 }
@@ -310,12 +319,18 @@ impl<'p> Session<'p> {
         // Shutdown: one atomic load per poll; the session's waker sits in its registry slot,
         // which shutdown wakes. No lock, no allocation.
         let (shutdown, slot, seen) = (&self.shutdown, &self.cancel, self.seen_phase);
+        let registered = &mut self.phase_waker;
         let phase_change = std::future::poll_fn(|cx| {
             let p = shutdown.phase();
             if p != seen {
                 return std::task::Poll::Ready(p);
             }
-            slot.wake.register(cx.waker());
+            // The slot keeps the waker until shutdown wakes it, which only follows a phase
+            // change: register again only when the waker differs from the one left there.
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                slot.wake.register(cx.waker());
+                *registered = Some(cx.waker().clone());
+            }
             match shutdown.phase() {
                 p if p != seen => std::task::Poll::Ready(p),
                 _ => std::task::Poll::Pending,
@@ -484,14 +499,20 @@ impl<'p> Session<'p> {
         // policies' candidates: route again, until a route repeats a server that failed.
         let mut failed = 0u64;
         let mut last_error = None;
+        let (sql, application_name) = if pool.router.reads_requests() {
+            let app = self.params.tracked_value("application_name");
+            (self.sql_of(msg), app.unwrap_or(""))
+        } else {
+            (None, "")
+        };
         let (index, mut conn) = loop {
             let route = pool.router.route(&RouteRequest {
                 message: msg,
-                sql: self.sql_of(msg),
+                sql,
                 session_id: self.pid,
                 database: &pool.database,
                 user: &pool.user,
-                application_name: self.params.tracked_value("application_name").unwrap_or(""),
+                application_name,
                 client_addr: self.peer,
                 options: &self.params.extras,
                 in_transaction: !self.deferred.is_empty(),
@@ -681,7 +702,7 @@ impl<'p> Session<'p> {
     async fn flush(&mut self) -> Result<(), End> {
         if !self.to_server.is_empty() {
             let written = match self.server.as_mut() {
-                Some(att) => att.conn.stream.write_all(&self.to_server).await,
+                Some(att) => write_all(&mut att.conn.stream, &self.to_server).await,
                 None => Ok(()),
             };
             self.to_server.clear();
@@ -691,7 +712,7 @@ impl<'p> Session<'p> {
             }
         }
         if !self.to_client.is_empty() {
-            let r = self.client.write_all(&self.to_client).await;
+            let r = write_all(&mut self.client, &self.to_client).await;
             self.to_client.clear();
             release_if_large(&mut self.to_client);
             r.map_err(|_| End::ClientGone)?;
@@ -757,10 +778,10 @@ impl<'p> Session<'p> {
             }
         }
         let written = if out.is_empty() {
-            self.client.write_all(&buf[from..pos]).await
+            write_all(&mut self.client, &buf[from..pos]).await
         } else {
             out.extend_from_slice(&buf[from..pos]);
-            let w = self.client.write_all(out).await;
+            let w = write_all(&mut self.client, out).await;
             out.clear();
             release_if_large(out);
             w
@@ -909,6 +930,18 @@ fn release_if_large(buf: &mut BytesMut) {
     }
 }
 
+/// Writes all of `buf`. The socket almost always takes it at once: one `try_write` on tokio's
+/// cached readiness, without the future and budget machinery of `write_all`, which only runs
+/// when the socket is full.
+async fn write_all(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+    match stream.try_write(buf) {
+        Ok(n) if n == buf.len() => Ok(()),
+        Ok(n) => stream.write_all(&buf[n..]).await,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => stream.write_all(buf).await,
+        Err(e) => Err(e),
+    }
+}
+
 /// Records a use of statement `h` on the server connection. Returns true when it is not
 /// prepared there yet (the caller writes its Parse); past `max_prepared` the least recently
 /// used statement is closed first.
@@ -952,6 +985,20 @@ fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str, String) {
     }
 }
 
+/// Whether a `Query` message may start with `BEGIN` or `START`: its text past white space
+/// starts with one of them, or with a comment.
+fn may_begin(msg: &[u8]) -> bool {
+    let body = msg.get(5..).unwrap_or_default();
+    let text = match body.iter().position(|b| !b.is_ascii_whitespace()) {
+        Some(i) => &body[i..],
+        None => return false,
+    };
+    let head = &text[..text.len().min(5)];
+    matches!(text[0], b'/' | b'-')
+        || head.eq_ignore_ascii_case(b"begin")
+        || head.eq_ignore_ascii_case(b"start")
+}
+
 /// The name in a `Close` of a named statement, if that is what `msg` is.
 fn named_statement(msg: &[u8]) -> Option<&[u8]> {
     let body = msg.get(5..)?;
@@ -989,4 +1036,33 @@ fn error_message(msg: &[u8]) -> String {
     error_field(msg.get(5..).unwrap_or_default(), b'M')
         .map(|m| String::from_utf8_lossy(m).into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_begin;
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m
+    }
+
+    #[test]
+    fn begin_precheck_rules_out_only_what_cannot_begin() {
+        for sql in [
+            "BEGIN",
+            "  begin;",
+            "\nStart transaction read only",
+            "/* hint */ BEGIN",
+            "-- x\nBEGIN",
+        ] {
+            assert!(may_begin(&query(sql)), "{sql:?}");
+        }
+        for sql in ["SELECT 1", "set x = 1", "  ", "", "BEGI", "COMMIT", "stat"] {
+            assert!(!may_begin(&query(sql)), "{sql:?}");
+        }
+    }
 }

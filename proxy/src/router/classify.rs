@@ -160,15 +160,67 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// Byte classes for the lexer's hot loops (every routed query is lexed whole).
+const SPACE: u8 = 1;
+/// Letters, `_` and non-ASCII bytes: they start a word.
+const WORD_START: u8 = 2;
+/// What continues a word: also digits and `$`.
+const WORD: u8 = 4;
+const DIGIT: u8 = 8;
+
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_whitespace() {
+            SPACE
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            WORD_START | WORD
+        } else if c.is_ascii_digit() {
+            DIGIT | WORD
+        } else if c == b'$' {
+            WORD
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+fn class(c: u8) -> u8 {
+    CLASS[c as usize]
+}
+
 impl<'a> Iterator for Lexer<'a> {
     type Item = Token<'a>;
 
+    #[inline(always)]
     fn next(&mut self) -> Option<Token<'a>> {
         let b = self.bytes();
         while self.pos < b.len() {
             let c = b[self.pos];
+            let k = class(c);
+            if k & SPACE != 0 {
+                self.pos += 1;
+                continue;
+            }
+            if k & WORD_START != 0 {
+                let start = self.pos;
+                // E'...' (escape string), also U&'...' is fine as a plain string.
+                if (c == b'e' || c == b'E') && b.get(self.pos + 1) == Some(&b'\'') {
+                    self.pos += 1;
+                    self.skip_string(true);
+                    return Some(Token::Opaque);
+                }
+                self.pos += b[start..]
+                    .iter()
+                    .position(|&c| class(c) & WORD == 0)
+                    .unwrap_or(b.len() - start);
+                return Some(Token::Word(&self.sql[start..self.pos]));
+            }
             match c {
-                c if c.is_ascii_whitespace() => self.pos += 1,
                 b'-' if b.get(self.pos + 1) == Some(&b'-') => {
                     match b[self.pos..].iter().position(|&x| x == b'\n') {
                         Some(i) => self.pos += i + 1,
@@ -190,24 +242,6 @@ impl<'a> Iterator for Lexer<'a> {
                         return Some(Token::Opaque);
                     }
                 }
-                c if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
-                    let start = self.pos;
-                    // E'...' (escape string), also U&'...' is fine as a plain string.
-                    if (c == b'e' || c == b'E') && b.get(self.pos + 1) == Some(&b'\'') {
-                        self.pos += 1;
-                        self.skip_string(true);
-                        return Some(Token::Opaque);
-                    }
-                    while self.pos < b.len()
-                        && (b[self.pos].is_ascii_alphanumeric()
-                            || b[self.pos] == b'_'
-                            || b[self.pos] == b'$'
-                            || b[self.pos] >= 0x80)
-                    {
-                        self.pos += 1;
-                    }
-                    return Some(Token::Word(&self.sql[start..self.pos]));
-                }
                 c if c.is_ascii_digit() => {
                     while self.pos < b.len()
                         && (b[self.pos].is_ascii_alphanumeric() || b[self.pos] == b'.')
@@ -228,6 +262,46 @@ impl<'a> Iterator for Lexer<'a> {
 
 fn is(word: &str, keyword: &str) -> bool {
     word.eq_ignore_ascii_case(keyword)
+}
+
+/// The keywords a statement's facts come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keyword {
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    Share,
+    For,
+    Key,
+    Read,
+    Only,
+    Analyze,
+    Into,
+    From,
+}
+
+/// Which of those keywords `word` is. Every word of every routed query passes here, so the
+/// length and first letter pick the one candidate to compare.
+fn keyword(word: &str) -> Option<Keyword> {
+    use Keyword::*;
+    let b = word.as_bytes();
+    let (kw, text) = match (b.len(), b.first()?.to_ascii_lowercase()) {
+        (6, b'i') => (Insert, "insert"),
+        (6, b'u') => (Update, "update"),
+        (6, b'd') => (Delete, "delete"),
+        (5, b'm') => (Merge, "merge"),
+        (5, b's') => (Share, "share"),
+        (3, b'f') => (For, "for"),
+        (3, b'k') => (Key, "key"),
+        (4, b'r') => (Read, "read"),
+        (4, b'o') => (Only, "only"),
+        (4, b'i') => (Into, "into"),
+        (4, b'f') => (From, "from"),
+        (7, b'a') => return (is(word, "analyze") || is(word, "analyse")).then_some(Analyze),
+        _ => return None,
+    };
+    is(word, text).then_some(kw)
 }
 
 /// What one statement's tokens showed.
@@ -302,11 +376,14 @@ impl Classifier {
         };
         let mut depth = 0i32;
         let mut prev: Option<Token<'a>> = None;
+        // The keyword the previous token was, if it was one.
+        let mut prev_kw: Option<Keyword> = None;
         for token in lexer.by_ref() {
             if token == Token::Symbol(b';') && depth == 0 {
                 return (f, true);
             }
             f.empty = false;
+            let mut kw = None;
             match token {
                 Token::Symbol(b'(') => {
                     if let Some(Token::Word(w)) = prev {
@@ -323,37 +400,32 @@ impl Classifier {
                     } else if f.second.is_none() {
                         f.second = Some(w);
                     }
-                    if is(w, "insert") || is(w, "update") || is(w, "delete") || is(w, "merge") {
-                        // `FOR UPDATE` / `FOR NO KEY UPDATE` are locking clauses, not DML.
-                        let locking =
-                            matches!(prev, Some(Token::Word(p)) if is(p, "for") || is(p, "key"));
-                        if locking {
-                            f.locking_clause = true;
-                        } else {
-                            f.data_modifying = true;
+                    kw = keyword(w);
+                    // `FOR UPDATE` / `FOR NO KEY UPDATE` / `FOR [KEY] SHARE` are locking
+                    // clauses, not DML.
+                    let locking = matches!(prev_kw, Some(Keyword::For | Keyword::Key));
+                    match kw {
+                        Some(
+                            Keyword::Insert | Keyword::Update | Keyword::Delete | Keyword::Merge,
+                        ) => {
+                            if locking {
+                                f.locking_clause = true;
+                            } else {
+                                f.data_modifying = true;
+                            }
                         }
-                    }
-                    if is(w, "share")
-                        && matches!(prev, Some(Token::Word(p)) if is(p, "for") || is(p, "key"))
-                    {
-                        f.locking_clause = true;
-                    }
-                    if is(w, "only") && matches!(prev, Some(Token::Word(p)) if is(p, "read")) {
-                        f.read_only = true;
-                    }
-                    if is(w, "analyze") || is(w, "analyse") {
-                        f.analyze = true;
-                    }
-                    if depth == 0 && is(w, "into") {
-                        f.top_level_into = true;
-                    }
-                    if depth == 0 && is(w, "from") {
-                        f.top_level_from = true;
+                        Some(Keyword::Share) if locking => f.locking_clause = true,
+                        Some(Keyword::Only) if prev_kw == Some(Keyword::Read) => f.read_only = true,
+                        Some(Keyword::Analyze) => f.analyze = true,
+                        Some(Keyword::Into) if depth == 0 => f.top_level_into = true,
+                        Some(Keyword::From) if depth == 0 => f.top_level_from = true,
+                        _ => {}
                     }
                 }
                 _ => {}
             }
             prev = Some(token);
+            prev_kw = kw;
         }
         (f, false)
     }
@@ -498,6 +570,9 @@ mod tests {
             "SELECT * FROM t FOR NO KEY UPDATE",
             "SELECT * FROM t FOR SHARE",
             "SELECT * FROM t FOR KEY SHARE SKIP LOCKED",
+            "select * from t for no key update nowait",
+            "Select * From t For Share",
+            "explain analyse delete from t",
             "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
             "WITH u AS (UPDATE t SET x = 1 RETURNING x) SELECT 1",
             "WITH i AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM i",

@@ -59,6 +59,13 @@ pub trait Router: Send + Sync + 'static {
         false
     }
 
+    /// Whether `route` reads the request's SQL text and session details. A router that decides
+    /// without them (like [`PrimaryOnly`]) returns false, and the proxy then skips finding and
+    /// validating the text for every query: `sql` is `None` and `application_name` empty.
+    fn reads_requests(&self) -> bool {
+        true
+    }
+
     /// A session ended (called on the thread that ran its routes).
     fn session_closed(&self, _session_id: i32) {}
 }

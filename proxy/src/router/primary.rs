@@ -10,4 +10,8 @@ impl Router for PrimaryOnly {
     fn route(&self, _request: &RouteRequest<'_>) -> Route {
         Route::Primary
     }
+
+    fn reads_requests(&self) -> bool {
+        false
+    }
 }

@@ -20,7 +20,7 @@ use super::engine::{deadline_ticks, LoadedPlugin};
 use super::instance::{new_slot, with_live, InstanceError, Live};
 use crate::config::{FallbackReads, Role};
 use crate::pool::ServerPool;
-use crate::router::classify::{Classifier, StatementKind};
+use crate::router::classify::{Classification, Classifier, StatementKind};
 use crate::router::{Route, RouteRequest, Router};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -187,7 +187,14 @@ fn wit_kind(k: StatementKind) -> WitKind {
 impl Router for PolicyChain {
     fn route(&self, request: &RouteRequest<'_>) -> Route {
         let sql = request.sql.unwrap_or("");
-        let class = self.classifier.classify(sql);
+        let class = match request.sql {
+            Some(sql) => self.classifier.classify(sql),
+            // No text (not UTF-8, or a statement the proxy does not know): not surely a read.
+            None => Classification {
+                kind: StatementKind::Other,
+                read_only_begin: false,
+            },
+        };
         let mut flags = QueryFlags::empty();
         if request.in_transaction {
             flags |= QueryFlags::IN_TRANSACTION;
