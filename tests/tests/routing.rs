@@ -443,3 +443,35 @@ async fn a_replica_that_refuses_connections_is_left_out() {
         "{log}"
     );
 }
+
+/// SQL the proxy cannot read as UTF-8 (a LATIN1 client's literal) is not surely a read: it goes
+/// to the primary, never to a replica on a guess.
+#[test]
+fn sql_in_another_encoding_stays_on_the_primary() {
+    use std::os::unix::ffi::OsStrExt;
+    let (db, proxy) = setup(&[("read-write-split", "\"\"")], "");
+    let (primary, replicas) = ports();
+    let cluster = shared_cluster();
+    let run = |sql: &[u8]| {
+        let out = std::process::Command::new(cluster.bindir.join("psql"))
+            .env("PGCLIENTENCODING", "LATIN1")
+            .args(["-X", "-At", "-h", "127.0.0.1", "-U", roles::TRUST])
+            .args(["-p", &proxy.port.to_string(), "-d", &db, "-c"])
+            .arg(std::ffi::OsStr::from_bytes(sql))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            proxy.log()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The same read in plain ASCII goes to a replica: the policy is on.
+    let ascii: u16 = run(b"SELECT inet_server_port()").parse().unwrap();
+    assert!(replicas.contains(&ascii), "ASCII read ran on {ascii}");
+    // 'caf\xe9' is "café" in LATIN1 and not valid UTF-8.
+    let out = run(b"SELECT inet_server_port(), 'caf\xe9' = 'caf' || chr(233)");
+    assert_eq!(out, format!("{primary}|t"));
+}
