@@ -33,6 +33,9 @@ struct Sample {
     tps: f64,
     latency_ms: f64,
     cpu_us_per_tx: Option<f64>,
+    /// The user-space part of it: the kernel's TCP work is most of the rest, and the same for
+    /// every proxy.
+    user_us_per_tx: Option<f64>,
 }
 
 fn os_uid_gid(user: &str) -> Result<(u32, u32), String> {
@@ -49,15 +52,16 @@ fn os_uid_gid(user: &str) -> Result<(u32, u32), String> {
     Ok((id("-u")?, id("-g")?))
 }
 
-/// utime + stime of a process, in microseconds.
-fn cpu_us(pid: u32) -> Option<f64> {
+/// utime and stime of a process, in microseconds.
+fn cpu_us(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks * 1e6 / hz)
+    Some((utime * 1e6 / hz, stime * 1e6 / hz))
 }
 
 /// Resident memory of a process, in KiB.
@@ -124,7 +128,10 @@ fn pgbench(
     Ok(Sample {
         tps: find("tps = ").ok_or("no tps")?,
         latency_ms: find("latency average = ").ok_or("no latency")?,
-        cpu_us_per_tx: cpu0.zip(cpu1).map(|(a, b)| (b - a) / tx),
+        cpu_us_per_tx: cpu0
+            .zip(cpu1)
+            .map(|((u0, s0), (u1, s1))| (u1 + s1 - u0 - s0) / tx),
+        user_us_per_tx: cpu0.zip(cpu1).map(|((u0, _), (u1, _))| (u1 - u0) / tx),
     })
 }
 
@@ -407,7 +414,9 @@ pub fn bench() -> Result<(), String> {
                     let s = pgbench(&cluster.bindir, t, mode, c, seconds)?;
                     eprintln!("bench: run {r}/{runs} {mode:8} c={c:<3} {:19} tps {:>9.0}  lat {:.3} ms  cpu/tx {}",
                         t.name, s.tps, s.latency_ms,
-                        s.cpu_us_per_tx.map(|v| format!("{v:.1} µs")).unwrap_or_else(|| "-".into()));
+                        s.cpu_us_per_tx.zip(s.user_us_per_tx)
+                            .map(|(v, u)| format!("{v:.1} µs (user {u:.1})"))
+                            .unwrap_or_else(|| "-".into()));
                     samples
                         .entry((mode.clone(), c, t.name))
                         .or_default()
@@ -418,8 +427,8 @@ pub fn bench() -> Result<(), String> {
     }
 
     println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections.\n");
-    println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | tps vs direct | tps vs PgBouncer |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | of which user | tps vs direct | tps vs PgBouncer |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for mode in &modes {
         for &c in &clients {
             let med = |name: &str, f: fn(&Sample) -> Option<f64>| {
@@ -434,16 +443,19 @@ pub fn bench() -> Result<(), String> {
             let pgb = med("pgbouncer", |s| Some(s.tps));
             for t in &targets {
                 let tps = med(t.name, |s| Some(s.tps));
-                let cpu = med(t.name, |s| s.cpu_us_per_tx);
+                let us = |v: f64| {
+                    if v.is_nan() {
+                        "-".to_string()
+                    } else {
+                        format!("{v:.1}")
+                    }
+                };
                 println!(
-                    "| {mode} | {c} | {} | {tps:.0} | {:.3} | {} | {:.2} | {:.2} |",
+                    "| {mode} | {c} | {} | {tps:.0} | {:.3} | {} | {} | {:.2} | {:.2} |",
                     t.name,
                     med(t.name, |s| Some(s.latency_ms)),
-                    if cpu.is_nan() {
-                        "-".into()
-                    } else {
-                        format!("{cpu:.1}")
-                    },
+                    us(med(t.name, |s| s.cpu_us_per_tx)),
+                    us(med(t.name, |s| s.user_us_per_tx)),
                     tps / direct,
                     tps / pgb
                 );
