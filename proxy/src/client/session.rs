@@ -10,7 +10,7 @@
 use super::handshake::Login;
 use super::responses::{Owed, Responses, Verdict};
 use super::statements::{self, Statements};
-use super::transaction_block::{deferrable_begin, lone_end};
+use super::transaction_block::{deferrable_begin, lone_end, may_begin};
 use super::ClientParams;
 use crate::cancel::{CancelSlot, Registration};
 use crate::config::PoolMode;
@@ -985,20 +985,6 @@ fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str, String) {
     }
 }
 
-/// Whether a `Query` message may start with `BEGIN` or `START`: its text past white space
-/// starts with one of them, or with a comment.
-fn may_begin(msg: &[u8]) -> bool {
-    let body = msg.get(5..).unwrap_or_default();
-    let text = match body.iter().position(|b| !b.is_ascii_whitespace()) {
-        Some(i) => &body[i..],
-        None => return false,
-    };
-    let head = &text[..text.len().min(5)];
-    matches!(text[0], b'/' | b'-')
-        || head.eq_ignore_ascii_case(b"begin")
-        || head.eq_ignore_ascii_case(b"start")
-}
-
 /// The name in a `Close` of a named statement, if that is what `msg` is.
 fn named_statement(msg: &[u8]) -> Option<&[u8]> {
     let body = msg.get(5..)?;
@@ -1036,33 +1022,4 @@ fn error_message(msg: &[u8]) -> String {
     error_field(msg.get(5..).unwrap_or_default(), b'M')
         .map(|m| String::from_utf8_lossy(m).into_owned())
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::may_begin;
-
-    fn query(sql: &str) -> Vec<u8> {
-        let mut m = vec![b'Q'];
-        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-        m.extend_from_slice(sql.as_bytes());
-        m.push(0);
-        m
-    }
-
-    #[test]
-    fn begin_precheck_rules_out_only_what_cannot_begin() {
-        for sql in [
-            "BEGIN",
-            "  begin;",
-            "\nStart transaction read only",
-            "/* hint */ BEGIN",
-            "-- x\nBEGIN",
-        ] {
-            assert!(may_begin(&query(sql)), "{sql:?}");
-        }
-        for sql in ["SELECT 1", "set x = 1", "  ", "", "BEGI", "COMMIT", "stat"] {
-            assert!(!may_begin(&query(sql)), "{sql:?}");
-        }
-    }
 }

@@ -61,6 +61,20 @@ fn words(sql: &str, max: usize) -> Option<([&str; 12], usize)> {
     (!lexer.broken && n > 0).then_some((out, n))
 }
 
+/// Whether a `Query` message may start with `BEGIN` or `START`: its text past white space
+/// starts with one of them, or with a comment.
+pub(crate) fn may_begin(msg: &[u8]) -> bool {
+    let body = msg.get(5..).unwrap_or_default();
+    let text = match body.iter().position(|b| !b.is_ascii_whitespace()) {
+        Some(i) => &body[i..],
+        None => return false,
+    };
+    let head = &text[..text.len().min(5)];
+    matches!(text[0], b'/' | b'-')
+        || head.eq_ignore_ascii_case(b"begin")
+        || head.eq_ignore_ascii_case(b"start")
+}
+
 /// A lone `BEGIN`/`START TRANSACTION` with modes that any server accepts.
 pub(crate) fn deferrable_begin(sql: &str) -> Option<DeferrableBegin> {
     // Called for every Query that needs a server: decide on the first word alone when it can.
@@ -176,5 +190,29 @@ mod tests {
         assert_eq!(lone_end("COMMIT PREPARED 'x'"), None);
         assert_eq!(lone_end("COMMIT; SELECT 1"), None);
         assert_eq!(lone_end("SELECT 1"), None);
+    }
+
+    fn query(sql: &str) -> Vec<u8> {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m
+    }
+
+    #[test]
+    fn begin_precheck_rules_out_only_what_cannot_begin() {
+        for sql in [
+            "BEGIN",
+            "  begin;",
+            "\nStart transaction read only",
+            "/* hint */ BEGIN",
+            "-- x\nBEGIN",
+        ] {
+            assert!(may_begin(&query(sql)), "{sql:?}");
+        }
+        for sql in ["SELECT 1", "set x = 1", "  ", "", "BEGI", "COMMIT", "stat"] {
+            assert!(!may_begin(&query(sql)), "{sql:?}");
+        }
     }
 }

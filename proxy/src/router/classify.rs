@@ -166,7 +166,6 @@ const SPACE: u8 = 1;
 const WORD_START: u8 = 2;
 /// What continues a word: also digits and `$`.
 const WORD: u8 = 4;
-const DIGIT: u8 = 8;
 
 const CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
@@ -177,9 +176,7 @@ const CLASS: [u8; 256] = {
             SPACE
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             WORD_START | WORD
-        } else if c.is_ascii_digit() {
-            DIGIT | WORD
-        } else if c == b'$' {
+        } else if c.is_ascii_digit() || c == b'$' {
             WORD
         } else {
             0
