@@ -38,6 +38,8 @@ fn servers() -> Arc<Vec<ServerPool>> {
         login_retry: Duration::from_secs(5),
     };
     let target = |port: u16| ServerTarget {
+        host: "127.0.0.1".into(),
+        port,
         addr: format!("127.0.0.1:{port}"),
         user: "u".into(),
         database: "d".into(),

@@ -6,6 +6,7 @@
 //! (see [`ServerKey::cancel_pending`]).
 
 use crate::server::ServerKey;
+use crate::socket::Stream;
 use atomic_waker::AtomicWaker;
 use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
@@ -13,7 +14,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A connected client as the rest of the proxy reaches it: which server connection it is using
 /// right now (for cancels), and how to wake its session (for shutdown).
@@ -132,7 +132,7 @@ pub async fn send_cancel(key: &ServerKey) {
     msg.put_i32(80877102);
     msg.put_i32(key.pid);
     msg.put_i32(key.secret);
-    match TcpStream::connect(key.addr).await {
+    match Stream::connect_endpoint(&key.addr).await {
         Ok(mut s) => {
             if s.write_all(&msg).await.is_ok() {
                 let mut sink = [0u8; 64];

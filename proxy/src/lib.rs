@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod shutdown;
+pub mod socket;
 pub mod workers;
 
 use cancel::CancelRegistry;
@@ -26,7 +27,6 @@ use shutdown::{ClientCounter, Phase, Shutdown, ShutdownController};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// What every client session shares.
 #[derive(Debug)]
@@ -45,12 +45,12 @@ pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
-/// Serves clients from `listener` until `stop` resolves, then shuts down gracefully.
+/// Serves clients from `listeners` until `stop` resolves, then shuts down gracefully.
 ///
 /// Runs on the main thread's runtime; client sessions run on [`workers`] threads.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: listener::Listeners,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let n = config
@@ -67,7 +67,12 @@ pub async fn run(
         clients: Arc::new(ClientCounter::default()),
         shutdown: shutdown.clone(),
     });
-    tracing::info!(addr = %proxy.config.general.listen_addr, workers = n, "switchyard listening");
+    tracing::info!(
+        addr = %proxy.config.general.listen_addr,
+        unix_socket = ?listeners.unix_path(),
+        workers = n,
+        "switchyard listening"
+    );
     clock::spawn_ticker(shutdown.clone());
     // On a worker, so that min_pool_size connections live on a worker's reactor.
     workers.get(0).spawn(pool::reaper(
@@ -76,7 +81,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let accept = tokio::spawn(listener::accept_loop(
-        listener,
+        listeners,
         proxy.clone(),
         workers.clone(),
     ));

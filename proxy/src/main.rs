@@ -63,17 +63,14 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&config.general.listen_addr).await {
+        let listeners = match switchyard::listener::Listeners::bind(&config.general).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!(
-                    "switchyard: cannot listen on {}: {e}",
-                    config.general.listen_addr
-                );
+                eprintln!("switchyard: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        match switchyard::run(config, listener, stop_signal()).await {
+        match switchyard::run(config, listeners, stop_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: cannot start: {e}");

@@ -3,7 +3,8 @@
 //! transaction (utime+stime from /proc) and their RSS per idle client.
 //!
 //! Environment: BENCH_SECONDS (15), BENCH_RUNS (3), BENCH_CLIENTS ("10,100"),
-//! BENCH_MODES ("simple,extended"), BENCH_IDLE_CLIENTS (1000).
+//! BENCH_MODES ("simple,extended"), BENCH_IDLE_CLIENTS (1000), BENCH_SERVER_SOCKET ("tcp", or
+//! "unix": both proxies reach PostgreSQL by its Unix socket; pgbench always uses TCP).
 
 use crate::{cargo, install, run};
 use std::collections::BTreeMap;
@@ -226,6 +227,10 @@ pub fn bench() -> Result<(), String> {
         .split(',')
         .map(|c| c.trim().parse().map_err(|_| "BENCH_CLIENTS"))
         .collect::<Result<_, _>>()?;
+    let server_socket = env_or("BENCH_SERVER_SOCKET", "tcp");
+    if server_socket != "tcp" && server_socket != "unix" {
+        return Err("BENCH_SERVER_SOCKET must be tcp or unix".into());
+    }
     let modes: Vec<String> = env_or("BENCH_MODES", "simple,extended")
         .split(',')
         .map(str::to_owned)
@@ -254,6 +259,12 @@ pub fn bench() -> Result<(), String> {
         ])
         .args(["-U", roles::TRUST, "bench"]))?;
 
+    // How the proxies reach PostgreSQL: loopback TCP, or the socket directory.
+    let server_host = if server_socket == "unix" {
+        cluster.dir.join("sock").display().to_string()
+    } else {
+        "127.0.0.1".to_string()
+    };
     // Switchyard: transaction mode, pool of 20.
     let sy_port = free_port();
     let sy_conf = cluster.dir.join("bench-switchyard.toml");
@@ -262,7 +273,7 @@ pub fn bench() -> Result<(), String> {
         format!(
             "[general]\nlisten_addr = \"127.0.0.1:{sy_port}\"\nmax_client_conn = {}\n\
              [pools.bench]\npool_mode = \"transaction\"\npool_size = 20\n\
-             servers = [{{ host = \"127.0.0.1\", port = {}, role = \"primary\" }}]\n\
+             servers = [{{ host = \"{server_host}\", port = {}, role = \"primary\" }}]\n\
              [pools.bench.users.{}]\n",
             idle + 200,
             cluster.primary.port,
@@ -326,7 +337,7 @@ pub fn bench() -> Result<(), String> {
     std::fs::write(
         pgb_dir.join("pgbouncer.ini"),
         format!(
-            "[databases]\nbench = host=127.0.0.1 port={} dbname=bench\n[pgbouncer]\n\
+            "[databases]\nbench = host={server_host} port={} dbname=bench\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {pgb_port}\nunix_socket_dir =\nauth_type = trust\n\
              auth_file = {}\npool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = {}\n\
              logfile = {}\n",
@@ -426,7 +437,7 @@ pub fn bench() -> Result<(), String> {
         }
     }
 
-    println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections.\n");
+    println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections; proxies reach PostgreSQL by {server_socket}.\n");
     println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | of which user | tps vs direct | tps vs PgBouncer |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for mode in &modes {

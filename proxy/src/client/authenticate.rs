@@ -8,9 +8,9 @@ use crate::auth::scram::{ScramError, ScramExchange};
 use crate::auth::{AuthMethod, ClientSecret};
 use crate::pool::UserPool;
 use crate::protocol::{backend, frame, sqlstate};
+use crate::socket::Stream;
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 fn failed(user: &str) -> Refusal {
     Refusal::fatal(
@@ -21,7 +21,7 @@ fn failed(user: &str) -> Refusal {
 
 /// Reads the client's next password-type (`p`) message body.
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Vec<u8>, Refusal> {
@@ -48,7 +48,7 @@ async fn read_password_message(
     }
 }
 
-async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> Result<(), Refusal> {
+async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), Refusal> {
     let r = stream.write_all(out).await.map_err(|_| Refusal::Gone);
     out.clear();
     r
@@ -56,7 +56,7 @@ async fn send(stream: &mut TcpStream, out: &mut BytesMut) -> Result<(), Refusal>
 
 /// Runs the configured exchange for the pool's user.
 pub(crate) async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     pool: &UserPool,
     max: usize,

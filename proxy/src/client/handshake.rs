@@ -8,11 +8,11 @@ use crate::cancel::Registration;
 use crate::pool::UserPool;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{backend, sqlstate};
+use crate::socket::Stream;
 use crate::Proxy;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// What the first packets asked for.
 pub(crate) enum Hello {
@@ -27,11 +27,7 @@ pub(crate) struct Login {
 }
 
 /// Reads bytes until `buf` holds at least `n`.
-pub(crate) async fn fill(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    n: usize,
-) -> Result<(), Refusal> {
+pub(crate) async fn fill(stream: &mut Stream, buf: &mut BytesMut, n: usize) -> Result<(), Refusal> {
     while buf.len() < n {
         buf.reserve(n - buf.len());
         match stream.read_buf(buf).await {
@@ -42,13 +38,13 @@ pub(crate) async fn fill(
     Ok(())
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), Refusal> {
+async fn write(stream: &mut Stream, bytes: &[u8]) -> Result<(), Refusal> {
     stream.write_all(bytes).await.map_err(|_| Refusal::Gone)
 }
 
 /// Runs the handshake; on success the client is authenticated and greeted.
 pub(crate) async fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     proxy: &Proxy,
     buf: &mut BytesMut,
     registration: &Registration<'_>,

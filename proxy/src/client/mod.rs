@@ -12,12 +12,12 @@ mod transaction_block;
 pub use params::ClientParams;
 
 use crate::protocol::backend::{self, Severity};
+use crate::socket::Stream;
 use crate::Proxy;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// How long a client may take from connecting to being logged in (PostgreSQL: 60 s).
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,8 +41,11 @@ impl Refusal {
 }
 
 /// Serves one client connection until it ends.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) {
-    let _ = stream.set_nodelay(true);
+/// `peer` is `None` for a client on the Unix socket.
+pub async fn serve(mut stream: Stream, peer: Option<SocketAddr>, proxy: &Proxy) {
+    if let Stream::Tcp(s) = &stream {
+        let _ = s.set_nodelay(true);
+    }
     let registration = proxy.cancels.register();
     let mut buf = BytesMut::new();
     // Boxed: the handshake's state is large and needed once; the session's future stays small.
@@ -68,21 +71,21 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, proxy: &Proxy) {
             Box::pin(proxy.cancels.cancel(pid, secret, timeout)).await;
         }
         Ok(handshake::Hello::Login(login)) => {
-            tracing::debug!(%peer, user = %login.pool.user, database = %login.pool.database, "client logged in");
-            session::Session::new(proxy, stream, buf, login, &registration)
+            tracing::debug!(peer = ?peer, user = %login.pool.user, database = %login.pool.database, "client logged in");
+            session::Session::new(proxy, stream, peer, buf, login, &registration)
                 .run()
                 .await;
         }
         Err(Refusal::Gone) => {}
         Err(Refusal::Fatal { code, message }) => {
-            tracing::info!(%peer, %code, %message, "client refused");
+            tracing::info!(peer = ?peer, %code, %message, "client refused");
             Box::pin(send_fatal(&mut stream, &code, &message)).await;
         }
     }
 }
 
 /// Writes a FATAL ErrorResponse and closes the connection so that the client reads it.
-pub(crate) async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str) {
+pub(crate) async fn send_fatal(stream: &mut Stream, code: &str, message: &str) {
     let mut buf = BytesMut::new();
     backend::error(&mut buf, Severity::Fatal, code, message);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&buf)).await;
@@ -92,7 +95,7 @@ pub(crate) async fn send_fatal(stream: &mut TcpStream, code: &str, message: &str
 /// Closes our side, then reads and drops what the client still sends for a moment. Closing a
 /// socket with unread input makes the kernel send RST, which can destroy the error message the
 /// client has not read yet.
-pub(crate) async fn linger_close(stream: &mut TcpStream) {
+pub(crate) async fn linger_close(stream: &mut Stream) {
     use tokio::io::AsyncReadExt;
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];

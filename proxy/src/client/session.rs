@@ -22,12 +22,12 @@ use crate::server::maintenance;
 use crate::server::params::parse_parameter_status;
 use crate::server::{ParamList, ServerConn};
 use crate::shutdown::{Phase, Shutdown};
+use crate::socket::Stream;
 use crate::Proxy;
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Why forwarding stopped.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ struct Attached {
 pub(crate) struct Session<'p> {
     proxy: &'p Proxy,
     pool: Arc<UserPool>,
-    client: TcpStream,
+    client: Stream,
     /// Client bytes not yet handled.
     cbuf: BytesMut,
     /// Messages the proxy writes to the client itself (errors, synthetic answers), and server
@@ -106,13 +106,13 @@ enum Event {
 impl<'p> Session<'p> {
     pub(crate) fn new(
         proxy: &'p Proxy,
-        client: TcpStream,
+        client: Stream,
+        peer: Option<std::net::SocketAddr>,
         leftover: BytesMut,
         login: Login,
         registration: &Registration<'_>,
     ) -> Self {
         let shutdown = proxy.shutdown.clone();
-        let peer = client.peer_addr().ok();
         let per_transaction = login.pool.mode == PoolMode::Transaction
             || login.pool.router.per_statement_in_session();
         Session {
@@ -933,7 +933,7 @@ fn release_if_large(buf: &mut BytesMut) {
 /// Writes all of `buf`. The socket almost always takes it at once: one `try_write` on tokio's
 /// cached readiness, without the future and budget machinery of `write_all`, which only runs
 /// when the socket is full.
-async fn write_all(stream: &mut TcpStream, buf: &[u8]) -> std::io::Result<()> {
+async fn write_all(stream: &mut Stream, buf: &[u8]) -> std::io::Result<()> {
     match stream.try_write(buf) {
         Ok(n) if n == buf.len() => Ok(()),
         Ok(n) => stream.write_all(&buf[n..]).await,

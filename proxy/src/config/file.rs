@@ -24,6 +24,9 @@ pub struct Config {
 pub struct General {
     /// Where clients connect, `host:port`.
     pub listen_addr: String,
+    /// A directory where clients may also connect by Unix socket, `.s.PGSQL.<port>` like
+    /// PostgreSQL's (`psql -h <dir> -p <port>`); unset: TCP only.
+    pub unix_socket_dir: Option<String>,
     /// Worker threads (each a single-threaded event loop); default: half the CPUs, at least 1.
     pub worker_threads: Option<usize>,
     /// Most client connections open at once; more get `53300` at login.
@@ -59,6 +62,7 @@ impl Default for General {
     fn default() -> Self {
         General {
             listen_addr: "127.0.0.1:6432".into(),
+            unix_socket_dir: None,
             worker_threads: None,
             max_client_conn: 1000,
             max_message_size: 64 << 20,

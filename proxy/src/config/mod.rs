@@ -161,6 +161,18 @@ mod tests {
     }
 
     #[test]
+    fn unix_socket_directories_must_be_absolute_and_short_enough() {
+        let c = parse_str(&MINIMAL.replace("host = \"127.0.0.1\"", "host = \"/run/pg\"")).unwrap();
+        assert_eq!(c.pools["app"].servers[0].host, "/run/pg");
+        let e = parse_str(&format!("[general]\nunix_socket_dir = \"tmp\"\n{MINIMAL}")).unwrap_err();
+        assert!(e.contains("general.unix_socket_dir"), "{e}");
+        let long = format!("/{}", "d".repeat(120));
+        let e = parse_str(&MINIMAL.replace("127.0.0.1", &long)).unwrap_err();
+        assert!(e.contains("pools.app.servers[0].host"), "{e}");
+        assert!(e.contains("107 bytes"), "{e}");
+    }
+
+    #[test]
     fn syntax_errors_are_reported() {
         let e = parse_str("[general\n").unwrap_err();
         assert!(e.contains("test.toml"), "{e}");

@@ -17,6 +17,9 @@ pub fn check(config: &Config) -> Result<(), Failure> {
             ),
         ));
     }
+    if let Some(dir) = &g.unix_socket_dir {
+        socket_dir("general.unix_socket_dir".into(), dir, 65535)?;
+    }
     if g.worker_threads == Some(0) {
         return Err(("general.worker_threads".into(), "must be at least 1".into()));
     }
@@ -51,6 +54,11 @@ pub fn check(config: &Config) -> Result<(), Failure> {
                 format!("needs exactly one server with role = \"primary\", found {primaries}"),
             ));
         }
+        for (i, s) in pool.servers.iter().enumerate() {
+            if s.host.starts_with('/') {
+                socket_dir(key(&format!("servers[{i}].host")), &s.host, s.port)?;
+            }
+        }
         if pool.servers.len() > 64 {
             return Err((key("servers"), "at most 64 servers per pool".into()));
         }
@@ -77,6 +85,25 @@ pub fn check(config: &Config) -> Result<(), Failure> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A Unix socket directory must be absolute, and its socket file's path must fit the 107
+/// bytes the kernel allows (`sun_path`).
+fn socket_dir(key: String, dir: &str, port: u16) -> Result<(), Failure> {
+    if !dir.starts_with('/') {
+        return Err((key, format!("\"{dir}\" is not an absolute directory path")));
+    }
+    let path = crate::socket::socket_path(dir, port);
+    if path.as_os_str().len() > 107 {
+        return Err((
+            key,
+            format!(
+                "the socket path {} is longer than the 107 bytes a Unix socket path may have",
+                path.display()
+            ),
+        ));
     }
     Ok(())
 }

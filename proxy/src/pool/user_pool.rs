@@ -55,8 +55,16 @@ impl UserPool {
             .servers
             .iter()
             .map(|s| {
-                let addr = format!("{}:{}", s.host, s.port);
+                let addr = if s.host.starts_with('/') {
+                    crate::socket::socket_path(&s.host, s.port)
+                        .display()
+                        .to_string()
+                } else {
+                    format!("{}:{}", s.host, s.port)
+                };
                 let target = ServerTarget {
+                    host: s.host.clone(),
+                    port: s.port,
                     addr: addr.clone(),
                     user: server_user.clone(),
                     database: pool

@@ -2,11 +2,10 @@
 
 use crate::server::params::{ParamList, TrackedParams};
 use crate::server::prepared::PreparedSet;
+use crate::socket::{Endpoint, Stream};
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// The key PostgreSQL gave this connection, to cancel what it runs.
 ///
@@ -14,7 +13,7 @@ use tokio::net::TcpStream;
 /// cancel aimed at the previous client's query may still arrive.
 #[derive(Debug)]
 pub struct ServerKey {
-    pub addr: SocketAddr,
+    pub addr: Endpoint,
     pub pid: i32,
     pub secret: i32,
     pub cancels_in_flight: AtomicU32,
@@ -30,7 +29,7 @@ impl ServerKey {
 /// A server connection past login, ready for queries.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read from the server and not yet forwarded.
     pub rbuf: BytesMut,
     pub key: Arc<ServerKey>,

@@ -1,9 +1,10 @@
-//! Opening a server connection: TCP connect, StartupMessage, authentication (trust, cleartext,
+//! Opening a server connection: connect (TCP or Unix socket), StartupMessage, authentication (trust, cleartext,
 //! md5, SCRAM-SHA-256) and the `ParameterStatus`/`BackendKeyData` that follow, up to the first
 //! `ReadyForQuery`.
 
 use crate::server::params::TrackedParams;
 use crate::server::{ParamList, ServerConn, ServerKey};
+use crate::socket::Stream;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -14,12 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Where and as whom to log in.
 #[derive(Debug, Clone)]
 pub struct ServerTarget {
-    /// `host:port`.
+    /// A host name or address, or a directory holding the server's Unix socket.
+    pub host: String,
+    pub port: u16,
+    /// `host:port`, or the socket file: for messages.
     pub addr: String,
     pub user: String,
     pub database: String,
@@ -85,9 +88,9 @@ async fn login(
         addr: addr.clone(),
         detail,
     };
-    let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
-    let peer = stream.peer_addr().map_err(io)?;
+    let (mut stream, peer) = Stream::connect(&target.host, target.port)
+        .await
+        .map_err(io)?;
 
     let mut out = BytesMut::new();
     frontend::startup_message(
