@@ -241,7 +241,7 @@ pub fn bench() -> Result<(), String> {
     crate::build_plugins()?;
     run(cargo().args(["build", "--release", "-p", "switchyard"]))?;
     raise_fd_limit();
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard");
+    let bin = crate::target_dir().join("release/switchyard");
 
     eprintln!("bench: starting PostgreSQL");
     let cluster = Cluster::start(0)?;
@@ -285,7 +285,7 @@ pub fn bench() -> Result<(), String> {
     // every query still ends on the primary: this measures the policy host's cost).
     let syp_port = free_port();
     let syp_conf = cluster.dir.join("bench-switchyard-policies.toml");
-    let plugin_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release");
+    let plugin_dir = crate::target_dir().join("wasm32-wasip2/release");
     std::fs::write(
         &syp_conf,
         std::fs::read_to_string(&sy_conf)

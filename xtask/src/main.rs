@@ -90,10 +90,19 @@ fn test(extra: &[String]) -> Result<(), String> {
     run(cargo().args(["test", "--workspace"]).args(extra))
 }
 
+/// Cargo's target directory: the one this xtask binary was built into (`target/debug/xtask`),
+/// so `CARGO_TARGET_DIR` and a checkout that moved are followed, unlike a compile-time path.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 /// A built policy component.
 fn wasm(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release")
+    target_dir()
+        .join("wasm32-wasip2/release")
         .join(format!("{name}.wasm"))
 }
 
@@ -108,7 +117,7 @@ fn demo() -> Result<(), String> {
     install::postgres()?;
     build_plugins()?;
     run(cargo().args(["build", "--release", "-p", "switchyard"]))?;
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/switchyard");
+    let bin = target_dir().join("release/switchyard");
     if std::net::TcpListener::bind("127.0.0.1:6432").is_err() {
         return Err(
             "127.0.0.1:6432 is in use: stop whatever listens there (an earlier demo?)".into(),
