@@ -1,6 +1,6 @@
 //! A routing policy cannot hurt the proxy: a plugin that loops, panics or runs out of memory
-//! costs the query at most the deadline and sends it to the primary; a plugin with a forbidden
-//! import or a refused config is not loaded, with a message that says why.
+//! costs the query at most about twice the deadline and sends it to the primary; a plugin with
+//! a forbidden import or a refused config is not loaded, with a message that says why.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -56,9 +56,10 @@ async fn looping_panicking_and_hoarding_plugins_fall_back_to_the_primary() {
                 port, cluster.primary.port,
                 "{mode}: the fallback is the primary"
             );
-            // At most the 20 ms deadline, plus one 5 ms epoch tick, plus the query itself.
+            // At most the 20 ms deadline of wall-clock time, 20 ms more of CPU time, two 5 ms
+            // epoch ticks, and the query itself.
             assert!(
-                took < Duration::from_millis(100),
+                took < Duration::from_millis(150),
                 "{mode}: a bad call took {took:?}"
             );
             // Others keep being served.

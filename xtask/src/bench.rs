@@ -4,7 +4,10 @@
 //!
 //! Environment: BENCH_SECONDS (15), BENCH_RUNS (3), BENCH_CLIENTS ("10,100"),
 //! BENCH_MODES ("simple,extended"), BENCH_IDLE_CLIENTS (1000), BENCH_SERVER_SOCKET ("tcp", or
-//! "unix": both proxies reach PostgreSQL by its Unix socket; pgbench always uses TCP).
+//! "unix": both proxies reach PostgreSQL by its Unix socket; pgbench always uses TCP),
+//! BENCH_REPLICAS (2: streaming replicas behind the "+replicas" target, where
+//! `read-write-split` sends the reads to them and `least-outstanding` picks one; 0 leaves that
+//! target out).
 
 use crate::{cargo, install, run};
 use std::collections::BTreeMap;
@@ -228,6 +231,9 @@ pub fn bench() -> Result<(), String> {
         .map(|c| c.trim().parse().map_err(|_| "BENCH_CLIENTS"))
         .collect::<Result<_, _>>()?;
     let server_socket = env_or("BENCH_SERVER_SOCKET", "tcp");
+    let replicas: usize = env_or("BENCH_REPLICAS", "2")
+        .parse()
+        .map_err(|_| "BENCH_REPLICAS")?;
     if server_socket != "tcp" && server_socket != "unix" {
         return Err("BENCH_SERVER_SOCKET must be tcp or unix".into());
     }
@@ -244,7 +250,7 @@ pub fn bench() -> Result<(), String> {
     let bin = crate::target_dir().join("release/switchyard");
 
     eprintln!("bench: starting PostgreSQL");
-    let cluster = Cluster::start(0)?;
+    let cluster = Cluster::start(replicas)?;
     cluster.create_database("bench", roles::TRUST);
     run(Command::new(cluster.bindir.join("pgbench"))
         .args([
@@ -258,6 +264,7 @@ pub fn bench() -> Result<(), String> {
             &cluster.primary.port.to_string(),
         ])
         .args(["-U", roles::TRUST, "bench"]))?;
+    cluster.wait_replicas_caught_up();
 
     // How the proxies reach PostgreSQL: loopback TCP, or the socket directory.
     let server_host = if server_socket == "unix" {
@@ -303,6 +310,42 @@ pub fn bench() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let switchyard_policies = spawn_switchyard(&bin, &syp_conf)?;
+    // The same policies with the replicas as servers too: reads leave the primary, and each
+    // one is a full chain (read-write-split narrows to the replicas, least-outstanding picks).
+    let syr_port = free_port();
+    let syr = if replicas > 0 {
+        let conf = cluster.dir.join("bench-switchyard-replicas.toml");
+        let mut servers = format!(
+            "{{ host = \"{server_host}\", port = {}, role = \"primary\" }}",
+            cluster.primary.port
+        );
+        for r in &cluster.replicas {
+            servers.push_str(&format!(
+                ", {{ host = \"{server_host}\", port = {}, role = \"replica\", name = \"{}\" }}",
+                r.port, r.name
+            ));
+        }
+        std::fs::write(
+            &conf,
+            std::fs::read_to_string(&syp_conf)
+                .map_err(|e| e.to_string())?
+                .replace(
+                    &format!("127.0.0.1:{syp_port}"),
+                    &format!("127.0.0.1:{syr_port}"),
+                )
+                .replace(
+                    &format!(
+                        "servers = [{{ host = \"{server_host}\", port = {}, role = \"primary\" }}]",
+                        cluster.primary.port
+                    ),
+                    &format!("servers = [{servers}]"),
+                ),
+        )
+        .map_err(|e| e.to_string())?;
+        Some(spawn_switchyard(&bin, &conf)?)
+    } else {
+        None
+    };
     let switchyard = spawn_switchyard(&bin, &sy_conf)?;
     // BENCH_BASELINE: another switchyard binary (e.g. built from an earlier commit), run with
     // the plain config, for before/after figures from one run.
@@ -369,6 +412,9 @@ pub fn bench() -> Result<(), String> {
     if baseline.is_some() {
         ports.push(baseline_port);
     }
+    if syr.is_some() {
+        ports.push(syr_port);
+    }
     for port in ports {
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -400,6 +446,16 @@ pub fn bench() -> Result<(), String> {
             pid: Some(pgbouncer.0.id()),
         },
     ];
+    if let Some(r) = &syr {
+        targets.insert(
+            3,
+            Target {
+                name: "switchyard+replicas",
+                port: syr_port,
+                pid: Some(r.0.id()),
+            },
+        );
+    }
     if let Some(b) = &baseline {
         targets.insert(
             2,
@@ -437,7 +493,7 @@ pub fn bench() -> Result<(), String> {
         }
     }
 
-    println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections; proxies reach PostgreSQL by {server_socket}.\n");
+    println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections; proxies reach PostgreSQL by {server_socket}. switchyard+policies: read-write-split + least-outstanding on a pool with only the primary; switchyard+replicas: the same with {replicas} streaming replicas, which get the reads.\n");
     println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | of which user | tps vs direct | tps vs PgBouncer |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for mode in &modes {
@@ -493,6 +549,7 @@ pub fn bench() -> Result<(), String> {
     }
     drop(switchyard);
     drop(switchyard_policies);
+    drop(syr);
     drop(pgbouncer);
     cluster.stop();
     Ok(())

@@ -15,7 +15,8 @@ use wasmtime::{Config, Engine};
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Epochs to allow a call of `deadline`: rounded up, plus one because the next tick may come at
-/// any moment after the call starts. A call is stopped between `deadline` and `deadline + tick`.
+/// any moment after the call starts. The expiry then starts the CPU-time check of
+/// [`cpu_deadline`](super::cpu_deadline), which stops a call that keeps running.
 pub fn deadline_ticks(deadline: Duration) -> u64 {
     let tick = EPOCH_TICK.as_millis();
     (deadline.as_millis().div_ceil(tick) + 1) as u64

@@ -2,6 +2,7 @@
 
 use super::bindings::switchyard::policy::host::{Host, Level};
 use super::bindings::switchyard::policy::types;
+use super::cpu_deadline::CpuDeadline;
 use crate::pool::ServerPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,8 @@ pub struct HostState {
     /// What `sql()` answers: copied in per call (a memcpy into a kept buffer, cheaper than
     /// passing a string across the boundary that most calls never read).
     sql: String,
+    /// The running call's deadline, counted in CPU time once the wall-clock one has passed.
+    pub deadline: CpuDeadline,
 }
 
 impl HostState {
@@ -30,6 +33,7 @@ impl HostState {
                 .memories(4)
                 .build(),
             sql: String::new(),
+            deadline: CpuDeadline::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use super::bindings::switchyard::policy::types::{
     Decision, Query, Session, SessionRouting, Topology,
 };
 use super::bindings::RoutingPolicy;
+use super::cpu_deadline::thread_cpu_time;
 use super::engine::LoadedPlugin;
 use super::host::HostState;
 use crate::pool::ServerPool;
@@ -16,7 +17,7 @@ use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 
 /// Why an instance could not be made or used.
 #[derive(Debug)]
@@ -73,6 +74,14 @@ impl Live {
             HostState::new(plugin.name.clone(), servers, plugin.memory_bytes),
         );
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut ctx| {
+            Ok(if ctx.data_mut().deadline.on_expiry(thread_cpu_time()) {
+                UpdateDeadline::Continue(1)
+            } else {
+                UpdateDeadline::Interrupt
+            })
+        });
+        store.data_mut().deadline.arm(1000);
         store.set_epoch_deadline(1000);
         let policy = plugin
             .pre
@@ -96,9 +105,17 @@ impl Live {
         Ok(live)
     }
 
+    /// Bounds the next call: `deadline_ticks` epochs of wall-clock time, then as much again
+    /// of CPU time (see `cpu_deadline`).
+    #[inline]
+    fn arm(&mut self, deadline_ticks: u64) {
+        self.store.set_epoch_deadline(deadline_ticks);
+        self.store.data_mut().deadline.arm(deadline_ticks);
+    }
+
     /// Pushes a topology.
     pub fn topology(&mut self, t: &Topology, deadline_ticks: u64) -> Result<(), InstanceError> {
-        self.store.set_epoch_deadline(deadline_ticks);
+        self.arm(deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_topology_changed(&mut self.store, t.clone())
@@ -113,7 +130,7 @@ impl Live {
         s: &Session,
         deadline_ticks: u64,
     ) -> Result<(), InstanceError> {
-        self.store.set_epoch_deadline(deadline_ticks);
+        self.arm(deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_session_opened(&mut self.store, s.clone())
@@ -127,7 +144,7 @@ impl Live {
         if !self.sessions.remove(&id) {
             return Ok(());
         }
-        self.store.set_epoch_deadline(deadline_ticks);
+        self.arm(deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_session_closed(&mut self.store, id)
@@ -143,7 +160,7 @@ impl Live {
         candidates: u64,
         deadline_ticks: u64,
     ) -> Result<Decision, InstanceError> {
-        self.store.set_epoch_deadline(deadline_ticks);
+        self.arm(deadline_ticks);
         self.store.data_mut().set_sql(sql);
         self.policy
             .switchyard_policy_policy()
@@ -153,7 +170,7 @@ impl Live {
 
     /// The message of the rejection `route` just returned.
     pub fn rejection(&mut self, deadline_ticks: u64) -> Result<String, InstanceError> {
-        self.store.set_epoch_deadline(deadline_ticks);
+        self.arm(deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_rejection(&mut self.store)
@@ -195,4 +212,68 @@ pub fn with_live<R>(
         }
         r
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::bindings::switchyard::policy::types::{Protocol, QueryFlags, StatementKind};
+    use super::super::engine::{deadline_ticks, PluginEngine};
+    use super::*;
+    use std::time::Duration;
+
+    /// A test fixture built by `cargo xtask test` (which builds the components first):
+    /// target/<profile>/deps/<this test> -> target/wasm32-wasip2/release/<name>.wasm.
+    fn fixture(name: &str) -> std::path::PathBuf {
+        let exe = std::env::current_exe().expect("current exe");
+        let target = exe.ancestors().nth(3).expect("target dir");
+        let path = target
+            .join("wasm32-wasip2/release")
+            .join(format!("{name}.wasm"));
+        assert!(
+            path.exists(),
+            "{} not found: run `cargo xtask test`, which builds the components first",
+            path.display()
+        );
+        path
+    }
+
+    #[test]
+    fn a_call_whose_thread_was_descheduled_is_not_stopped() {
+        let plugin = LoadedPlugin::load(&fixture("evil_policy"), "slow".into(), 16 << 20)
+            .expect("load the fixture");
+        let mut live = Live::new(&plugin, Arc::new(Vec::new()), None).expect("instantiate");
+        // While the call (~10 ms of work) runs, the epoch jumps 50 ticks, as it does when the
+        // worker thread is descheduled for 250 ms mid-call (a busy machine, a throttled
+        // container). Without the CPU-time check the call would be stopped.
+        let engine = PluginEngine::get().engine.clone();
+        let jumper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            for _ in 0..50 {
+                engine.increment_epoch();
+            }
+        });
+        let query = Query {
+            session_id: 1,
+            kind: StatementKind::Read,
+            flags: QueryFlags::empty(),
+            protocol: Protocol::Simple,
+            sql_length: 0,
+        };
+        let decision = live.route(
+            query,
+            "SELECT 1 /* trouble */",
+            0b11,
+            deadline_ticks(Duration::from_millis(20)),
+        );
+        jumper.join().unwrap();
+        match decision {
+            Ok(Decision::Backend(1)) => {}
+            Ok(other) => panic!("the call returned {other:?}"),
+            Err(e) => panic!("the call was stopped: {e:?}"),
+        }
+        assert!(
+            live.store.data().deadline.overran(),
+            "the epoch jumped after the call ended: the fixture's work is too short"
+        );
+    }
 }
