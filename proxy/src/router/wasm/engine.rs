@@ -11,7 +11,7 @@ use wasmtime::{Config, Engine};
 
 /// How often the epoch advances. Each wake-up of the ticker thread costs CPU (measured: a 1 ms
 /// tick took ~22 ms of CPU per second, ~1 µs per transaction at 20k tps); at 5 ms it is a fifth
-/// of that, and a runaway call is stopped at most one tick after its deadline.
+/// of that; a tick is also the granularity of the deadline checks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Epochs to allow a call of `deadline`: rounded up, plus one because the next tick may come at
