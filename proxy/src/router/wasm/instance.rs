@@ -75,7 +75,8 @@ impl Live {
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_callback(|mut ctx| {
-            Ok(if ctx.data_mut().deadline.on_expiry(thread_cpu_time()) {
+            let go_on = thread_cpu_time().is_some_and(|cpu| ctx.data_mut().deadline.on_expiry(cpu));
+            Ok(if go_on {
                 UpdateDeadline::Continue(1)
             } else {
                 UpdateDeadline::Interrupt
