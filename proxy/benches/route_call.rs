@@ -17,9 +17,15 @@ use switchyard::server::ServerTarget;
 const CALLS: u32 = 200_000;
 const RUNS: usize = 7;
 
+/// A built component: target/<profile>/deps/<this bench> -> target/wasm32-wasip2/release
+/// (so `CARGO_TARGET_DIR` is followed).
 fn plugin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release")
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe
+        .ancestors()
+        .nth(3)
+        .expect("target dir")
+        .join("wasm32-wasip2/release")
         .join(format!("{name}.wasm"));
     assert!(
         path.exists(),

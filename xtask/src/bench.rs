@@ -272,97 +272,67 @@ pub fn bench() -> Result<(), String> {
     } else {
         "127.0.0.1".to_string()
     };
-    // Switchyard: transaction mode, pool of 20.
-    let sy_port = free_port();
-    let sy_conf = cluster.dir.join("bench-switchyard.toml");
-    std::fs::write(
-        &sy_conf,
+    // Switchyard configs: transaction mode, pool of 20, the primary (and the replicas if
+    // asked) as servers, then the policies in order.
+    let plugin_dir = crate::target_dir().join("wasm32-wasip2/release");
+    let policies = ["read_write_split", "least_outstanding"];
+    let server = |port: u16, role: &str, name: &str| {
         format!(
-            "[general]\nlisten_addr = \"127.0.0.1:{sy_port}\"\nmax_client_conn = {}\n\
-             [pools.bench]\npool_mode = \"transaction\"\npool_size = 20\n\
-             servers = [{{ host = \"{server_host}\", port = {}, role = \"primary\" }}]\n\
-             [pools.bench.users.{}]\n",
+            "{{ host = \"{server_host}\", port = {port}, role = \"{role}\", name = \"{name}\" }}"
+        )
+    };
+    let write_config = |name: &str, port: u16, with_replicas: bool, policies: &[&str]| {
+        let mut servers = vec![server(cluster.primary.port, "primary", "primary")];
+        if with_replicas {
+            servers.extend(
+                cluster
+                    .replicas
+                    .iter()
+                    .map(|r| server(r.port, "replica", &r.name)),
+            );
+        }
+        let mut toml = format!(
+            "[general]\nlisten_addr = \"127.0.0.1:{port}\"\nmax_client_conn = {}\n\
+             [pools.bench]\npool_mode = \"transaction\"\npool_size = 20\nservers = [{}]\n",
             idle + 200,
-            cluster.primary.port,
-            roles::TRUST
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+            servers.join(", ")
+        );
+        for p in policies {
+            let path = plugin_dir.join(format!("{p}.wasm"));
+            toml.push_str(&format!(
+                "[[pools.bench.policies]]\nplugin = \"{}\"\n",
+                path.display()
+            ));
+        }
+        toml.push_str(&format!("[pools.bench.users.{}]\n", roles::TRUST));
+        let path = cluster.dir.join(format!("bench-{name}.toml"));
+        std::fs::write(&path, toml).map_err(|e| e.to_string())?;
+        Ok::<_, String>(path)
+    };
+    let sy_port = free_port();
+    let switchyard = spawn_switchyard(&bin, &write_config("switchyard", sy_port, false, &[])?)?;
     // The same with routing policies: read-write-split + least-outstanding (no replica here, so
     // every query still ends on the primary: this measures the policy host's cost).
     let syp_port = free_port();
-    let syp_conf = cluster.dir.join("bench-switchyard-policies.toml");
-    let plugin_dir = crate::target_dir().join("wasm32-wasip2/release");
-    std::fs::write(
-        &syp_conf,
-        std::fs::read_to_string(&sy_conf)
-            .map_err(|e| e.to_string())?
-            .replace(&format!("127.0.0.1:{sy_port}"), &format!("127.0.0.1:{syp_port}"))
-            .replace(
-                &format!("[pools.bench.users.{}]", roles::TRUST),
-                &format!(
-                    "[[pools.bench.policies]]\nplugin = \"{}\"\n[[pools.bench.policies]]\nplugin = \"{}\"\n[pools.bench.users.{}]",
-                    plugin_dir.join("read_write_split.wasm").display(),
-                    plugin_dir.join("least_outstanding.wasm").display(),
-                    roles::TRUST
-                ),
-            ),
-    )
-    .map_err(|e| e.to_string())?;
-    let switchyard_policies = spawn_switchyard(&bin, &syp_conf)?;
+    let switchyard_policies = spawn_switchyard(
+        &bin,
+        &write_config("switchyard-policies", syp_port, false, &policies)?,
+    )?;
     // The same policies with the replicas as servers too: reads leave the primary, and each
     // one is a full chain (read-write-split narrows to the replicas, least-outstanding picks).
     let syr_port = free_port();
     let syr = if replicas > 0 {
-        let conf = cluster.dir.join("bench-switchyard-replicas.toml");
-        let mut servers = format!(
-            "{{ host = \"{server_host}\", port = {}, role = \"primary\" }}",
-            cluster.primary.port
-        );
-        for r in &cluster.replicas {
-            servers.push_str(&format!(
-                ", {{ host = \"{server_host}\", port = {}, role = \"replica\", name = \"{}\" }}",
-                r.port, r.name
-            ));
-        }
-        std::fs::write(
-            &conf,
-            std::fs::read_to_string(&syp_conf)
-                .map_err(|e| e.to_string())?
-                .replace(
-                    &format!("127.0.0.1:{syp_port}"),
-                    &format!("127.0.0.1:{syr_port}"),
-                )
-                .replace(
-                    &format!(
-                        "servers = [{{ host = \"{server_host}\", port = {}, role = \"primary\" }}]",
-                        cluster.primary.port
-                    ),
-                    &format!("servers = [{servers}]"),
-                ),
-        )
-        .map_err(|e| e.to_string())?;
+        let conf = write_config("switchyard-replicas", syr_port, true, &policies)?;
         Some(spawn_switchyard(&bin, &conf)?)
     } else {
         None
     };
-    let switchyard = spawn_switchyard(&bin, &sy_conf)?;
     // BENCH_BASELINE: another switchyard binary (e.g. built from an earlier commit), run with
     // the plain config, for before/after figures from one run.
     let baseline_port = free_port();
     let baseline = match std::env::var("BENCH_BASELINE") {
         Ok(path) => {
-            let conf = cluster.dir.join("bench-switchyard-baseline.toml");
-            std::fs::write(
-                &conf,
-                std::fs::read_to_string(&sy_conf)
-                    .map_err(|e| e.to_string())?
-                    .replace(
-                        &format!("127.0.0.1:{sy_port}"),
-                        &format!("127.0.0.1:{baseline_port}"),
-                    ),
-            )
-            .map_err(|e| e.to_string())?;
+            let conf = write_config("switchyard-baseline", baseline_port, false, &[])?;
             Some(spawn_switchyard(Path::new(&path), &conf)?)
         }
         Err(_) => None,

@@ -76,8 +76,8 @@ mod tests {
     #[test]
     fn a_call_that_waited_for_a_cpu_goes_on() {
         let mut d = CpuDeadline::default();
-        d.arm(2); // a 5 ms deadline
-                  // The wall-clock deadline passes while the thread is descheduled: the check starts.
+        // A 5 ms deadline. It passes while the thread is descheduled: the check starts.
+        d.arm(2);
         assert!(d.on_expiry(100 * MS));
         // Ticks later the thread has hardly run: the call goes on.
         assert!(d.on_expiry(100 * MS + Duration::from_micros(3)));

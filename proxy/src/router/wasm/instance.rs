@@ -82,8 +82,7 @@ impl Live {
                 UpdateDeadline::Interrupt
             })
         });
-        store.data_mut().deadline.arm(1000);
-        store.set_epoch_deadline(1000);
+        arm(&mut store, 1000);
         let policy = plugin
             .pre
             .instantiate(&mut store)
@@ -106,17 +105,9 @@ impl Live {
         Ok(live)
     }
 
-    /// Bounds the next call: `deadline_ticks` epochs of wall-clock time, then as much again
-    /// of CPU time (see `cpu_deadline`).
-    #[inline]
-    fn arm(&mut self, deadline_ticks: u64) {
-        self.store.set_epoch_deadline(deadline_ticks);
-        self.store.data_mut().deadline.arm(deadline_ticks);
-    }
-
     /// Pushes a topology.
     pub fn topology(&mut self, t: &Topology, deadline_ticks: u64) -> Result<(), InstanceError> {
-        self.arm(deadline_ticks);
+        arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_topology_changed(&mut self.store, t.clone())
@@ -131,7 +122,7 @@ impl Live {
         s: &Session,
         deadline_ticks: u64,
     ) -> Result<(), InstanceError> {
-        self.arm(deadline_ticks);
+        arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_session_opened(&mut self.store, s.clone())
@@ -145,7 +136,7 @@ impl Live {
         if !self.sessions.remove(&id) {
             return Ok(());
         }
-        self.arm(deadline_ticks);
+        arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_session_closed(&mut self.store, id)
@@ -161,7 +152,7 @@ impl Live {
         candidates: u64,
         deadline_ticks: u64,
     ) -> Result<Decision, InstanceError> {
-        self.arm(deadline_ticks);
+        arm(&mut self.store, deadline_ticks);
         self.store.data_mut().set_sql(sql);
         self.policy
             .switchyard_policy_policy()
@@ -171,12 +162,20 @@ impl Live {
 
     /// The message of the rejection `route` just returned.
     pub fn rejection(&mut self, deadline_ticks: u64) -> Result<String, InstanceError> {
-        self.arm(deadline_ticks);
+        arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_rejection(&mut self.store)
             .map_err(InstanceError::Trap)
     }
+}
+
+/// Bounds the next call in `store`: `deadline_ticks` epochs of wall-clock time, then as much
+/// again of CPU time (see `cpu_deadline`).
+#[inline]
+fn arm(store: &mut Store<HostState>, deadline_ticks: u64) {
+    store.set_epoch_deadline(deadline_ticks);
+    store.data_mut().deadline.arm(deadline_ticks);
 }
 
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
