@@ -47,7 +47,7 @@ pub fn default_workers() -> usize {
 
 /// Serves clients from `listeners` until `stop` resolves, then shuts down gracefully.
 ///
-/// Runs on the main thread's runtime; client sessions run on [`workers`] threads.
+/// Runs on the main thread's runtime; accepting and client sessions run on [`workers`] threads.
 pub async fn run(
     config: Config,
     listeners: listener::Listeners,
@@ -80,13 +80,26 @@ pub async fn run(
         Duration::from_secs(1),
         shutdown.clone(),
     ));
-    let accept = tokio::spawn(listener::accept_loop(
+    let mut accept = workers.get(0).spawn(listener::accept_loop(
         listeners,
         proxy.clone(),
         workers.clone(),
+        0,
     ));
 
-    stop.await;
+    tokio::pin!(stop);
+    tokio::select! {
+        _ = &mut stop => {}
+        r = &mut accept => {
+            // The loop only ends by itself when it could not start accepting.
+            let e = match r {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => std::io::Error::other("the accept loop stopped"),
+                Err(e) => std::io::Error::other(e),
+            };
+            return Err(std::io::Error::other(format!("cannot accept clients: {e}")));
+        }
+    }
     let grace = Duration::from_millis(proxy.config.general.shutdown_timeout_ms);
     tracing::info!(
         clients = proxy.clients.count(),

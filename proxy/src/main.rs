@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    // The main thread accepts and coordinates shutdown; sessions run on worker threads.
+    // The main thread coordinates shutdown; accepting and sessions run on worker threads.
     let mut runtime = tokio::runtime::Builder::new_current_thread();
     runtime.enable_all();
     let runtime = match runtime.build() {

@@ -4,8 +4,8 @@
 //! opens are registered with that worker's reactor and returned to its own idle list. So the
 //! per-query path has no work stealing and no cross-thread wake-ups (measured: about 10 % less
 //! CPU per transaction than tokio's multi-threaded scheduler on this kind of machine; see the
-//! benchmark in README.md). The accept loop, the shutdown sequence and the clock run on the
-//! main thread's runtime.
+//! benchmark in README.md). The accept loop runs on worker 0 (see [`crate::listener`]); the
+//! shutdown sequence and the clock run on the main thread's runtime.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,10 +72,9 @@ impl Workers {
         self.handles.len()
     }
 
-    /// The next worker in round-robin order.
-    pub fn next(&self) -> &Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        &self.handles[i]
+    /// The index of the next worker in round-robin order.
+    pub fn next_index(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()
     }
 
     /// A worker by index.
