@@ -3,7 +3,9 @@
 //! transaction (utime+stime from /proc) and their RSS per idle client.
 //!
 //! Environment: BENCH_SECONDS (15), BENCH_RUNS (3), BENCH_CLIENTS ("10,100"),
-//! BENCH_MODES ("simple,extended"), BENCH_IDLE_CLIENTS (1000), BENCH_SERVER_SOCKET ("tcp", or
+//! BENCH_MODES ("simple,extended,connect"; `connect` is the simple protocol with a new
+//! connection per transaction, `pgbench -C`, as PHP-style applications do), BENCH_IDLE_CLIENTS
+//! (1000), BENCH_SERVER_SOCKET ("tcp", or
 //! "unix": both proxies reach PostgreSQL by its Unix socket; pgbench always uses TCP),
 //! BENCH_REPLICAS (2: streaming replicas behind the "+replicas" target, where
 //! `read-write-split` sends the reads to them and `least-outstanding` picks one; 0 leaves that
@@ -84,6 +86,11 @@ fn pgbench(
     clients: u32,
     seconds: u32,
 ) -> Result<Sample, String> {
+    // `connect`: the simple protocol, with a new connection (login) per transaction.
+    let (protocol, connect) = match mode {
+        "connect" => ("simple", true),
+        m => (m, false),
+    };
     let cpu0 = target.pid.and_then(cpu_us);
     let out = Command::new(bindir.join("pgbench"))
         .args([
@@ -97,7 +104,7 @@ fn pgbench(
         .args([
             "-S",
             "-M",
-            mode,
+            protocol,
             "-c",
             &clients.to_string(),
             "-j",
@@ -105,6 +112,7 @@ fn pgbench(
             "-T",
             &seconds.to_string(),
         ])
+        .args(connect.then_some("-C"))
         .arg("bench")
         .output()
         .map_err(|e| e.to_string())?;
@@ -237,7 +245,7 @@ pub fn bench() -> Result<(), String> {
     if server_socket != "tcp" && server_socket != "unix" {
         return Err("BENCH_SERVER_SOCKET must be tcp or unix".into());
     }
-    let modes: Vec<String> = env_or("BENCH_MODES", "simple,extended")
+    let modes: Vec<String> = env_or("BENCH_MODES", "simple,extended,connect")
         .split(',')
         .map(str::to_owned)
         .collect();
@@ -436,6 +444,23 @@ pub fn bench() -> Result<(), String> {
             },
         );
     }
+    // RSS first, while every proxy is fresh: after pgbench, memory the allocator keeps from
+    // the runs would absorb the idle clients' and hide their cost.
+    let mut rss_rows = Vec::new();
+    for t in &targets[1..] {
+        let pid = t.pid.expect("proxy pid");
+        let before = rss_kib(pid).ok_or("no RSS")?;
+        let socks = idle_clients(t.port, idle)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let after = rss_kib(pid).ok_or("no RSS")?;
+        drop(socks);
+        rss_rows.push(format!(
+            "| {} | {before} KiB | {after} KiB | {:.2} KiB |",
+            t.name,
+            (after as f64 - before as f64) / idle as f64
+        ));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Warm up every path once.
     for t in &targets {
         pgbench(&cluster.bindir, t, "simple", 10, 2)?;
@@ -500,22 +525,11 @@ pub fn bench() -> Result<(), String> {
         }
     }
 
-    println!("\nRSS per idle client ({idle} clients logged in and idle):\n");
+    println!("\nRSS per idle client ({idle} clients logged in and idle, measured before any pgbench run):\n");
     println!("| proxy | RSS before | RSS with clients | per client |");
     println!("|---|---|---|---|");
-    for t in &targets[1..] {
-        let pid = t.pid.expect("proxy pid");
-        let before = rss_kib(pid).ok_or("no RSS")?;
-        let socks = idle_clients(t.port, idle)?;
-        std::thread::sleep(Duration::from_millis(500));
-        let after = rss_kib(pid).ok_or("no RSS")?;
-        drop(socks);
-        println!(
-            "| {} | {before} KiB | {after} KiB | {:.2} KiB |",
-            t.name,
-            (after as f64 - before as f64) / idle as f64
-        );
-        std::thread::sleep(Duration::from_millis(500));
+    for row in &rss_rows {
+        println!("{row}");
     }
     drop(switchyard);
     drop(switchyard_policies);
