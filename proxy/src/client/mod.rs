@@ -11,6 +11,7 @@ mod transaction_block;
 
 pub use params::ClientParams;
 
+use crate::cancel::Registration;
 use crate::protocol::backend::{self, Severity};
 use crate::socket::Stream;
 use crate::Proxy;
@@ -42,21 +43,32 @@ impl Refusal {
 
 /// Serves one client connection until it ends.
 /// `peer` is `None` for a client on the Unix socket.
-pub async fn serve(mut stream: Stream, peer: Option<SocketAddr>, proxy: &Proxy) {
+///
+/// Every connected client's task holds this future for its whole life, so it keeps only what
+/// the session needs: the login (large, needed once) runs in a boxed future of its own.
+pub async fn serve(stream: Stream, peer: Option<SocketAddr>, proxy: &Proxy) {
+    let registration = proxy.cancels.register();
+    let Some(mut session) = Box::pin(log_in(stream, peer, proxy, &registration)).await else {
+        return;
+    };
+    session.run().await;
+}
+
+/// The handshake, up to a session ready to forward; `None` when the connection ends here
+/// (a cancel request, a refusal, or a client that went away).
+async fn log_in<'p>(
+    mut stream: Stream,
+    peer: Option<SocketAddr>,
+    proxy: &'p Proxy,
+    registration: &Registration<'_>,
+) -> Option<session::Session<'p>> {
     if let Stream::Tcp(s) = &stream {
         let _ = s.set_nodelay(true);
     }
-    let registration = proxy.cancels.register();
     let mut buf = BytesMut::new();
-    // Boxed: the handshake's state is large and needed once; the session's future stays small.
     let login = tokio::time::timeout(
         LOGIN_TIMEOUT,
-        Box::pin(handshake::handshake(
-            &mut stream,
-            proxy,
-            &mut buf,
-            &registration,
-        )),
+        handshake::handshake(&mut stream, proxy, &mut buf, registration),
     )
     .await
     .unwrap_or_else(|_| {
@@ -68,18 +80,26 @@ pub async fn serve(mut stream: Stream, peer: Option<SocketAddr>, proxy: &Proxy) 
     match login {
         Ok(handshake::Hello::Cancel { pid, secret }) => {
             let timeout = Duration::from_millis(proxy.config.general.cancel_timeout_ms);
+            // Boxed, like the refusal below: rare paths with large futures.
             Box::pin(proxy.cancels.cancel(pid, secret, timeout)).await;
+            None
         }
         Ok(handshake::Hello::Login(login)) => {
             tracing::debug!(peer = ?peer, user = %login.pool.user, database = %login.pool.database, "client logged in");
-            session::Session::new(proxy, stream, peer, buf, login, &registration)
-                .run()
-                .await;
+            Some(session::Session::new(
+                proxy,
+                stream,
+                peer,
+                buf,
+                login,
+                registration,
+            ))
         }
-        Err(Refusal::Gone) => {}
+        Err(Refusal::Gone) => None,
         Err(Refusal::Fatal { code, message }) => {
             tracing::info!(peer = ?peer, %code, %message, "client refused");
             Box::pin(send_fatal(&mut stream, &code, &message)).await;
+            None
         }
     }
 }

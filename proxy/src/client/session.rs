@@ -201,7 +201,10 @@ impl<'p> Session<'p> {
     }
 
     /// Runs the session to its end and cleans up its server connection.
-    pub(crate) async fn run(mut self) {
+    ///
+    /// Takes `&mut self`, not `self`: a future that owns its `self` holds it twice (the
+    /// argument and the binding), and every connected client's task carries that future.
+    pub(crate) async fn run(&mut self) {
         let end = self.forward_loop().await;
         // The end of a session is cold: boxed so that its state (timers, a cleanup query) is not
         // part of the future every connected client keeps in memory.
