@@ -130,3 +130,42 @@ pub(crate) async fn linger_close(stream: &mut Stream) {
     };
     let _ = tokio::time::timeout(Duration::from_millis(250), drain).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cancel::CancelRegistry;
+    use crate::pool::Pools;
+    use crate::shutdown::{ClientCounter, ShutdownController};
+    use std::sync::Arc;
+
+    /// Every connected client's task holds `serve`'s future for its whole life, so its size is
+    /// memory per idle client. It was 2,472 bytes before the login got a boxed future of its own
+    /// and `Session::run` stopped holding the session twice; a local kept across an `.await`
+    /// (or a by-value `self`) brings that back.
+    #[tokio::test]
+    async fn a_clients_task_stays_small() {
+        let config = crate::config::parse(
+            r#"
+            [pools.app]
+            servers = [{ host = "127.0.0.1", port = 5432, role = "primary" }]
+            [pools.app.users.alice]
+            password = "pw"
+            "#,
+            std::path::Path::new("test.toml"),
+        )
+        .expect("config");
+        let (_controller, shutdown) = ShutdownController::new();
+        let proxy = Proxy {
+            pools: Arc::new(Pools::from_config(&config, 1).expect("pools")),
+            config,
+            cancels: CancelRegistry::default(),
+            clients: Arc::new(ClientCounter::default()),
+            shutdown,
+        };
+        let (socket, _peer) = tokio::net::UnixStream::pair().expect("socket pair");
+        let task = serve(Stream::Unix(socket), None, &proxy);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1_400, "a client's task future is {size} bytes");
+    }
+}
