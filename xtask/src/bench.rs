@@ -346,7 +346,9 @@ pub fn bench() -> Result<(), String> {
         Err(_) => None,
     };
 
-    // PgBouncer: the same pool, run as the PostgreSQL OS user (it refuses root).
+    // PgBouncer: the same pool, run as the PostgreSQL OS user (it refuses root). It logs no
+    // connections, as Switchyard does not by default: otherwise every login in the `connect`
+    // mode would cost it two log writes that Switchyard does not make.
     let pgb_port = free_port();
     let pgb_dir = cluster.dir.join("pgbouncer");
     std::fs::create_dir_all(&pgb_dir).map_err(|e| e.to_string())?;
@@ -361,7 +363,7 @@ pub fn bench() -> Result<(), String> {
             "[databases]\nbench = host={server_host} port={} dbname=bench\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {pgb_port}\nunix_socket_dir =\nauth_type = trust\n\
              auth_file = {}\npool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = {}\n\
-             logfile = {}\n",
+             log_connections = 0\nlog_disconnections = 0\nlogfile = {}\n",
             cluster.primary.port,
             pgb_dir.join("userlist.txt").display(),
             idle + 200,
