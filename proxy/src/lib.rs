@@ -84,7 +84,6 @@ pub async fn run(
         listeners,
         proxy.clone(),
         workers.clone(),
-        0,
     ));
 
     tokio::pin!(stop);

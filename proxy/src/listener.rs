@@ -148,15 +148,15 @@ impl Handover {
     }
 }
 
-/// Accepts until shutdown begins. Runs on worker `home`: the clients dealt to it start right
-/// there; the others are handed over to their worker's reactor. Fails only if the listeners
-/// cannot be registered with this thread's reactor.
+/// Accepts until shutdown begins. Spawned on a worker: the clients dealt to that worker start
+/// right there; the others are handed over to their worker's reactor. Fails only if the
+/// listeners cannot be registered with this thread's reactor.
 pub async fn accept_loop(
     listeners: Listeners,
     proxy: Arc<Proxy>,
     workers: Arc<Workers>,
-    home: usize,
 ) -> std::io::Result<()> {
+    let home = crate::workers::current();
     let listeners = listeners.register()?;
     let mut shutdown = proxy.shutdown.clone();
     let max = proxy.config.general.max_client_conn;
