@@ -491,8 +491,9 @@ pub fn bench() -> Result<(), String> {
     }
 
     println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections; proxies reach PostgreSQL by {server_socket}. switchyard+policies: read-write-split + least-outstanding on a pool with only the primary; switchyard+replicas: the same with {replicas} streaming replicas, which get the reads.\n");
-    println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | of which user | tps vs direct | tps vs PgBouncer |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("Ratios are medians of per-run ratios: within a run the targets go back to back, so a slow change of the shared machine's load affects both sides of a ratio alike.\n");
+    println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | of which user | tps vs direct | tps vs PgBouncer | tps vs switchyard |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for mode in &modes {
         for &c in &clients {
             let med = |name: &str, f: fn(&Sample) -> Option<f64>| {
@@ -503,8 +504,12 @@ pub fn bench() -> Result<(), String> {
                         .collect(),
                 )
             };
-            let direct = med("postgres", |s| Some(s.tps));
-            let pgb = med("pgbouncer", |s| Some(s.tps));
+            // Run i of every target is sample i: pair them up.
+            let ratio = |name: &str, base: &str| {
+                let a = &samples[&(mode.clone(), c, name)];
+                let b = &samples[&(mode.clone(), c, base)];
+                median(a.iter().zip(b).map(|(a, b)| a.tps / b.tps).collect())
+            };
             for t in &targets {
                 let tps = med(t.name, |s| Some(s.tps));
                 let us = |v: f64| {
@@ -515,13 +520,14 @@ pub fn bench() -> Result<(), String> {
                     }
                 };
                 println!(
-                    "| {mode} | {c} | {} | {tps:.0} | {:.3} | {} | {} | {:.2} | {:.2} |",
+                    "| {mode} | {c} | {} | {tps:.0} | {:.3} | {} | {} | {:.2} | {:.2} | {:.2} |",
                     t.name,
                     med(t.name, |s| Some(s.latency_ms)),
                     us(med(t.name, |s| s.cpu_us_per_tx)),
                     us(med(t.name, |s| s.user_us_per_tx)),
-                    tps / direct,
-                    tps / pgb
+                    ratio(t.name, "postgres"),
+                    ratio(t.name, "pgbouncer"),
+                    ratio(t.name, "switchyard"),
                 );
             }
         }
