@@ -23,7 +23,8 @@ use std::time::Duration;
 /// Every pool of the running config, found by (database, user) at client login.
 #[derive(Debug)]
 pub struct Pools {
-    by_key: HashMap<(String, String), Arc<UserPool>>,
+    /// database → user → pool: two lookups by borrowed name, no key built per login.
+    by_database: HashMap<String, HashMap<String, Arc<UserPool>>>,
 }
 
 impl Pools {
@@ -35,7 +36,7 @@ impl Pools {
         let timeouts = PoolTimeouts::from_general(g);
         let deadline = Duration::from_millis(g.plugin_deadline_ms.max(1));
         let memory = (g.plugin_memory_mb as usize) << 20;
-        let mut by_key = HashMap::new();
+        let mut by_database: HashMap<String, HashMap<String, Arc<UserPool>>> = HashMap::new();
         for (db, pool) in &config.pools {
             let plugins: Vec<Arc<LoadedPlugin>> = pool
                 .policies
@@ -60,24 +61,27 @@ impl Pools {
                         ))
                     }
                 });
-                by_key.insert((db.clone(), user.clone()), Arc::new(up));
+                by_database
+                    .entry(db.clone())
+                    .or_default()
+                    .insert(user.clone(), Arc::new(up));
             }
         }
-        Ok(Pools { by_key })
+        Ok(Pools { by_database })
     }
 
     /// The pool for a client's (database, user).
     pub fn get(&self, database: &str, user: &str) -> Option<&Arc<UserPool>> {
-        self.by_key.get(&(database.to_owned(), user.to_owned()))
+        self.by_database.get(database)?.get(user)
     }
 
     /// Whether any pool serves `database`.
     pub fn has_database(&self, database: &str) -> bool {
-        self.by_key.keys().any(|(d, _)| d == database)
+        self.by_database.contains_key(database)
     }
 
     /// Every pool, for maintenance.
     pub fn all(&self) -> impl Iterator<Item = &Arc<UserPool>> {
-        self.by_key.values()
+        self.by_database.values().flat_map(|users| users.values())
     }
 }

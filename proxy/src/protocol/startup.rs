@@ -68,7 +68,9 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
         _ => {
             let major = (code >> 16) as u16;
             let minor = (code & 0xffff) as u16;
-            let mut params = Vec::new();
+            // Clients send a handful (libpq: user, database, application_name, client_encoding
+            // and a few more): one allocation for the list.
+            let mut params = Vec::with_capacity(8);
             let mut rest = body;
             loop {
                 let (name, after) =
