@@ -84,9 +84,10 @@ pub(crate) async fn handshake(
     let (protocol_options, params): (Vec<_>, Vec<_>) = params
         .into_iter()
         .partition(|(k, _)| k.starts_with("_pq_."));
-    // The greeting is ~500 bytes (a ParameterStatus per reported parameter): one allocation,
-    // not one per doubling.
-    let mut out = BytesMut::with_capacity(1024);
+    // The greeting is ~420 bytes (a ParameterStatus per reported parameter): one allocation,
+    // not one per doubling. 512 stays within glibc's per-thread cache (up to 1,032 bytes);
+    // a larger first block would take the slower, locked arena path on every login.
+    let mut out = BytesMut::with_capacity(512);
     if minor > 0 || !protocol_options.is_empty() {
         let names: Vec<String> = protocol_options.into_iter().map(|(k, _)| k).collect();
         backend::negotiate_protocol_version(&mut out, 0, &names);
