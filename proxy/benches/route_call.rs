@@ -5,80 +5,22 @@
 //! Each case runs 7 timed loops of 200,000 calls after a warm-up; the median is printed.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::config::Role;
-use switchyard::pool::{PoolTimeouts, ServerPool};
-use switchyard::router::wasm::{LoadedPlugin, PolicyChain};
+use switchyard::pool::ServerPool;
+use switchyard::router::wasm::{built_component, LoadedPlugin, PolicyChain};
 use switchyard::router::{Classifier, PrimaryOnly, RouteRequest, Router};
-use switchyard::server::ServerTarget;
 
 const CALLS: u32 = 200_000;
 const RUNS: usize = 7;
 
-/// A built component: target/<profile>/deps/<this bench> -> target/wasm32-wasip2/release
-/// (so `CARGO_TARGET_DIR` is followed).
-fn plugin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let path = exe
-        .ancestors()
-        .nth(3)
-        .expect("target dir")
-        .join("wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} missing: build the plugins first",
-        path.display()
-    );
-    path
-}
-
 fn servers() -> Arc<Vec<ServerPool>> {
-    let timeouts = PoolTimeouts {
-        checkout: Duration::from_secs(1),
-        connect: Duration::from_secs(1),
-        idle: None,
-        lifetime: None,
-        login_retry: Duration::from_secs(5),
-    };
-    let target = |port: u16| ServerTarget {
-        host: "127.0.0.1".into(),
-        port,
-        addr: format!("127.0.0.1:{port}"),
-        user: "u".into(),
-        database: "d".into(),
-        password: None,
-    };
+    let login_retry = Duration::from_secs(5);
     Arc::new(vec![
-        ServerPool::new(
-            "primary".into(),
-            Role::Primary,
-            target(1),
-            20,
-            0,
-            timeouts,
-            1,
-        ),
-        ServerPool::new(
-            "replica1".into(),
-            Role::Replica,
-            target(2),
-            20,
-            0,
-            timeouts,
-            1,
-        ),
-        ServerPool::new(
-            "replica2".into(),
-            Role::Replica,
-            target(3),
-            20,
-            0,
-            timeouts,
-            1,
-        ),
+        ServerPool::detached("primary", Role::Primary, 1, login_retry),
+        ServerPool::detached("replica1", Role::Replica, 2, login_retry),
+        ServerPool::detached("replica2", Role::Replica, 3, login_retry),
     ])
 }
 
@@ -91,6 +33,7 @@ fn time(name: &str, router: &dyn Router, sql: &str) -> f64 {
         m
     };
     let empty = switchyard::server::ParamList::new();
+    let hint = std::cell::Cell::new(switchyard::router::Hint::None);
     let request = RouteRequest {
         message: &message,
         sql: Some(sql),
@@ -102,6 +45,7 @@ fn time(name: &str, router: &dyn Router, sql: &str) -> f64 {
         options: &empty,
         in_transaction: false,
         read_only_transaction: false,
+        session_hint: &hint,
     };
     for _ in 0..CALLS / 10 {
         black_box(router.route(black_box(&request)));
@@ -134,9 +78,10 @@ impl Router for ClassifyOnly {
 fn main() {
     let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
     let deadline = Duration::from_millis(5);
-    let load = |name: &str| {
-        LoadedPlugin::load(&plugin(name), String::new(), 32 << 20).expect("plugin loads")
+    let load_with = |name: &str, config: &str| {
+        LoadedPlugin::load(&built_component(name), config.into(), 32 << 20).expect("plugin loads")
     };
+    let load = |name: &str| load_with(name, "");
     let chain = |plugins: Vec<Arc<LoadedPlugin>>| {
         PolicyChain::new(
             plugins,
@@ -158,6 +103,16 @@ fn main() {
     time(
         "wasm read-write-split (incl. classifier)",
         &chain(vec![load("read_write_split")]),
+        sql,
+    );
+    // With its own write functions the policy reads the text of every read, so its decisions
+    // are not kept: a component call per query.
+    time(
+        "wasm read-write-split, called every time (own write_functions)",
+        &chain(vec![load_with(
+            "read_write_split",
+            "write_functions = [\"audit_write\"]",
+        )]),
         sql,
     );
     time(

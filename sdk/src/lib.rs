@@ -21,9 +21,9 @@
 //! functions in [`host`] need the proxy (natively they panic if called).
 
 mod candidates;
-pub mod hints;
 pub mod pick;
 mod query;
+pub mod text;
 
 pub use candidates::Candidates;
 pub use query::Query;
@@ -42,7 +42,8 @@ pub mod __bindings {
 
 pub use __bindings::exports::switchyard::policy::policy::Guest as __Guest;
 pub use __bindings::switchyard::policy::types::{
-    Backend, Protocol, QueryFlags, Role, Session, SessionRouting, StatementKind, Topology,
+    Backend, Protocol, QueryFlags, Role, RouteHint, Session, SessionRouting, StatementKind,
+    Topology,
 };
 
 /// What the host offers: logging, a monotonic clock, live backend load, the query's text.
@@ -112,6 +113,23 @@ pub trait Policy: Sized + 'static {
         SessionRouting::PerSession
     }
 
+    /// Say true if `route` decides from the query's `kind`, `flags`, `protocol` and `hint` and
+    /// the candidates alone (plus the config and the topology): not from `session_id`, the
+    /// time, live load, or what earlier calls saw. The host then asks each distinct question
+    /// once per topology and answers repeats itself, which takes the component call off the
+    /// query path. Calls that read `Query::sql()` or a host function are never reused, so a
+    /// policy that reads the text only now and then may still say true. Default: false.
+    fn deterministic(&self) -> bool {
+        false
+    }
+
+    /// Say false if the policy does not use [`Policy::session_opened`] and
+    /// [`Policy::session_closed`]: the host then does not call them, and a login costs the
+    /// policy nothing. Default: true.
+    fn session_events(&self) -> bool {
+        true
+    }
+
     /// The pool's backends changed (also called before the first `route`).
     fn topology_changed(&mut self, _topology: &Topology) {}
 
@@ -149,6 +167,8 @@ macro_rules! export_policy {
                 let policy = <$policy as $crate::Policy>::init(&config)?;
                 let settings = $crate::__bindings::switchyard::policy::types::Settings {
                     session_routing: $crate::Policy::session_routing(&policy),
+                    deterministic: $crate::Policy::deterministic(&policy),
+                    session_events: $crate::Policy::session_events(&policy),
                 };
                 __SWITCHYARD_POLICY.with(|p| *p.borrow_mut() = ::std::option::Option::Some(policy));
                 ::std::result::Result::Ok(settings)

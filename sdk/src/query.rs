@@ -4,7 +4,7 @@
 //! component boundary). `Query::sql` fetches the text once, on first use; a policy that
 //! decides on `kind` and `flags` alone never pays for it.
 
-use crate::{Protocol, QueryFlags, StatementKind};
+use crate::{Protocol, QueryFlags, RouteHint, StatementKind};
 use std::cell::OnceCell;
 
 /// A statement that needs a server.
@@ -16,13 +16,17 @@ pub struct Query {
     pub kind: StatementKind,
     pub flags: QueryFlags,
     pub protocol: Protocol,
+    /// The client's routing hint, parsed by the host: a `/* switchyard: primary */` comment,
+    /// else the session's `SET switchyard.route` (or startup option).
+    pub hint: RouteHint,
     /// Length of the SQL text in bytes.
     pub sql_length: u32,
     sql: OnceCell<String>,
 }
 
 impl Query {
-    /// A query with its text given, for native tests of a policy (no host needed).
+    /// A query with its text given, for native tests of a policy (no host needed). Its hint is
+    /// `none` whatever the text says (the host parses hints): set one with [`Query::with_hint`].
     pub fn new(sql: &str, kind: StatementKind) -> Self {
         let mut flags = QueryFlags::empty();
         if sql.contains("/*") {
@@ -33,9 +37,16 @@ impl Query {
             kind,
             flags,
             protocol: Protocol::Simple,
+            hint: RouteHint::None,
             sql_length: sql.len() as u32,
             sql: OnceCell::from(sql.to_string()),
         }
+    }
+
+    /// The same query with a routing hint (as the host would pass for a hinted query).
+    pub fn with_hint(mut self, hint: RouteHint) -> Self {
+        self.hint = hint;
+        self
     }
 
     /// The same query in another session.
@@ -57,6 +68,7 @@ impl Query {
             kind: q.kind,
             flags: q.flags,
             protocol: q.protocol,
+            hint: q.hint,
             sql_length: q.sql_length,
             sql: OnceCell::new(),
         }
@@ -68,7 +80,8 @@ impl Query {
         self.sql.get_or_init(crate::host::sql)
     }
 
-    /// Whether the text has a `/*` comment, where hints live (no fetch needed to know).
+    /// Whether the text has a `/*` comment (no fetch needed to know). The host has already
+    /// read its own hints from it: see `hint`.
     pub fn has_comment(&self) -> bool {
         self.flags.contains(QueryFlags::HAS_COMMENT)
     }

@@ -221,6 +221,64 @@ async fn policies_route_a_transaction_at_its_first_statement() {
     c.batch_execute("ROLLBACK").await.unwrap();
 }
 
+#[tokio::test]
+async fn the_host_parses_hints_for_every_policy() {
+    let cluster = shared_cluster();
+    let db = unique_name("hints");
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &pool_with(&db, "evil-policy", "echo-query"));
+    let hint_of = |e: tokio_postgres::Error| {
+        let m = e
+            .as_db_error()
+            .expect("an ErrorResponse")
+            .message()
+            .to_string();
+        let at = m.find("hint=").unwrap_or_else(|| panic!("{m}"));
+        m[at + 5..].split(' ').next().unwrap().to_string()
+    };
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let hint = |sql: &'static str| {
+        let c = &c;
+        async move { hint_of(c.simple_query(sql).await.unwrap_err()) }
+    };
+    assert_eq!(hint("SELECT 1").await, "none");
+    assert_eq!(hint("SELECT 1 /* switchyard: replica */").await, "replica");
+    assert_eq!(hint("/*switchyard:PRIMARY*/ SELECT 1").await, "primary");
+    assert_eq!(hint("SELECT 1 /* switchyard: sideways */").await, "none");
+    // The SET is seen by the host when it is routed (the policy rejects it here, so it never
+    // reaches a server), and holds for the rest of the session.
+    assert_eq!(hint("SET switchyard.route TO 'primary'").await, "primary");
+    assert_eq!(hint("SELECT 1").await, "primary");
+    // A comment overrides the session's hint, `default` included.
+    assert_eq!(hint("SELECT 1 /* switchyard: replica */").await, "replica");
+    assert_eq!(hint("SELECT 1 /* switchyard: default */").await, "none");
+    assert_eq!(hint("SET SESSION switchyard.route = default").await, "none");
+    assert_eq!(hint("SELECT 1").await, "none");
+    // Over the extended protocol too, and per session: another client has no hint.
+    assert_eq!(hint("set switchyard.route = replica;").await, "replica");
+    let seen = hint_of(c.query("SELECT $1::int", &[&3i32]).await.unwrap_err());
+    assert_eq!(seen, "replica");
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    assert_eq!(
+        hint_of(other.simple_query("SELECT 1").await.unwrap_err()),
+        "none"
+    );
+    // Given at connect time, as a startup option.
+    let url = format!(
+        "host=127.0.0.1 port={} user={} dbname={db} options='-c switchyard.route=replica'",
+        proxy.port,
+        roles::TRUST
+    );
+    let (hinted, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        hint_of(hinted.simple_query("SELECT 1").await.unwrap_err()),
+        "replica"
+    );
+}
+
 fn check(config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");

@@ -9,7 +9,9 @@
 //! "unix": both proxies reach PostgreSQL by its Unix socket; pgbench always uses TCP),
 //! BENCH_REPLICAS (2: streaming replicas behind the "+replicas" target, where
 //! `read-write-split` sends the reads to them and `least-outstanding` picks one; 0 leaves that
-//! target out).
+//! target out), BENCH_BASELINE (another `switchyard` binary, run alongside with the plain
+//! config) and BENCH_BASELINE_PLUGINS (a directory with that build's policy components: the
+//! baseline then runs them as "+policies" does, for before/after figures of the policy host).
 
 use crate::{cargo, install, run};
 use std::collections::BTreeMap;
@@ -289,58 +291,90 @@ pub fn bench() -> Result<(), String> {
             "{{ host = \"{server_host}\", port = {port}, role = \"{role}\", name = \"{name}\" }}"
         )
     };
-    let write_config = |name: &str, port: u16, with_replicas: bool, policies: &[&str]| {
-        let mut servers = vec![server(cluster.primary.port, "primary", "primary")];
-        if with_replicas {
-            servers.extend(
-                cluster
-                    .replicas
-                    .iter()
-                    .map(|r| server(r.port, "replica", &r.name)),
-            );
-        }
-        let mut toml = format!(
-            "[general]\nlisten_addr = \"127.0.0.1:{port}\"\nmax_client_conn = {}\n\
+    let write_config =
+        |name: &str, port: u16, with_replicas: bool, policies: &[&str], plugin_dir: &Path| {
+            let mut servers = vec![server(cluster.primary.port, "primary", "primary")];
+            if with_replicas {
+                servers.extend(
+                    cluster
+                        .replicas
+                        .iter()
+                        .map(|r| server(r.port, "replica", &r.name)),
+                );
+            }
+            let mut toml = format!(
+                "[general]\nlisten_addr = \"127.0.0.1:{port}\"\nmax_client_conn = {}\n\
              [pools.bench]\npool_mode = \"transaction\"\npool_size = 20\nservers = [{}]\n",
-            idle + 200,
-            servers.join(", ")
-        );
-        for p in policies {
-            let path = plugin_dir.join(format!("{p}.wasm"));
-            toml.push_str(&format!(
-                "[[pools.bench.policies]]\nplugin = \"{}\"\n",
-                path.display()
-            ));
-        }
-        toml.push_str(&format!("[pools.bench.users.{}]\n", roles::TRUST));
-        let path = cluster.dir.join(format!("bench-{name}.toml"));
-        std::fs::write(&path, toml).map_err(|e| e.to_string())?;
-        Ok::<_, String>(path)
-    };
+                idle + 200,
+                servers.join(", ")
+            );
+            for p in policies {
+                let path = plugin_dir.join(format!("{p}.wasm"));
+                toml.push_str(&format!(
+                    "[[pools.bench.policies]]\nplugin = \"{}\"\n",
+                    path.display()
+                ));
+            }
+            toml.push_str(&format!("[pools.bench.users.{}]\n", roles::TRUST));
+            let path = cluster.dir.join(format!("bench-{name}.toml"));
+            std::fs::write(&path, toml).map_err(|e| e.to_string())?;
+            Ok::<_, String>(path)
+        };
     let sy_port = free_port();
-    let switchyard = spawn_switchyard(&bin, &write_config("switchyard", sy_port, false, &[])?)?;
+    let switchyard = spawn_switchyard(
+        &bin,
+        &write_config("switchyard", sy_port, false, &[], &plugin_dir)?,
+    )?;
     // The same with routing policies: read-write-split + least-outstanding (no replica here, so
     // every query still ends on the primary: this measures the policy host's cost).
     let syp_port = free_port();
     let switchyard_policies = spawn_switchyard(
         &bin,
-        &write_config("switchyard-policies", syp_port, false, &policies)?,
+        &write_config(
+            "switchyard-policies",
+            syp_port,
+            false,
+            &policies,
+            &plugin_dir,
+        )?,
     )?;
     // The same policies with the replicas as servers too: reads leave the primary, and each
     // one is a full chain (read-write-split narrows to the replicas, least-outstanding picks).
     let syr_port = free_port();
     let syr = if replicas > 0 {
-        let conf = write_config("switchyard-replicas", syr_port, true, &policies)?;
+        let conf = write_config(
+            "switchyard-replicas",
+            syr_port,
+            true,
+            &policies,
+            &plugin_dir,
+        )?;
         Some(spawn_switchyard(&bin, &conf)?)
     } else {
         None
     };
     // BENCH_BASELINE: another switchyard binary (e.g. built from an earlier commit), run with
-    // the plain config, for before/after figures from one run.
+    // the plain config, or with BENCH_BASELINE_PLUGINS as "+policies" is, for before/after
+    // figures from one run.
     let baseline_port = free_port();
+    let baseline_plugins = std::env::var("BENCH_BASELINE_PLUGINS").ok();
+    let baseline_name = if baseline_plugins.is_some() {
+        "baseline+policies"
+    } else {
+        "switchyard-baseline"
+    };
     let baseline = match std::env::var("BENCH_BASELINE") {
         Ok(path) => {
-            let conf = write_config("switchyard-baseline", baseline_port, false, &[])?;
+            let conf = match &baseline_plugins {
+                Some(dir) => write_config(
+                    baseline_name,
+                    baseline_port,
+                    false,
+                    &policies,
+                    Path::new(dir),
+                )?,
+                None => write_config(baseline_name, baseline_port, false, &[], &plugin_dir)?,
+            };
             Some(spawn_switchyard(Path::new(&path), &conf)?)
         }
         Err(_) => None,
@@ -440,7 +474,7 @@ pub fn bench() -> Result<(), String> {
         targets.insert(
             2,
             Target {
-                name: "switchyard-baseline",
+                name: baseline_name,
                 port: baseline_port,
                 pid: Some(b.0.id()),
             },

@@ -19,6 +19,10 @@ impl Policy for LeastOutstanding {
         })
     }
 
+    fn session_events(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, _query: &Query, candidates: Candidates) -> Decision {
         least_outstanding(candidates, &mut self.tie, host::in_flight)
             .map_or(Decision::Abstain, Decision::Backend)

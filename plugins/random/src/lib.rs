@@ -16,6 +16,10 @@ impl Policy for Uniform {
         Ok(Uniform { rng: None })
     }
 
+    fn session_events(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, query: &Query, candidates: Candidates) -> Decision {
         let rng = self.rng.get_or_insert_with(|| {
             Random::new(host::now_ms() ^ (u64::from(query.session_id) << 32))

@@ -3,23 +3,25 @@
 //! Writes, DDL, explicit transactions (unless `BEGIN READ ONLY`), session commands and anything
 //! the host could not classify go to the primary. Reads narrow the candidates to the replicas
 //! (the next policy in the chain, or the host, picks one); with no replica available they go to
-//! the primary. Hints override: `/* switchyard: primary */` in the SQL, or
-//! `SET switchyard.route = 'primary'` for the rest of the session (also given at connect time
-//! as a startup option: `options=-c switchyard.route=replica`).
+//! the primary. The client's hint overrides (the host parses it: `/* switchyard: primary */` in
+//! the SQL, or `SET switchyard.route = 'primary'` for the rest of the session, also given at
+//! connect time as a startup option: `options=-c switchyard.route=replica`).
 //!
 //! Config (TOML): `primary_reads = false` (also send reads to the primary, as one more
 //! candidate), `write_functions = ["audit_write"]` (calls that make a SELECT a write, on top of
-//! the host's list), `session_routing = "per-statement"` (in a session-mode pool, route each
-//! statement outside a transaction; the default `"per-session"` keeps one server per session).
-//! Inside a transaction (its first statement, when the host deferred the `BEGIN`) only a
-//! `READ ONLY` transaction reads from replicas.
+//! the host's list; the pool's own `write_functions` is cheaper, since this one makes the
+//! policy read the text of every read), `session_routing = "per-statement"` (in a session-mode
+//! pool, route each statement outside a transaction; the default `"per-session"` keeps one
+//! server per session). Inside a transaction (its first statement, when the host deferred the
+//! `BEGIN`) only a `READ ONLY` transaction reads from replicas.
+//!
+//! The decision follows from the query's kind, flags and hint and the candidates alone, so the
+//! policy says `deterministic` and the host calls it once per distinct question.
 
 use serde::Deserialize;
-use std::collections::HashMap;
-use switchyard_sdk::hints::{self, Hint};
 use switchyard_sdk::{
-    export_policy, Candidates, Decision, Policy, Query, QueryFlags, Role, Session, SessionRouting,
-    StatementKind, Topology,
+    export_policy, text, Candidates, Decision, Policy, Query, QueryFlags, Role, RouteHint,
+    SessionRouting, StatementKind, Topology,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,8 +45,6 @@ pub struct ReadWriteSplit {
     config: Config,
     replicas: Candidates,
     primary: Option<u32>,
-    /// Session hints set with `SET switchyard.route`.
-    session_hints: HashMap<u32, Hint>,
 }
 
 impl Policy for ReadWriteSplit {
@@ -64,7 +64,6 @@ impl Policy for ReadWriteSplit {
             config,
             replicas: Candidates::NONE,
             primary: None,
-            session_hints: HashMap::new(),
         })
     }
 
@@ -83,28 +82,6 @@ impl Policy for ReadWriteSplit {
             .map(|b| b.id);
     }
 
-    fn session_opened(&mut self, session: &Session) {
-        // A session hint given at connect time: `options=-c switchyard.route=replica`.
-        let hint = session
-            .options
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("switchyard.route"))
-            .and_then(|(_, value)| hints::session_hint(&format!("SET switchyard.route = {value}")));
-        match hint {
-            Some(Hint::Primary) | Some(Hint::Replica) => {
-                self.session_hints
-                    .insert(session.id, hint.expect("matched"));
-            }
-            _ => {
-                self.session_hints.remove(&session.id);
-            }
-        }
-    }
-
-    fn session_closed(&mut self, id: u32) {
-        self.session_hints.remove(&id);
-    }
-
     fn session_routing(&self) -> SessionRouting {
         if self.config.session_routing == "per-statement" {
             SessionRouting::PerStatement
@@ -113,29 +90,15 @@ impl Policy for ReadWriteSplit {
         }
     }
 
+    fn deterministic(&self) -> bool {
+        true
+    }
+
+    fn session_events(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, query: &Query, candidates: Candidates) -> Decision {
-        // The text is fetched from the host only where it can matter: a SET that may be a
-        // session hint, a comment that may hold one, configured write functions.
-        if query.kind == StatementKind::Session {
-            if let Some(hint) = hints::session_hint(query.sql()) {
-                match hint {
-                    Hint::Default => self.session_hints.remove(&query.session_id),
-                    h => self.session_hints.insert(query.session_id, h),
-                };
-            }
-            return Decision::Primary;
-        }
-        let hint = query
-            .has_comment()
-            .then(|| hints::comment_hint(query.sql()))
-            .flatten()
-            .or_else(|| {
-                if self.session_hints.is_empty() {
-                    None
-                } else {
-                    self.session_hints.get(&query.session_id).copied()
-                }
-            });
         let replicas = candidates.and(self.replicas);
         let to_replicas = || {
             if replicas.is_empty() {
@@ -144,10 +107,13 @@ impl Policy for ReadWriteSplit {
                 Decision::Narrow(replicas.0)
             }
         };
-        match hint {
-            Some(Hint::Primary) => return Decision::Primary,
-            Some(Hint::Replica) => return to_replicas(),
-            _ => {}
+        if query.kind == StatementKind::Session {
+            return Decision::Primary;
+        }
+        match query.hint {
+            RouteHint::Primary => return Decision::Primary,
+            RouteHint::Replica => return to_replicas(),
+            RouteHint::None => {}
         }
         let read_only_transaction = query.flags.contains(QueryFlags::READ_ONLY_TRANSACTION);
         let read = match query.kind {
@@ -155,13 +121,15 @@ impl Policy for ReadWriteSplit {
             _ if query.flags.contains(QueryFlags::IN_TRANSACTION) && !read_only_transaction => {
                 false
             }
+            // The text is fetched only for configured write functions (and then this decision
+            // is not kept by the host).
             StatementKind::Read => {
                 self.config.write_functions.is_empty()
                     || !self
                         .config
                         .write_functions
                         .iter()
-                        .any(|f| hints::calls(query.sql(), f))
+                        .any(|f| text::calls(query.sql(), f))
             }
             StatementKind::TransactionControl => query.flags.contains(QueryFlags::BEGINS_READ_ONLY),
             // Not surely a read, but harmless in a READ ONLY transaction (which refuses
@@ -271,59 +239,45 @@ mod tests {
     }
 
     #[test]
-    fn a_startup_option_sets_the_session_hint() {
+    fn hints_override() {
         let mut p = policy("");
-        let session = |options: Vec<(String, String)>| Session {
-            id: 1,
-            user: "u".into(),
-            database: "d".into(),
-            application_name: String::new(),
-            client_addr: String::new(),
-            options,
-        };
-        p.session_opened(&session(vec![(
-            "switchyard.route".into(),
-            "primary".into(),
-        )]));
+        let read = || q("SELECT 1", StatementKind::Read);
         assert_eq!(
-            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            p.route(&read().with_hint(RouteHint::Primary), ALL),
             Decision::Primary
         );
-        p.session_opened(&session(vec![]));
         assert_eq!(
-            p.route(&q("SELECT 1", StatementKind::Read), ALL),
+            p.route(&read().with_hint(RouteHint::Replica), ALL),
             Decision::Narrow(0b110)
+        );
+        // A write hinted to a replica goes there (the client asked; the replica refuses it).
+        assert_eq!(
+            p.route(
+                &q("INSERT INTO t VALUES (1)", StatementKind::Write).with_hint(RouteHint::Replica),
+                ALL
+            ),
+            Decision::Narrow(0b110)
+        );
+        // The SET that sets a session hint runs on the primary, whatever the hint was.
+        assert_eq!(
+            p.route(
+                &q("SET switchyard.route = 'replica'", StatementKind::Session)
+                    .with_hint(RouteHint::Replica),
+                ALL
+            ),
+            Decision::Primary
+        );
+        // A replica hint with no replica left: the primary.
+        assert_eq!(
+            p.route(&read().with_hint(RouteHint::Replica), Candidates(0b001)),
+            Decision::Primary
         );
     }
 
     #[test]
-    fn hints_override() {
-        let mut p = policy("");
-        assert_eq!(
-            p.route(
-                &q("/* switchyard: primary */ SELECT 1", StatementKind::Read),
-                ALL
-            ),
-            Decision::Primary
-        );
-        assert_eq!(
-            p.route(
-                &q("SET switchyard.route = 'primary'", StatementKind::Session),
-                ALL
-            ),
-            Decision::Primary
-        );
-        assert_eq!(
-            p.route(&q("SELECT 1", StatementKind::Read), ALL),
-            Decision::Primary
-        );
-        p.route(
-            &q("SET switchyard.route = default", StatementKind::Session),
-            ALL,
-        );
-        assert_eq!(
-            p.route(&q("SELECT 1", StatementKind::Read), ALL),
-            Decision::Narrow(0b110)
-        );
+    fn says_it_is_deterministic_and_needs_no_sessions() {
+        let p = policy("");
+        assert!(p.deterministic());
+        assert!(!p.session_events());
     }
 }

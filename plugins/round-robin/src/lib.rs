@@ -17,6 +17,10 @@ impl Policy for Rotate {
         })
     }
 
+    fn session_events(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, _query: &Query, candidates: Candidates) -> Decision {
         self.rr
             .pick(candidates)

@@ -44,6 +44,10 @@ impl Policy for ByWeight {
         }
     }
 
+    fn session_events(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, _query: &Query, candidates: Candidates) -> Decision {
         let weights = self.weights;
         self.picker

@@ -17,7 +17,7 @@ use crate::config::PoolMode;
 use crate::pool::{CheckoutError, Pooled, UserPool};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::{frame, sqlstate};
-use crate::router::RouteRequest;
+use crate::router::{hints, Hint, RouteRequest};
 use crate::server::maintenance;
 use crate::server::params::parse_parameter_status;
 use crate::server::{ParamList, ServerConn};
@@ -93,6 +93,8 @@ pub(crate) struct Session<'p> {
     max_prepared: usize,
     /// Names of the client's named Parses whose outcome is not known yet, in order.
     pending_names: std::collections::VecDeque<Vec<u8>>,
+    /// The session's routing hint (`SET switchyard.route`, or the startup option).
+    route_hint: std::cell::Cell<Hint>,
 }
 
 /// What woke the session up.
@@ -115,6 +117,7 @@ impl<'p> Session<'p> {
         let shutdown = proxy.shutdown.clone();
         let per_transaction = login.pool.mode == PoolMode::Transaction
             || login.pool.router.per_statement_in_session();
+        let route_hint = std::cell::Cell::new(hints::startup_hint(&login.params.extras));
         Session {
             proxy,
             pool: login.pool,
@@ -146,6 +149,7 @@ impl<'p> Session<'p> {
             max_message: proxy.config.general.max_message_size,
             max_prepared: proxy.config.general.max_prepared_statements,
             pending_names: std::collections::VecDeque::new(),
+            route_hint,
         }
     }
 
@@ -520,6 +524,7 @@ impl<'p> Session<'p> {
                 options: &self.params.extras,
                 in_transaction: !self.deferred.is_empty(),
                 read_only_transaction: !self.deferred.is_empty() && self.deferred_read_only,
+                session_hint: &self.route_hint,
             });
             let index = pool.resolve(route)?;
             let bit = 1u64.checked_shl(index as u32).unwrap_or(0);

@@ -135,6 +135,28 @@ impl ServerPool {
         }
     }
 
+    /// A pool for a server on 127.0.0.1:`port` that routing may choose but nothing has
+    /// connected to yet: for benchmarks and tests of routing alone.
+    #[doc(hidden)]
+    pub fn detached(name: &str, role: Role, port: u16, login_retry: Duration) -> ServerPool {
+        let timeouts = PoolTimeouts {
+            checkout: Duration::from_secs(1),
+            connect: Duration::from_secs(1),
+            idle: None,
+            lifetime: None,
+            login_retry,
+        };
+        let target = ServerTarget {
+            host: "127.0.0.1".into(),
+            port,
+            addr: format!("127.0.0.1:{port}"),
+            user: "u".into(),
+            database: "d".into(),
+            password: None,
+        };
+        ServerPool::new(name.into(), role, target, 20, 0, timeouts, 1)
+    }
+
     /// Whether the server is healthy as far as the pool knows: its last connect did not fail
     /// within `server_login_retry_ms`. (One atomic load.)
     pub fn healthy(&self, now_ms: u64) -> bool {

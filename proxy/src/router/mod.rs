@@ -5,10 +5,12 @@
 //! same trait. Nothing else in the proxy chooses a server.
 
 pub mod classify;
+pub mod hints;
 mod primary;
 pub mod wasm;
 
 pub use classify::{Classification, Classifier, StatementKind};
+pub use hints::Hint;
 pub use primary::PrimaryOnly;
 
 /// What a router sees when a client needs a server.
@@ -33,6 +35,9 @@ pub struct RouteRequest<'a> {
     pub in_transaction: bool,
     /// ... and that transaction was declared `READ ONLY`.
     pub read_only_transaction: bool,
+    /// The session's routing hint (see [`hints`]): set at login from the startup options, and
+    /// by the router when it routes a `SET switchyard.route`.
+    pub session_hint: &'a std::cell::Cell<Hint>,
 }
 
 /// A routing decision.

@@ -5,4 +5,6 @@ wasmtime::component::bindgen!({
     world: "routing-policy",
     // Borrowed strings in arguments: the per-query SQL goes to the plugin without a copy.
     ownership: Borrowing { duplicate_if_necessary: true },
+    // Decisions are compared in tests.
+    additional_derives: [PartialEq],
 });

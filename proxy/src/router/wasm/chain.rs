@@ -7,13 +7,17 @@
 //! `read-write-split` (narrows reads to replicas) followed by `least-outstanding` (picks the
 //! least busy candidate) needs no code of its own.
 //!
+//! Calls saved: a policy that said `deterministic` is asked each distinct question once per
+//! worker and topology (see [`memo`](super::memo)); one without `session-events` never hears
+//! of sessions. So `read-write-split` costs a table lookup per query, and nothing per login.
+//!
 //! Failure: a policy that traps (panic, over `plugin_deadline_ms`, over its memory) or cannot be
 //! instantiated sends the query to the primary, the safe place for anything (or, with
 //! `fallback_reads = "replicas"`, a plain read outside a transaction to a healthy replica); its
 //! instance on that worker is rebuilt on the next call, and `traps` counts it.
 
 use super::bindings::switchyard::policy::types::{
-    Backend, Decision, Protocol, Query, QueryFlags, Role as WitRole, Session,
+    Backend, Decision, Protocol, Query, QueryFlags, Role as WitRole, RouteHint, Session,
     StatementKind as WitKind, Topology,
 };
 use super::engine::{deadline_ticks, LoadedPlugin};
@@ -21,6 +25,7 @@ use super::instance::{new_slot, with_live, InstanceError, Live};
 use crate::config::{FallbackReads, Role};
 use crate::pool::ServerPool;
 use crate::router::classify::{Classification, Classifier, StatementKind};
+use crate::router::hints::{self, Hint};
 use crate::router::{Route, RouteRequest, Router};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -184,6 +189,14 @@ fn wit_kind(k: StatementKind) -> WitKind {
     }
 }
 
+fn wit_hint(h: Hint) -> RouteHint {
+    match h {
+        Hint::None => RouteHint::None,
+        Hint::Primary => RouteHint::Primary,
+        Hint::Replica => RouteHint::Replica,
+    }
+}
+
 impl Router for PolicyChain {
     fn route(&self, request: &RouteRequest<'_>) -> Route {
         let sql = request.sql.unwrap_or("");
@@ -205,8 +218,15 @@ impl Router for PolicyChain {
         if class.read_only_begin {
             flags |= QueryFlags::BEGINS_READ_ONLY;
         }
+        let mut hint = None;
         if sql.contains("/*") {
             flags |= QueryFlags::HAS_COMMENT;
+            hint = hints::comment_hint(sql);
+        }
+        if class.kind == StatementKind::Session {
+            if let Some(h) = hints::session_hint(sql) {
+                request.session_hint.set(h);
+            }
         }
         let query = Query {
             session_id: request.session_id as u32,
@@ -217,6 +237,7 @@ impl Router for PolicyChain {
             } else {
                 Protocol::Extended
             },
+            hint: wit_hint(hint.unwrap_or_else(|| request.session_hint.get())),
             sql_length: sql.len() as u32,
         };
         let healthy = self.healthy_now();
@@ -232,7 +253,12 @@ impl Router for PolicyChain {
                     if live.topology_generation != generation {
                         self.with_topology(|t| live.topology(t, self.deadline_ticks))?;
                     }
-                    if !live.sessions.contains(&session_id) {
+                    if live.deterministic {
+                        if let Some(d) = live.memo.recall(&query, candidates) {
+                            return Ok(Ok(d));
+                        }
+                    }
+                    if live.session_events && !live.sessions.contains(&session_id) {
                         let options: Vec<(&str, &str)> = request.options.iter().collect();
                         let client_addr = request
                             .client_addr
@@ -297,5 +323,109 @@ impl Router for PolicyChain {
                 |live| live.session_closed(session_id as u32, self.deadline_ticks),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture;
+    use super::*;
+    use crate::server::ParamList;
+    use std::cell::Cell;
+
+    fn chain(plugin: &str, config: &str) -> PolicyChain {
+        let plugin = LoadedPlugin::load(&fixture(plugin), config.into(), 16 << 20)
+            .expect("load the component");
+        let retry = Duration::from_secs(5);
+        let servers = Arc::new(vec![
+            ServerPool::detached("primary", Role::Primary, 1, retry),
+            ServerPool::detached("replica1", Role::Replica, 2, retry),
+            ServerPool::detached("replica2", Role::Replica, 3, retry),
+        ]);
+        PolicyChain::new(
+            vec![plugin],
+            servers,
+            vec![1, 1, 1],
+            Classifier::default(),
+            Duration::from_millis(20),
+            FallbackReads::Primary,
+        )
+    }
+
+    fn route(chain: &PolicyChain, session_id: i32, sql: &str, hint: &Cell<Hint>) -> Route {
+        let mut message = vec![b'Q'];
+        message.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        message.extend_from_slice(sql.as_bytes());
+        message.push(0);
+        chain.route(&RouteRequest {
+            message: &message,
+            sql: Some(sql),
+            session_id,
+            database: "d",
+            user: "u",
+            application_name: "",
+            client_addr: None,
+            options: &ParamList::new(),
+            in_transaction: false,
+            read_only_transaction: false,
+            session_hint: hint,
+        })
+    }
+
+    #[test]
+    fn a_deterministic_policy_is_asked_each_question_once() {
+        // `flip` answers backend 1 and 2 in turn, call after call: a repeated answer where a
+        // call would have flipped it came from the memo.
+        let chain = chain("evil_policy", "flip");
+        let hint = Cell::new(Hint::None);
+        let read = route(&chain, 1, "SELECT 1", &hint);
+        for (session, sql) in [
+            (1, "SELECT 1"),
+            (2, "select x FROM t WHERE id = 7"),
+            (3, "SELECT 2"),
+        ] {
+            assert_eq!(route(&chain, session, sql, &hint), read, "{sql}");
+        }
+        // Another question gets a call, so the other backend, and is then remembered too.
+        let ddl = route(&chain, 1, "CREATE TABLE t ()", &hint);
+        assert_ne!(ddl, read);
+        assert_eq!(route(&chain, 1, "DROP TABLE t", &hint), ddl);
+        assert_eq!(route(&chain, 1, "SELECT 1", &hint), read);
+        // A hint makes it another question.
+        hint.set(Hint::Replica);
+        let hinted = route(&chain, 1, "SELECT 1", &hint);
+        assert_ne!(hinted, ddl);
+        // A call that read the text (the fixture reads it for writes) is not kept.
+        let first = route(&chain, 1, "INSERT INTO t VALUES (1)", &hint);
+        assert_ne!(first, hinted);
+        assert_ne!(route(&chain, 1, "INSERT INTO t VALUES (1)", &hint), first);
+    }
+
+    #[test]
+    fn other_policies_are_called_every_time_and_never_hear_of_sessions_they_did_not_ask_for() {
+        let chain = chain("round_robin", "");
+        let hint = Cell::new(Hint::None);
+        let a = route(&chain, 1, "SELECT 1", &hint);
+        let b = route(&chain, 1, "SELECT 1", &hint);
+        assert_ne!(a, b, "round robin alternates: no memo");
+        let announced = with_live(
+            chain.links[0].slot,
+            || Err(InstanceError::Init("no instance".into())),
+            |live| Ok(live.sessions.len()),
+        )
+        .expect("the instance exists");
+        assert_eq!(announced, 0);
+    }
+
+    #[test]
+    fn a_routed_set_sets_the_session_hint() {
+        let chain = chain("round_robin", "");
+        let hint = Cell::new(Hint::None);
+        route(&chain, 1, "SET switchyard.route = 'replica'", &hint);
+        assert_eq!(hint.get(), Hint::Replica);
+        route(&chain, 1, "SET search_path = a", &hint);
+        assert_eq!(hint.get(), Hint::Replica);
+        route(&chain, 1, "set session switchyard.route to default", &hint);
+        assert_eq!(hint.get(), Hint::None);
     }
 }

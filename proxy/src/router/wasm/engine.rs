@@ -49,7 +49,7 @@ pub enum LoadError {
     Compile { path: PathBuf, message: String },
     #[error("plugin {path}: imports `{import}`, which plugins may not use (only the switchyard:policy host interface and the WASI interfaces std links, which trap)")]
     ForbiddenImport { path: PathBuf, import: String },
-    #[error("plugin {path}: does not implement switchyard:policy/policy@0.1.0: {message}")]
+    #[error("plugin {path}: does not implement switchyard:policy/policy@0.2.0: {message}")]
     Contract { path: PathBuf, message: String },
     #[error("plugin {path}: refused its config: {message}")]
     Init { path: PathBuf, message: String },

@@ -19,6 +19,9 @@ pub struct HostState {
     sql: String,
     /// The running call's deadline, counted in CPU time once the wall-clock one has passed.
     pub deadline: CpuDeadline,
+    /// The running call asked for something that is not among a deterministic decision's
+    /// inputs (the text, the clock, live load): its decision is not remembered.
+    pub asked_host: bool,
 }
 
 impl HostState {
@@ -34,6 +37,7 @@ impl HostState {
                 .build(),
             sql: String::new(),
             deadline: CpuDeadline::default(),
+            asked_host: false,
         }
     }
 
@@ -79,20 +83,24 @@ impl Host for HostState {
     }
 
     fn now_ms(&mut self) -> u64 {
+        self.asked_host = true;
         crate::clock::now_ms()
     }
 
     fn sql(&mut self) -> String {
+        self.asked_host = true;
         self.sql.clone()
     }
 
     fn idle(&mut self, backend: u32) -> u32 {
+        self.asked_host = true;
         self.servers
             .get(backend as usize)
             .map_or(0, |s| s.idle_count() as u32)
     }
 
     fn in_flight(&mut self, backend: u32) -> u32 {
+        self.asked_host = true;
         self.servers
             .get(backend as usize)
             .map_or(0, |s| s.in_use() as u32)

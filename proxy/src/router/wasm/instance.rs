@@ -11,6 +11,7 @@ use super::bindings::RoutingPolicy;
 use super::cpu_deadline::thread_cpu_time;
 use super::engine::LoadedPlugin;
 use super::host::HostState;
+use super::memo::Memo;
 use crate::pool::ServerPool;
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -55,10 +56,17 @@ pub struct Live {
     policy: RoutingPolicy,
     /// The topology generation this instance has seen.
     pub topology_generation: u64,
-    /// Sessions already announced to this instance (looked up on every route).
+    /// Sessions already announced to this instance (looked up before every call when the
+    /// policy wants session events).
     pub sessions: HashSet<u32, BuildHasherDefault<SessionIdHasher>>,
     /// What `init` asked for.
     pub per_statement_in_session: bool,
+    /// `init` said `route` is deterministic: its decisions are kept in `memo`.
+    pub deterministic: bool,
+    /// `init` asked for `session-opened` and `session-closed`.
+    pub session_events: bool,
+    /// A deterministic policy's decisions since the last topology push.
+    pub memo: Memo,
 }
 
 impl Live {
@@ -98,6 +106,9 @@ impl Live {
             topology_generation: 0,
             sessions: HashSet::default(),
             per_statement_in_session: settings.session_routing == SessionRouting::PerStatement,
+            deterministic: settings.deterministic,
+            session_events: settings.session_events,
+            memo: Memo::default(),
         };
         if let Some(t) = topology {
             live.topology(t, 1000)?;
@@ -113,6 +124,7 @@ impl Live {
             .call_topology_changed(&mut self.store, t.clone())
             .map_err(InstanceError::Trap)?;
         self.topology_generation = t.generation;
+        self.memo.clear();
         Ok(())
     }
 
@@ -144,7 +156,8 @@ impl Live {
     }
 
     /// The routing call, bounded by `deadline_ticks` epochs. `sql` is what `host.sql()`
-    /// answers during the call.
+    /// answers during the call. A deterministic policy's decision is remembered unless the
+    /// call asked the host for more than its inputs.
     pub fn route(
         &mut self,
         q: Query,
@@ -153,11 +166,18 @@ impl Live {
         deadline_ticks: u64,
     ) -> Result<Decision, InstanceError> {
         arm(&mut self.store, deadline_ticks);
-        self.store.data_mut().set_sql(sql);
-        self.policy
+        let state = self.store.data_mut();
+        state.set_sql(sql);
+        state.asked_host = false;
+        let decision = self
+            .policy
             .switchyard_policy_policy()
             .call_route(&mut self.store, q, candidates)
-            .map_err(InstanceError::Trap)
+            .map_err(InstanceError::Trap)?;
+        if self.deterministic && !self.store.data().asked_host {
+            self.memo.keep(&q, candidates, decision);
+        }
+        Ok(decision)
     }
 
     /// The message of the rejection `route` just returned.
@@ -216,25 +236,23 @@ pub fn with_live<R>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::bindings::switchyard::policy::types::{Protocol, QueryFlags, StatementKind};
+    use super::super::bindings::switchyard::policy::types::{
+        Protocol, QueryFlags, RouteHint, StatementKind,
+    };
     use super::super::engine::{deadline_ticks, PluginEngine};
+    use super::super::fixture;
     use super::*;
     use std::time::Duration;
 
-    /// A test fixture built by `cargo xtask test` (which builds the components first):
-    /// target/<profile>/deps/<this test> -> target/wasm32-wasip2/release/<name>.wasm.
-    fn fixture(name: &str) -> std::path::PathBuf {
-        let exe = std::env::current_exe().expect("current exe");
-        let target = exe.ancestors().nth(3).expect("target dir");
-        let path = target
-            .join("wasm32-wasip2/release")
-            .join(format!("{name}.wasm"));
-        assert!(
-            path.exists(),
-            "{} not found: run `cargo xtask test`, which builds the components first",
-            path.display()
-        );
-        path
+    fn plain_read() -> Query {
+        Query {
+            session_id: 1,
+            kind: StatementKind::Read,
+            flags: QueryFlags::empty(),
+            protocol: Protocol::Simple,
+            hint: RouteHint::None,
+            sql_length: 8,
+        }
     }
 
     #[test]
@@ -252,13 +270,7 @@ mod tests {
                 engine.increment_epoch();
             }
         });
-        let query = Query {
-            session_id: 1,
-            kind: StatementKind::Read,
-            flags: QueryFlags::empty(),
-            protocol: Protocol::Simple,
-            sql_length: 0,
-        };
+        let query = plain_read();
         let decision = live.route(
             query,
             "SELECT 1 /* trouble */",
@@ -275,5 +287,31 @@ mod tests {
             live.store.data().deadline.overran(),
             "the epoch jumped after the call ended: the fixture's work is too short"
         );
+    }
+
+    #[test]
+    fn a_topology_push_empties_the_memo() {
+        let plugin = LoadedPlugin::load(&fixture("evil_policy"), "flip".into(), 16 << 20)
+            .expect("load the fixture");
+        let mut live = Live::new(&plugin, Arc::new(Vec::new()), None).expect("instantiate");
+        assert!(live.deterministic && live.session_events);
+        let query = plain_read();
+        let ticks = deadline_ticks(Duration::from_millis(20));
+        let first = live.route(query, "SELECT 1", 0b111, ticks).unwrap();
+        assert_eq!(live.memo.recall(&query, 0b111), Some(first));
+        // A call that asked the host for the text is not kept.
+        let write = Query {
+            kind: StatementKind::Write,
+            ..query
+        };
+        live.route(write, "INSERT INTO t VALUES (1)", 0b111, ticks)
+            .unwrap();
+        assert_eq!(live.memo.recall(&write, 0b111), None);
+        let topology = Topology {
+            generation: 2,
+            backends: &[],
+        };
+        live.topology(&topology, ticks).unwrap();
+        assert_eq!(live.memo.recall(&query, 0b111), None);
     }
 }
