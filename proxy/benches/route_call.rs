@@ -3,6 +3,7 @@
 //! `cargo bench -p switchyard --bench route_call` (build the plugins first: `cargo xtask test`
 //! or `cargo build --release --target wasm32-wasip2 -p read-write-split -p least-outstanding`).
 //! Each case runs 7 timed loops of 200,000 calls after a warm-up; the median is printed.
+//! `ROUTE_CALL_ONLY=<text>` times only the cases whose name contains the text.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -25,6 +26,10 @@ fn servers() -> Arc<Vec<ServerPool>> {
 }
 
 fn time(name: &str, router: &dyn Router, sql: &str) -> f64 {
+    // ROUTE_CALL_ONLY=<text>: time only the cases whose name contains it (for profiling one).
+    if std::env::var("ROUTE_CALL_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return f64::NAN;
+    }
     let message = {
         let mut m = vec![b'Q'];
         m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
