@@ -76,10 +76,13 @@ pub async fn run(
     clock::spawn_ticker(shutdown.clone());
     // On a worker, so that min_pool_size connections live on a worker's reactor.
     workers.get(0).spawn(pool::reaper(
-        pools,
+        pools.clone(),
         Duration::from_secs(1),
         shutdown.clone(),
     ));
+    workers
+        .get(0)
+        .spawn(pool::expire_waiters(pools, shutdown.clone()));
     let mut accept = workers.get(0).spawn(listener::accept_loop(
         listeners,
         proxy.clone(),

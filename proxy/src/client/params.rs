@@ -96,7 +96,7 @@ impl ClientParams {
                 return Err(format!("invalid startup parameter name \"{k}\""));
             }
             match TrackedParams::index(&k) {
-                Some(i) => tracked.0[i] = v,
+                Some(i) => tracked.set_at(i, &v),
                 None => extras.set(&k, &v),
             }
         }
@@ -105,11 +105,11 @@ impl ClientParams {
 
     /// The client's value of a tracked parameter, by name.
     pub fn tracked_value(&self, name: &str) -> Option<&str> {
-        TrackedParams::index(name).map(|i| self.tracked.0[i].as_str())
+        TrackedParams::index(name).map(|i| self.tracked.get(i))
     }
 
     /// The SQL that makes `conn` match this client, or `None` when it already does.
-    /// On the fast path this is six string comparisons and one list comparison.
+    /// On the fast path this is one byte-string comparison and one list comparison.
     pub fn sync_sql(&self, conn: &ServerConn) -> Option<String> {
         let tracked_same = self.tracked == conn.tracked;
         if tracked_same && self.extras == conn.applied_extras {
@@ -117,8 +117,8 @@ impl ClientParams {
         }
         let mut sql = String::new();
         for (i, name) in TRACKED.iter().enumerate() {
-            if self.tracked.0[i] != conn.tracked.0[i] {
-                sql.push_str(&format!("SET {name} TO {};", quote(&self.tracked.0[i])));
+            if self.tracked.get(i) != conn.tracked.get(i) {
+                sql.push_str(&format!("SET {name} TO {};", quote(self.tracked.get(i))));
             }
         }
         for (k, v) in self.extras.iter() {

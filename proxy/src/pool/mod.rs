@@ -6,9 +6,10 @@
 
 mod reaper;
 mod server_pool;
+mod slots;
 mod user_pool;
 
-pub use reaper::reaper;
+pub use reaper::{expire_waiters, reaper};
 pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool};
 pub use user_pool::UserPool;
 

@@ -1,5 +1,6 @@
-//! A background task that keeps pools tidy: closes idle connections past `idle_timeout` or
-//! `server_lifetime`, and opens connections up to `min_pool_size`.
+//! Background tasks that keep pools tidy: the reaper closes idle connections past
+//! `idle_timeout` or `server_lifetime` and opens connections up to `min_pool_size`; the waiter
+//! expiry fails checkouts queued past `checkout_timeout`.
 
 use crate::pool::Pools;
 use crate::shutdown::Shutdown;
@@ -23,6 +24,32 @@ pub async fn reaper(pools: Arc<Pools>, period: Duration, mut shutdown: Shutdown)
                     tracing::debug!(server = %server.name, closed, "closed idle server connections");
                 }
                 server.fill_to_min().await;
+            }
+        }
+    }
+}
+
+/// How often queued checkouts are checked against `checkout_timeout`: a waiting client gets its
+/// error at most this much late (never early).
+pub const WAITER_EXPIRY_PERIOD: Duration = Duration::from_millis(50);
+
+/// Fails queued checkouts past their deadline, every [`WAITER_EXPIRY_PERIOD`], until shutdown.
+/// A task of its own, so a slow connect in the reaper never delays a timeout.
+pub async fn expire_waiters(pools: Arc<Pools>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(WAITER_EXPIRY_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.closing() => return,
+        }
+        let now = std::time::Instant::now();
+        for pool in pools.all() {
+            for server in pool.servers.iter() {
+                let expired = server.expire_waiters(now);
+                if expired > 0 {
+                    tracing::debug!(server = %server.name, expired, "checkouts timed out");
+                }
             }
         }
     }

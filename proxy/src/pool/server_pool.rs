@@ -1,19 +1,20 @@
 //! The connections of one (database, user) to one server.
 //!
-//! A semaphore with `pool_size` permits bounds the connections checked out. Idle connections wait
-//! on one LIFO stack per worker thread (the warmest is reused first, the coldest can time out);
-//! a worker takes from its own stack first, so a transaction normally stays on one thread, and
-//! from the others before opening a new connection, so `pool_size` is never exceeded. The fast
-//! path of a checkout is one `try_acquire` and one uncontended mutex: no allocation, no syscall.
+//! [`Slots`] bound the connections checked out to `pool_size` and queue the checkouts that wait.
+//! Idle connections wait on one LIFO stack per worker thread (the warmest is reused first, the
+//! coldest can time out); a worker takes from its own stack first, so a transaction normally
+//! stays on one thread, and from the others before opening a new connection, so `pool_size` is
+//! never exceeded. The fast path of a checkout and of a checkin is two uncontended locks each
+//! (the slots, the idle stack): no allocation, no syscall, no timer.
 
+use super::slots::{Expired, Slots};
 use crate::config::{General, Role};
 use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Boxed connections: moving one in and out of the pool copies a pointer, not ~300 bytes.
 #[allow(clippy::vec_box)]
@@ -70,18 +71,29 @@ pub struct ServerPool {
     timeouts: PoolTimeouts,
     /// Idle connections, one stack per worker (by `ServerConn::home`).
     idle: Vec<Mutex<IdleStack>>,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     /// Connections opened since start, for tests and stats.
     pub opened: AtomicU64,
     /// Until when (coarse clock, ms) the server counts as down after a failed connect; 0 = up.
     down_until_ms: AtomicU64,
 }
 
+/// A slot taken from a pool's [`Slots`]; dropping it gives the slot back.
+#[derive(Debug)]
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
 /// A checked-out connection. Dropping it closes the connection; [`ServerPool::checkin`] returns it.
+/// Either way its slot goes back to the pool (after the connection went to the idle list).
 #[derive(Debug)]
 pub struct Pooled {
     conn: Option<Box<ServerConn>>,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl Deref for Pooled {
@@ -129,7 +141,7 @@ impl ServerPool {
             idle: (0..workers.max(1))
                 .map(|_| Mutex::new(Vec::with_capacity(size as usize)))
                 .collect(),
-            permits: Arc::new(Semaphore::new(size as usize)),
+            slots: Arc::new(Slots::new(size)),
             opened: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
         }
@@ -179,16 +191,19 @@ impl ServerPool {
     /// Hands out a connection: an idle one if any is sound, else a new one. Waits up to
     /// `checkout_timeout` for a free slot.
     pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            // The pool is full: wait in line (boxed, since only waiting clients need the timer).
-            Err(_) => Box::pin(self.wait_for_permit()).await?,
-        };
+        if let Err(Expired(waited)) = self.slots.take(self.timeouts.checkout).await {
+            return Err(CheckoutError::Exhausted {
+                server: self.name.clone(),
+                waited_ms: waited.as_millis(),
+                size: self.size,
+            });
+        }
+        let slot = Slot(self.slots.clone());
         while let Some(mut conn) = self.pop_idle() {
             if conn.idle_check() {
                 return Ok(Pooled {
                     conn: Some(conn),
-                    _permit: permit,
+                    _slot: slot,
                 });
             }
             tracing::debug!(server = %self.name, "discarding a broken idle server connection");
@@ -198,22 +213,13 @@ impl ServerPool {
         let conn = Box::pin(self.open()).await?;
         Ok(Pooled {
             conn: Some(conn),
-            _permit: permit,
+            _slot: slot,
         })
     }
 
-    async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
-        let started = Instant::now();
-        match tokio::time::timeout(self.timeouts.checkout, self.permits.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(CheckoutError::Exhausted {
-                server: self.name.clone(),
-                waited_ms: started.elapsed().as_millis(),
-                size: self.size,
-            }),
-        }
+    /// Fails the checkouts that have waited past `checkout_timeout`; returns how many.
+    pub fn expire_waiters(&self, now: std::time::Instant) -> usize {
+        self.slots.expire(now)
     }
 
     async fn open(&self) -> Result<Box<ServerConn>, ConnectError> {
@@ -281,13 +287,14 @@ impl ServerPool {
     /// Opens connections until `min_pool_size` are open (idle or in use).
     pub async fn fill_to_min(&self) {
         while self.open_count() < self.min_size as usize {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            if !self.slots.try_take() {
                 return;
-            };
+            }
+            let slot = Slot(self.slots.clone());
             match self.open().await {
                 Ok(conn) => self.checkin(Pooled {
                     conn: Some(conn),
-                    _permit: permit,
+                    _slot: slot,
                 }),
                 Err(e) => {
                     tracing::warn!(server = %self.name, error = %e, "cannot open min_pool_size connection");
@@ -299,12 +306,17 @@ impl ServerPool {
 
     /// Connections open now: idle plus checked out.
     pub fn open_count(&self) -> usize {
-        self.idle_count() + (self.size as usize - self.permits.available_permits())
+        self.idle_count() + self.in_use()
     }
 
     /// Connections checked out now (queries or transactions in flight).
     pub fn in_use(&self) -> usize {
-        self.size as usize - self.permits.available_permits()
+        self.size.saturating_sub(self.slots.free()) as usize
+    }
+
+    /// Checkouts waiting for a free connection now.
+    pub fn waiting(&self) -> usize {
+        self.slots.waiting()
     }
 
     /// Idle connections now.

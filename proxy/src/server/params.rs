@@ -97,10 +97,19 @@ pub const TRACKED: [&str; 6] = [
     "standard_conforming_strings",
 ];
 
-/// Values of the [`TRACKED`] parameters, compared on every checkout: six string comparisons,
-/// no lookup by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrackedParams(pub [String; 6]);
+/// Values of the [`TRACKED`] parameters, compared on every checkout.
+///
+/// Kept as one buffer (`value\0` six times: PostgreSQL values never contain a NUL), so that the
+/// comparison at checkout is one `memcmp` of a few dozen bytes rather than six, and a session
+/// holds one allocation for them rather than six.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedParams(Vec<u8>);
+
+impl Default for TrackedParams {
+    fn default() -> Self {
+        TrackedParams(vec![0; TRACKED.len()])
+    }
+}
 
 impl TrackedParams {
     /// The position of `name` in [`TRACKED`].
@@ -113,18 +122,85 @@ impl TrackedParams {
         let mut t = TrackedParams::default();
         for (i, name) in TRACKED.iter().enumerate() {
             if let Some(v) = list.get(name) {
-                t.0[i] = v.to_owned();
+                t.set_at(i, v);
             }
         }
         t
     }
 
+    /// Where value `i` lies in the buffer.
+    fn span(&self, i: usize) -> std::ops::Range<usize> {
+        let mut start = 0;
+        for _ in 0..i {
+            start += self.0[start..].iter().position(|&b| b == 0).unwrap_or(0) + 1;
+        }
+        let len = self.0[start..].iter().position(|&b| b == 0).unwrap_or(0);
+        start..start + len
+    }
+
+    /// The value of [`TRACKED`]`[i]` (empty until the server reports it).
+    pub fn get(&self, i: usize) -> &str {
+        // Only whole `&str`s without NUL are stored, so every span is valid UTF-8.
+        std::str::from_utf8(&self.0[self.span(i)]).unwrap_or_default()
+    }
+
+    /// Sets the value of [`TRACKED`]`[i]`; a value with a NUL (which no server reports) is
+    /// cut there.
+    pub fn set_at(&mut self, i: usize, value: &str) {
+        let value = value.split('\0').next().unwrap_or_default();
+        let span = self.span(i);
+        if &self.0[span.clone()] != value.as_bytes() {
+            self.0.splice(span, value.bytes());
+        }
+    }
+
     /// Records a reported value if `name` is tracked.
     pub fn set(&mut self, name: &str, value: &str) {
         if let Some(i) = Self::index(name) {
-            if self.0[i] != value {
-                self.0[i] = value.to_owned();
-            }
+            self.set_at(i, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tracked_tests {
+    use super::*;
+
+    #[test]
+    fn values_are_kept_apart() {
+        let mut t = TrackedParams::default();
+        assert_eq!(t.get(0), "");
+        t.set("TimeZone", "Europe/Paris");
+        t.set("application_name", "psql");
+        t.set("standard_conforming_strings", "on");
+        assert_eq!(t.get(4), "Europe/Paris");
+        assert_eq!(t.get(0), "psql");
+        assert_eq!(t.get(5), "on");
+        t.set("application_name", "");
+        t.set("timezone", "UTC");
+        assert_eq!(t.get(0), "");
+        assert_eq!(t.get(4), "UTC");
+        assert_eq!(t.get(5), "on");
+        t.set("not_tracked", "x");
+        t.set_at(1, "a\0b");
+        assert_eq!(t.get(1), "a");
+    }
+
+    #[test]
+    fn equal_values_compare_equal() {
+        let mut a = TrackedParams::default();
+        let mut b = TrackedParams::default();
+        a.set("DateStyle", "ISO, MDY");
+        a.set("IntervalStyle", "postgres");
+        b.set("IntervalStyle", "postgres");
+        assert_ne!(a, b);
+        b.set("datestyle", "ISO, MDY");
+        assert_eq!(a, b);
+        // The boundary between values counts: ("ab", "") differs from ("a", "b").
+        let (mut c, mut d) = (TrackedParams::default(), TrackedParams::default());
+        c.set_at(0, "ab");
+        d.set_at(0, "a");
+        d.set_at(1, "b");
+        assert_ne!(c, d);
     }
 }
