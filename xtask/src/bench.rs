@@ -13,12 +13,13 @@
 //! config) and BENCH_BASELINE_PLUGINS (a directory with that build's policy components: the
 //! baseline then runs them as "+policies" does, for before/after figures of the policy host).
 
+use crate::instructions::{self, Counted};
 use crate::{cargo, install, run};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard_tests::{free_port, roles, Cluster};
@@ -391,20 +392,25 @@ pub fn bench() -> Result<(), String> {
         format!("\"{}\" \"\"\n", roles::TRUST),
     )
     .map_err(|e| e.to_string())?;
-    std::fs::write(
-        pgb_dir.join("pgbouncer.ini"),
-        format!(
-            "[databases]\nbench = host={server_host} port={} dbname=bench\n[pgbouncer]\n\
-             listen_addr = 127.0.0.1\nlisten_port = {pgb_port}\nunix_socket_dir =\nauth_type = trust\n\
-             auth_file = {}\npool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = {}\n\
-             log_connections = 0\nlog_disconnections = 0\nlogfile = {}\n",
-            cluster.primary.port,
-            pgb_dir.join("userlist.txt").display(),
-            idle + 200,
-            pgb_dir.join("pgbouncer.log").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let pgb_ini = |port: u16, name: &str| {
+        let path = pgb_dir.join(format!("{name}.ini"));
+        std::fs::write(
+            &path,
+            format!(
+                "[databases]\nbench = host={server_host} port={} dbname=bench\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = trust\n\
+                 auth_file = {}\npool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = {}\n\
+                 log_connections = 0\nlog_disconnections = 0\nlogfile = {}\n",
+                cluster.primary.port,
+                pgb_dir.join("userlist.txt").display(),
+                idle + 200,
+                pgb_dir.join(format!("{name}.log")).display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>(path)
+    };
+    let pgb_conf = pgb_ini(pgb_port, "pgbouncer")?;
     let (uid, gid) =
         os_uid_gid(&std::env::var("PG_OS_USER").unwrap_or_else(|_| "postgres".into()))?;
     run(Command::new("chown")
@@ -412,7 +418,7 @@ pub fn bench() -> Result<(), String> {
         .arg(&pgb_dir))?;
     let pgbouncer = Killed(
         Command::new("pgbouncer")
-            .arg(pgb_dir.join("pgbouncer.ini"))
+            .arg(&pgb_conf)
             .uid(uid)
             .gid(gid)
             .stdin(Stdio::null())
@@ -577,6 +583,68 @@ pub fn bench() -> Result<(), String> {
     drop(switchyard_policies);
     drop(syr);
     drop(pgbouncer);
+
+    // User-space instructions per transaction (callgrind): steady where CPU time is not.
+    if env_or("BENCH_INSTRUCTIONS", "1") != "0" {
+        install::valgrind()?;
+        let mut counted = vec![
+            ("switchyard", bin.clone(), Vec::new(), plugin_dir.clone()),
+            (
+                "switchyard+policies",
+                bin.clone(),
+                policies.to_vec(),
+                plugin_dir.clone(),
+            ),
+        ];
+        if let Ok(path) = std::env::var("BENCH_BASELINE") {
+            let (plugins, dir) = match &baseline_plugins {
+                Some(dir) => (policies.to_vec(), PathBuf::from(dir)),
+                None => (Vec::new(), plugin_dir.clone()),
+            };
+            counted.push((baseline_name, PathBuf::from(path), plugins, dir));
+        }
+        let mut rows = Vec::new();
+        for &c in &clients {
+            for (name, program, plugins, dir) in &counted {
+                let port = free_port();
+                let conf = write_config(&format!("{name}-callgrind"), port, false, plugins, dir)?;
+                let target = Counted {
+                    name,
+                    port,
+                    command: Box::new(|out: &Path| {
+                        let mut cmd = instructions::callgrind(out, program);
+                        cmd.arg("--config").arg(&conf).env("RUST_LOG", "warn");
+                        cmd
+                    }),
+                    dir: cluster.dir.clone(),
+                };
+                let n = instructions::per_transaction(&cluster.bindir, &target, c, roles::TRUST)?;
+                eprintln!("bench: callgrind c={c:<3} {name:19} {n:.0} instructions/tx");
+                rows.push(format!("| {c} | {name} | {n:.0} |"));
+            }
+            let port = free_port();
+            let conf = pgb_ini(port, "pgbouncer-callgrind")?;
+            let target = Counted {
+                name: "pgbouncer",
+                port,
+                command: Box::new(|out: &Path| {
+                    let mut cmd = instructions::callgrind(out, Path::new("pgbouncer"));
+                    cmd.arg(&conf).uid(uid).gid(gid);
+                    cmd
+                }),
+                dir: pgb_dir.clone(),
+            };
+            let n = instructions::per_transaction(&cluster.bindir, &target, c, roles::TRUST)?;
+            eprintln!("bench: callgrind c={c:<3} pgbouncer           {n:.0} instructions/tx");
+            rows.push(format!("| {c} | pgbouncer | {n:.0} |"));
+        }
+        println!("\nUser-space instructions per transaction (callgrind; pgbench -S, simple protocol; the difference between a {}- and a {}-transaction-per-client run):\n", instructions::SHORT, instructions::LONG);
+        println!("| clients | proxy | instructions/tx |");
+        println!("|---|---|---|");
+        for row in &rows {
+            println!("{row}");
+        }
+    }
     cluster.stop();
     Ok(())
 }

@@ -67,8 +67,18 @@ pub fn postgres() -> Result<(), String> {
 
 /// Makes sure PgBouncer (Debian's) is there, for the benchmark.
 pub fn pgbouncer() -> Result<(), String> {
+    debian_tool("pgbouncer", "pgbouncer")
+}
+
+/// Makes sure valgrind is installed (the benchmark counts instructions with callgrind).
+pub fn valgrind() -> Result<(), String> {
+    debian_tool("valgrind", "valgrind")
+}
+
+/// Installs Debian's `package` unless `command` is already on the PATH.
+fn debian_tool(command: &str, package: &str) -> Result<(), String> {
     let found = Command::new("sh")
-        .args(["-c", "command -v pgbouncer"])
+        .args(["-c", &format!("command -v {command}")])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
@@ -76,11 +86,13 @@ pub fn pgbouncer() -> Result<(), String> {
         return Ok(());
     }
     if !is_root() {
-        return Err("pgbouncer not found: install the Debian package `pgbouncer`".into());
+        return Err(format!(
+            "{command} not found: install the Debian package `{package}`"
+        ));
     }
     sh(Command::new("apt-get").arg("update"))?;
     sh(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "pgbouncer"])
+        .args(["install", "-y", "--no-install-recommends", package])
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 

@@ -9,6 +9,7 @@
 
 mod bench;
 mod install;
+mod instructions;
 
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
