@@ -20,6 +20,7 @@ use crate::protocol::{frame, sqlstate};
 use crate::router::{hints, Hint, RouteRequest};
 use crate::server::maintenance;
 use crate::server::params::parse_parameter_status;
+use crate::server::params::TrackedParams;
 use crate::server::{ParamList, ServerConn};
 use crate::shutdown::{Phase, Shutdown};
 use crate::socket::Stream;
@@ -507,8 +508,8 @@ impl<'p> Session<'p> {
         let mut failed = 0u64;
         let mut last_error = None;
         let (sql, application_name) = if pool.router.reads_requests() {
-            let app = self.params.tracked_value("application_name");
-            (self.sql_of(msg), app.unwrap_or(""))
+            let app = self.params.tracked.get(TrackedParams::APPLICATION_NAME);
+            (self.sql_of(msg), app)
         } else {
             (None, "")
         };

@@ -66,7 +66,9 @@ pub fn complete(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
 
 /// Reads a NUL-terminated string at the start of `buf`: the string and the rest after the NUL.
 pub fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
+    // memchr: SQL text is found this way for every routed query, and a byte loop costs
+    // several instructions per byte.
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 

@@ -336,6 +336,22 @@ impl Classifier {
 
     /// Classifies a SQL string (one statement or several separated by `;`).
     pub fn classify(&self, sql: &str) -> Classification {
+        // A plain SELECT is decided in one tight pass (see `plain_select`).
+        if super::plain_select::is_plain_select(sql, |f| {
+            self.write_functions
+                .iter()
+                .any(|w| w.as_bytes().eq_ignore_ascii_case(f))
+        }) {
+            return Classification {
+                kind: StatementKind::Read,
+                read_only_begin: false,
+            };
+        }
+        self.classify_lexed(sql)
+    }
+
+    /// Classifies with the lexer alone.
+    pub(crate) fn classify_lexed(&self, sql: &str) -> Classification {
         let mut lexer = Lexer::new(sql);
         let mut overall: Option<StatementKind> = None;
         let mut read_only_begin = false;

@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod hints;
+mod plain_select;
 mod primary;
 pub mod wasm;
 

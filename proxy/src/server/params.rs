@@ -128,14 +128,17 @@ impl TrackedParams {
         t
     }
 
+    /// The index of `application_name` in [`TRACKED`] (routing reads it for every query).
+    pub const APPLICATION_NAME: usize = 0;
+
     /// Where value `i` lies in the buffer.
     fn span(&self, i: usize) -> std::ops::Range<usize> {
+        let nul = |from: usize| memchr::memchr(0, &self.0[from..]).unwrap_or(0);
         let mut start = 0;
         for _ in 0..i {
-            start += self.0[start..].iter().position(|&b| b == 0).unwrap_or(0) + 1;
+            start += nul(start) + 1;
         }
-        let len = self.0[start..].iter().position(|&b| b == 0).unwrap_or(0);
-        start..start + len
+        start..start + nul(start)
     }
 
     /// The value of [`TRACKED`]`[i]` (empty until the server reports it).
@@ -184,6 +187,11 @@ mod tracked_tests {
         t.set("not_tracked", "x");
         t.set_at(1, "a\0b");
         assert_eq!(t.get(1), "a");
+    }
+
+    #[test]
+    fn application_name_index() {
+        assert_eq!(TRACKED[TrackedParams::APPLICATION_NAME], "application_name");
     }
 
     #[test]
