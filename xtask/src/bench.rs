@@ -95,15 +95,7 @@ fn pgbench(
         m => (m, false),
     };
     let cpu0 = target.pid.and_then(cpu_us);
-    let out = Command::new(bindir.join("pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &target.port.to_string(),
-            "-U",
-            roles::TRUST,
-        ])
+    let out = pgbench_to(bindir, target.port, roles::TRUST)
         .args([
             "-S",
             "-M",
@@ -148,6 +140,13 @@ fn pgbench(
             .map(|((u0, s0), (u1, s1))| (u1 + s1 - u0 - s0) / tx),
         user_us_per_tx: cpu0.zip(cpu1).map(|((u0, _), (u1, _))| (u1 - u0) / tx),
     })
+}
+
+/// pgbench against a loopback port as `user`; the caller adds the workload.
+pub fn pgbench_to(bindir: &Path, port: u16, user: &str) -> Command {
+    let mut cmd = Command::new(bindir.join("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user]);
+    cmd
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

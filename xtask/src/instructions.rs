@@ -93,17 +93,9 @@ fn run_pgbench(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = Command::new(bindir.join("pgbench"))
+    let out = crate::bench::pgbench_to(bindir, target.port, user)
         .args(["-n", "-S", "-M", "simple", "-j", "2"])
         .args(["-c", &clients.to_string(), "-t", &per_client.to_string()])
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &target.port.to_string(),
-            "-U",
-            user,
-        ])
         .arg("bench")
         .output()
         .map_err(|e| e.to_string())?;

@@ -110,6 +110,7 @@ impl Slots {
     }
 
     /// Checkouts waiting right now.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.lock().len()
     }
