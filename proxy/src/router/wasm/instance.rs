@@ -260,9 +260,12 @@ mod tests {
         let plugin = LoadedPlugin::load(&fixture("evil_policy"), "slow".into(), 16 << 20)
             .expect("load the fixture");
         let mut live = Live::new(&plugin, Arc::new(Vec::new()), None).expect("instantiate");
-        // While the call (~10 ms of work) runs, the epoch jumps 50 ticks, as it does when the
-        // worker thread is descheduled for 250 ms mid-call (a busy machine, a throttled
-        // container). Without the CPU-time check the call would be stopped.
+        // While the call (10-20 ms of work, depending on the machine) runs, the epoch jumps 50
+        // ticks, as it does when the worker thread is descheduled for 250 ms mid-call (a busy
+        // machine, a throttled container). Without the CPU-time check the call would be stopped
+        // at the jump, 21 ticks being its deadline. With it, the call has 100 ms of CPU after the
+        // jump: five times its work, so a slow day does not stop it (a 20 ms deadline did, once
+        // the fixture's loop took 19 ms).
         let engine = PluginEngine::get().engine.clone();
         let jumper = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(1));
@@ -275,7 +278,7 @@ mod tests {
             query,
             "SELECT 1 /* trouble */",
             0b11,
-            deadline_ticks(Duration::from_millis(20)),
+            deadline_ticks(Duration::from_millis(100)),
         );
         jumper.join().unwrap();
         match decision {
