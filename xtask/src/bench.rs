@@ -531,8 +531,8 @@ pub fn bench() -> Result<(), String> {
 
     println!("\npgbench -S, -j 2, {seconds} s, {runs} runs interleaved; medians. Pool: transaction mode, 20 server connections; proxies reach PostgreSQL by {server_socket}. switchyard+policies: read-write-split + least-outstanding on a pool with only the primary; switchyard+replicas: the same with {replicas} streaming replicas, which get the reads.\n");
     println!("Ratios are medians of per-run ratios: within a run the targets go back to back, so a slow change of the shared machine's load affects both sides of a ratio alike.\n");
-    println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | of which user | tps vs direct | tps vs PgBouncer | tps vs switchyard |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | clients | target | tps | latency ms | proxy CPU µs/tx | of which user | CPU vs PgBouncer | tps vs direct | tps vs PgBouncer | tps vs switchyard |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for mode in &modes {
         for &c in &clients {
             let med = |name: &str, f: fn(&Sample) -> Option<f64>| {
@@ -549,21 +549,35 @@ pub fn bench() -> Result<(), String> {
                 let b = &samples[&(mode.clone(), c, base)];
                 median(a.iter().zip(b).map(|(a, b)| a.tps / b.tps).collect())
             };
+            // CPU per transaction against PgBouncer's in the same run: the kernel's share, most
+            // of either proxy's CPU, moves with the machine's load, which a ratio cancels.
+            let cpu_ratio = |name: &str| {
+                let a = &samples[&(mode.clone(), c, name)];
+                let b = &samples[&(mode.clone(), c, "pgbouncer")];
+                median(
+                    a.iter()
+                        .zip(b)
+                        .filter_map(|(a, b)| Some(a.cpu_us_per_tx? / b.cpu_us_per_tx?))
+                        .collect(),
+                )
+            };
             for t in &targets {
                 let tps = med(t.name, |s| Some(s.tps));
-                let us = |v: f64| {
+                // `-` where there is no figure (PostgreSQL's own CPU is not measured).
+                let num = |v: f64, digits: usize| {
                     if v.is_nan() {
                         "-".to_string()
                     } else {
-                        format!("{v:.1}")
+                        format!("{v:.digits$}")
                     }
                 };
                 println!(
-                    "| {mode} | {c} | {} | {tps:.0} | {:.3} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                    "| {mode} | {c} | {} | {tps:.0} | {:.3} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
                     t.name,
                     med(t.name, |s| Some(s.latency_ms)),
-                    us(med(t.name, |s| s.cpu_us_per_tx)),
-                    us(med(t.name, |s| s.user_us_per_tx)),
+                    num(med(t.name, |s| s.cpu_us_per_tx), 1),
+                    num(med(t.name, |s| s.user_us_per_tx), 1),
+                    num(cpu_ratio(t.name), 2),
                     ratio(t.name, "postgres"),
                     ratio(t.name, "pgbouncer"),
                     ratio(t.name, "switchyard"),
