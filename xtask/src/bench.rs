@@ -543,24 +543,20 @@ pub fn bench() -> Result<(), String> {
                         .collect(),
                 )
             };
-            // Run i of every target is sample i: pair them up.
-            let ratio = |name: &str, base: &str| {
+            // Run i of every target is sample i: pair them up. CPU per transaction is paired
+            // too: the kernel's share, most of either proxy's CPU, moves with the machine's
+            // load, which a ratio cancels.
+            let paired = |name: &str, base: &str, f: fn(&Sample) -> Option<f64>| {
                 let a = &samples[&(mode.clone(), c, name)];
                 let b = &samples[&(mode.clone(), c, base)];
-                median(a.iter().zip(b).map(|(a, b)| a.tps / b.tps).collect())
-            };
-            // CPU per transaction against PgBouncer's in the same run: the kernel's share, most
-            // of either proxy's CPU, moves with the machine's load, which a ratio cancels.
-            let cpu_ratio = |name: &str| {
-                let a = &samples[&(mode.clone(), c, name)];
-                let b = &samples[&(mode.clone(), c, "pgbouncer")];
                 median(
                     a.iter()
                         .zip(b)
-                        .filter_map(|(a, b)| Some(a.cpu_us_per_tx? / b.cpu_us_per_tx?))
+                        .filter_map(|(a, b)| Some(f(a)? / f(b)?))
                         .collect(),
                 )
             };
+            let ratio = |name: &str, base: &str| paired(name, base, |s| Some(s.tps));
             for t in &targets {
                 let tps = med(t.name, |s| Some(s.tps));
                 // `-` where there is no figure (PostgreSQL's own CPU is not measured).
@@ -577,7 +573,7 @@ pub fn bench() -> Result<(), String> {
                     med(t.name, |s| Some(s.latency_ms)),
                     num(med(t.name, |s| s.cpu_us_per_tx), 1),
                     num(med(t.name, |s| s.user_us_per_tx), 1),
-                    num(cpu_ratio(t.name), 2),
+                    num(paired(t.name, "pgbouncer", |s| s.cpu_us_per_tx), 2),
                     ratio(t.name, "postgres"),
                     ratio(t.name, "pgbouncer"),
                     ratio(t.name, "switchyard"),
