@@ -12,11 +12,26 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+
+/// A Terminate message: what a client that says goodbye sends before it closes.
+pub const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
+/// What a peer sent while nobody was reading its socket, seen without consuming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peeked {
+    /// The peer closed the connection (end of file or a reset).
+    Left,
+    /// The peer sent a Terminate message and nothing else: it is leaving.
+    Terminate,
+    /// Bytes wait to be read: the peer is there and has more to say.
+    Data,
+}
 
 /// The socket file of a PostgreSQL-style Unix socket directory and port.
 pub fn socket_path(dir: &str, port: u16) -> PathBuf {
@@ -87,12 +102,74 @@ impl Stream {
         }
     }
 
+    /// Polls for what the peer sends while its socket is not being read, without consuming
+    /// anything: `Pending` (with the waker registered) while it sends nothing. A lone
+    /// Terminate is told apart when `terminate_counts`, that is when the bytes on the socket
+    /// start a message.
+    pub fn poll_peek(&self, cx: &mut Context<'_>, terminate_counts: bool) -> Poll<Peeked> {
+        loop {
+            let ready = match self {
+                Stream::Tcp(s) => s.poll_read_ready(cx),
+                Stream::Unix(s) => s.poll_read_ready(cx),
+            };
+            match ready {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Peeked::Left),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut buf = [0u8; TERMINATE.len() + 1];
+            let fd = self.as_raw_fd();
+            // `try_io` clears the readiness on `WouldBlock`, so the next poll registers anew.
+            let peeked = match self {
+                Stream::Tcp(s) => s.try_io(Interest::READABLE, || peek(fd, &mut buf)),
+                Stream::Unix(s) => s.try_io(Interest::READABLE, || peek(fd, &mut buf)),
+            };
+            return Poll::Ready(match peeked {
+                Ok(0) => Peeked::Left,
+                Ok(n) if terminate_counts && &buf[..n] == TERMINATE => Peeked::Terminate,
+                Ok(_) => Peeked::Data,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => Peeked::Left,
+            });
+        }
+    }
+
     /// Waits until the socket is readable (or closed).
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
         }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)`: the bytes waiting on a socket, left where they are.
+/// (tokio offers peeking on TCP streams only, and std's Unix-socket `peek` is unstable.)
+fn peek(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes for the whole call, and
+    // `recv` writes at most that many; `fd` belongs to a socket the caller borrows.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -148,6 +225,54 @@ mod tests {
             socket_path("/var/run/postgresql", 5432),
             PathBuf::from("/var/run/postgresql/.s.PGSQL.5432")
         );
+    }
+
+    /// Polls `poll_peek` once.
+    fn peek_now(s: &Stream, terminate_counts: bool) -> Poll<Peeked> {
+        let waker = std::task::Waker::noop();
+        s.poll_peek(&mut Context::from_waker(waker), terminate_counts)
+    }
+
+    /// Waits (bounded) until `poll_peek` has something to say.
+    async fn peek_soon(s: &Stream, terminate_counts: bool) -> Peeked {
+        let peek = std::future::poll_fn(|cx| s.poll_peek(cx, terminate_counts));
+        tokio::time::timeout(std::time::Duration::from_secs(5), peek)
+            .await
+            .expect("a peek result within 5 s")
+    }
+
+    #[tokio::test]
+    async fn a_peek_tells_silence_data_goodbye_and_close_apart_and_consumes_nothing() {
+        use tokio::io::AsyncWriteExt;
+        // Unix and TCP sockets alike.
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = TcpStream::connect(listener.local_addr().unwrap());
+        let (c, accepted) = tokio::join!(connect, listener.accept());
+        let (c, mut d) = (c.unwrap(), accepted.unwrap().0);
+        let ends: [(Stream, &mut (dyn tokio::io::AsyncWrite + Unpin + Send)); 2] =
+            [(Stream::Unix(a), &mut b), (Stream::Tcp(c), &mut d)];
+        for (s, peer) in ends {
+            assert_eq!(peek_now(&s, true), Poll::Pending, "nothing sent yet");
+            peer.write_all(TERMINATE).await.unwrap();
+            assert_eq!(peek_soon(&s, true).await, Peeked::Terminate);
+            assert_eq!(
+                peek_soon(&s, false).await,
+                Peeked::Data,
+                "mid-message, the same bytes are data"
+            );
+            peer.write_all(b"Q").await.unwrap();
+            assert_eq!(
+                peek_soon(&s, true).await,
+                Peeked::Data,
+                "more than a Terminate"
+            );
+            peer.shutdown().await.unwrap();
+            // Nothing was consumed: the six bytes are still there to read.
+            let mut buf = [0u8; 16];
+            assert_eq!(s.try_read(&mut buf).unwrap(), 6);
+            assert_eq!(peek_soon(&s, true).await, Peeked::Left, "end of file");
+        }
     }
 
     #[tokio::test]

@@ -425,6 +425,64 @@ mod raw {
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_while_queued_gives_up_its_place_and_its_query() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 1");
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    holder
+        .batch_execute("CREATE TABLE left_behind (x int); BEGIN; SELECT 1")
+        .await
+        .unwrap();
+    let insert = |x: u32| {
+        raw::msg(
+            b'Q',
+            format!("INSERT INTO left_behind VALUES ({x})\0").as_bytes(),
+        )
+    };
+    // The holder has the only server: each of these queues with its query in hand.
+    // One closes its socket (as a killed process does) ...
+    let mut closes = raw::login(proxy.port, roles::TRUST, &db).await;
+    closes.write_all(&insert(1)).await.unwrap();
+    // ... one says goodbye with a Terminate and waits for the proxy to close ...
+    let mut says_bye = raw::login(proxy.port, roles::TRUST, &db).await;
+    says_bye.write_all(&insert(2)).await.unwrap();
+    // ... and one pipelines a second query behind the first: it is still there.
+    let mut stays = raw::login(proxy.port, roles::TRUST, &db).await;
+    let mut two = insert(3);
+    two.extend(raw::msg(b'Q', b"SELECT 1\0"));
+    stays.write_all(&two).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(closes);
+    says_bye.write_all(&raw::msg(b'X', b"")).await.unwrap();
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(3), says_bye.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the proxy closes a queued client that sent Terminate: {closed:?}, {rest:?}"
+    );
+    // The server frees up. Checkouts are first come, first served: had the leavers kept their
+    // places, their INSERTs would run before anything queued after them.
+    holder.batch_execute("COMMIT").await.unwrap();
+    let tags = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut tags = raw::read_until(&mut stays, b'Z').await;
+        tags.extend(raw::read_until(&mut stays, b'Z').await);
+        tags
+    })
+    .await
+    .expect("the client that stayed is served");
+    assert_eq!(tags, b"CZTDCZ".to_vec(), "both of its queries answered");
+    let rows: Vec<i32> = holder
+        .query("SELECT x FROM left_behind ORDER BY x", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec![3], "only the client that stayed wrote");
+}
+
+#[tokio::test]
 async fn server_is_not_released_before_the_clients_sync() {
     use tokio::io::AsyncWriteExt;
     let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 1");

@@ -8,6 +8,7 @@
 //! arrive, without copying, unless the proxy has to insert or remove a message.
 
 use super::handshake::Login;
+use super::queued;
 use super::responses::{Owed, Responses, Verdict};
 use super::statements::{self, Statements};
 use super::transaction_block::{deferrable_begin, lone_end, may_begin};
@@ -96,6 +97,22 @@ pub(crate) struct Session<'p> {
     pending_names: std::collections::VecDeque<Vec<u8>>,
     /// The session's routing hint (`SET switchyard.route`, or the startup option).
     route_hint: std::cell::Cell<Hint>,
+    /// The client buffer holds more bytes after the message being handled.
+    more_buffered: bool,
+}
+
+/// Why a message got no server.
+enum NoServer {
+    /// An error for the client (SQLSTATE, message); the session goes on.
+    Refused(&'static str, String),
+    /// The client left while it waited in the checkout queue (see [`queued`]).
+    ClientLeft,
+}
+
+impl From<(&'static str, String)> for NoServer {
+    fn from((code, message): (&'static str, String)) -> Self {
+        NoServer::Refused(code, message)
+    }
 }
 
 /// What woke the session up.
@@ -151,6 +168,7 @@ impl<'p> Session<'p> {
             max_prepared: proxy.config.general.max_prepared_statements,
             pending_names: std::collections::VecDeque::new(),
             route_hint,
+            more_buffered: false,
         }
     }
 
@@ -393,6 +411,7 @@ impl<'p> Session<'p> {
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(End::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
             };
+            self.more_buffered = cbuf.len() > f.total;
             if let Err(end) = self.on_client_message(f.tag, &cbuf[..f.total]).await {
                 break Err(end);
             }
@@ -455,7 +474,7 @@ impl<'p> Session<'p> {
                 _ => {}
             }
             let failed = if self.deferred_failed {
-                Err((
+                Err(NoServer::Refused(
                     sqlstate::IN_FAILED_TRANSACTION,
                     "current transaction is aborted, commands ignored until end of transaction block"
                         .to_string(),
@@ -463,7 +482,14 @@ impl<'p> Session<'p> {
             } else {
                 self.attach(msg).await
             };
-            if let Err((code, message)) = failed {
+            if let Err(no_server) = failed {
+                let (code, message) = match no_server {
+                    NoServer::Refused(code, message) => (code, message),
+                    NoServer::ClientLeft => {
+                        tracing::debug!(pid = self.pid, "client left while queued for a server");
+                        return Err(End::ClientGone);
+                    }
+                };
                 backend::error(&mut self.to_client, Severity::Error, code, &message);
                 // Inside a deferred transaction the error fails it, as on a server.
                 self.deferred_failed = !self.deferred.is_empty();
@@ -501,12 +527,12 @@ impl<'p> Session<'p> {
     }
 
     /// Routes and checks out a server connection, and gives it this client's parameters.
-    async fn attach(&mut self, msg: &[u8]) -> Result<(), (&'static str, String)> {
+    async fn attach(&mut self, msg: &[u8]) -> Result<(), NoServer> {
         let pool = self.pool.clone();
         // A server that refuses a connection is marked unhealthy, which takes it out of the
         // policies' candidates: route again, until a route repeats a server that failed.
         let mut failed = 0u64;
-        let mut last_error = None;
+        let mut last_error: Option<(&str, String)> = None;
         let (sql, application_name) = if pool.router.reads_requests() {
             let app = self.params.tracked.get(TrackedParams::APPLICATION_NAME);
             (self.sql_of(msg), app)
@@ -530,18 +556,24 @@ impl<'p> Session<'p> {
             let index = pool.resolve(route)?;
             let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
             if failed & bit != 0 {
-                return Err(last_error.expect("set with the bit"));
+                return Err(last_error.expect("set with the bit").into());
             }
             if let Some(i) = self.parked.iter().position(|p| p.index == index) {
                 break (index, self.parked.swap_remove(i).conn);
             }
-            match pool.servers[index].checkout().await {
+            let checkout = pool.servers[index].checkout();
+            let Some(checked_out) =
+                queued::unless_client_leaves(&self.client, !self.more_buffered, checkout).await
+            else {
+                return Err(NoServer::ClientLeft);
+            };
+            match checked_out {
                 Ok(conn) => break (index, conn),
                 Err(e @ CheckoutError::Connect(_)) if bit != 0 => {
                     failed |= bit;
                     last_error = Some(checkout_error(&pool, e));
                 }
-                Err(e) => return Err(checkout_error(&pool, e)),
+                Err(e) => return Err(checkout_error(&pool, e).into()),
             }
         };
         let server = &pool.servers[index];
@@ -569,14 +601,14 @@ impl<'p> Session<'p> {
                     if o.tx_status == b'I' {
                         server.checkin(conn);
                     }
-                    return Err((
+                    return Err(NoServer::Refused(
                         sqlstate::PROTOCOL_VIOLATION,
                         format!("cannot apply the session's startup parameters: {detail}"),
                     ));
                 }
                 Err(e) => {
                     self.cancel.clear();
-                    return Err((
+                    return Err(NoServer::Refused(
                         sqlstate::CONNECTION_FAILURE,
                         format!("server connection failed while applying session parameters: {e}"),
                     ));
