@@ -400,6 +400,11 @@ mod raw {
         s
     }
 
+    /// A simple-protocol Query message.
+    pub fn query(sql: &str) -> Vec<u8> {
+        msg(b'Q', format!("{sql}\0").as_bytes())
+    }
+
     pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
         m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -480,6 +485,79 @@ async fn a_client_that_leaves_while_queued_gives_up_its_place_and_its_query() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(rows, vec![3], "only the client that stayed wrote");
+}
+
+#[tokio::test]
+async fn listen_in_transaction_mode_keeps_the_server_and_its_notifications_with_the_client() {
+    use tokio::io::AsyncWriteExt;
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 2");
+    let q = raw::query;
+    let within = |d: u64| Duration::from_secs(d);
+    let mut a = raw::login(proxy.port, roles::TRUST, &db).await;
+    a.write_all(&q("LISTEN chan")).await.unwrap();
+    assert_eq!(raw::read_until(&mut a, b'Z').await, b"CZ".to_vec());
+    // Another client notifies. Had A's server gone back to the pool, B would be given it (the
+    // idle list is last in, first out) and would receive A's notification itself.
+    let mut b = raw::login(proxy.port, roles::TRUST, &db).await;
+    b.write_all(&q("NOTIFY chan, 'for A'")).await.unwrap();
+    assert_eq!(
+        raw::read_until(&mut b, b'Z').await,
+        b"CZ".to_vec(),
+        "B does not receive a notification for A's LISTEN"
+    );
+    // A, idle between transactions, receives it: its server stayed with it.
+    let got = tokio::time::timeout(within(3), raw::read_until(&mut a, b'A')).await;
+    assert_eq!(got.ok(), Some(b"A".to_vec()), "A receives its notification");
+    a.write_all(&q("SELECT 1")).await.unwrap();
+    assert_eq!(raw::read_until(&mut a, b'Z').await, b"TDCZ".to_vec());
+    // A leaves; its server is returned without the LISTEN. Two transactions at once use both
+    // servers of the pool: neither may receive a notification on that channel.
+    a.write_all(&raw::msg(b'X', b"")).await.unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.write_all(&q("BEGIN; SELECT 1")).await.unwrap();
+    let mut c = raw::login(proxy.port, roles::TRUST, &db).await;
+    c.write_all(&q("BEGIN; SELECT 1")).await.unwrap();
+    raw::read_until(&mut b, b'Z').await;
+    raw::read_until(&mut c, b'Z').await;
+    let cluster = shared_cluster();
+    cluster
+        .psql(cluster.primary.port, &db, "NOTIFY chan, 'nobody listens'")
+        .unwrap();
+    for (name, s) in [("B", &mut b), ("C", &mut c)] {
+        s.write_all(&q("COMMIT")).await.unwrap();
+        let tags = tokio::time::timeout(within(3), raw::read_until(s, b'Z'))
+            .await
+            .unwrap();
+        assert_eq!(tags, b"CZ".to_vec(), "{name}: no notification after A left");
+    }
+}
+
+#[tokio::test]
+async fn a_listening_client_whose_server_dies_is_closed_as_in_session_mode() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (db, proxy) = setup("", "pool_mode = \"transaction\"\npool_size = 2");
+    let mut a = raw::login(proxy.port, roles::TRUST, &db).await;
+    a.write_all(&raw::query("LISTEN doomed")).await.unwrap();
+    assert_eq!(raw::read_until(&mut a, b'Z').await, b"CZ".to_vec());
+    let cluster = shared_cluster();
+    let killed = cluster
+        .psql(
+            cluster.primary.port,
+            "postgres",
+            &format!(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity where datname = '{db}' and query = 'LISTEN doomed'"
+            ),
+        )
+        .unwrap();
+    assert_eq!(killed.trim(), "1");
+    // Its LISTEN is gone with the server: the client is told so and closed, not left waiting
+    // for notifications that can no longer come.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), a.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(_))), "closed: {closed:?}");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("08006"), "FATAL 08006: {text:?}");
 }
 
 #[tokio::test]

@@ -68,6 +68,8 @@ pub struct Responses {
     /// Outcomes of the client's named Parses, in order: whether the statement now exists
     /// (false when the server refused or skipped it). The session drains them.
     pub named_parses: VecDeque<bool>,
+    /// The server completed a `LISTEN`: it now holds session state that notifications need.
+    pub listened: bool,
 }
 
 impl Default for Responses {
@@ -81,6 +83,7 @@ impl Default for Responses {
             copy_in: false,
             error: BytesMut::new(),
             named_parses: VecDeque::new(),
+            listened: false,
         }
     }
 }
@@ -96,6 +99,7 @@ impl Responses {
         self.copy_in = false;
         self.error.clear();
         self.named_parses.clear();
+        self.listened = false;
     }
 
     /// Queues an error the proxy gives itself, in its place among the server's answers.
@@ -269,8 +273,11 @@ impl Responses {
             }
             b'C' | b'I' | b's' => {
                 self.copy_in = false;
-                if tag == b'C' && forgets_prepared_statements(body) {
-                    prepared.clear();
+                if tag == b'C' {
+                    if forgets_prepared_statements(body) {
+                        prepared.clear();
+                    }
+                    self.listened |= body.starts_with(b"LISTEN\0");
                 }
                 self.pop_if(|o| o == Owed::Execute);
             }
@@ -463,6 +470,24 @@ mod tests {
         run(&mut r, b"2", &mut p);
         r.emit_synthetic(&mut out);
         assert_eq!(&out[..], b"1\0\0\0\x04");
+    }
+
+    #[test]
+    fn a_completed_listen_is_noticed_and_unlisten_is_not_one() {
+        let mut r = Responses::default();
+        let mut p = PreparedSet::default();
+        for tag in [&b"UNLISTEN\0"[..], b"SELECT 1\0", b"NOTIFY\0"] {
+            r.push(Owed::Query);
+            r.on_server_message(b'C', tag, &mut p);
+            r.on_server_message(b'Z', b"I", &mut p);
+        }
+        assert!(!r.listened);
+        r.push(Owed::Query);
+        r.on_server_message(b'C', b"LISTEN\0", &mut p);
+        r.on_server_message(b'Z', b"I", &mut p);
+        assert!(r.listened && r.releasable(), "idle, and listening");
+        r.reset();
+        assert!(!r.listened, "a newly attached server listens for nobody");
     }
 
     #[test]

@@ -838,12 +838,17 @@ impl<'p> Session<'p> {
 
     /// Gives the server connection back when the transaction is over: to the pool in
     /// transaction mode, to the session's parked servers with per-statement session routing.
+    ///
+    /// In transaction mode a server that ran a `LISTEN` for this client stays with it until
+    /// the session ends: the notifications are the client's, and another client given that
+    /// server must not receive them (the session then behaves as in session mode).
     fn release_if_idle(&mut self) {
         if !self.per_transaction
             || !self
                 .server
                 .as_ref()
                 .is_some_and(|_| self.responses.releasable())
+            || (self.responses.listened && self.transaction_mode())
         {
             return;
         }
@@ -874,7 +879,8 @@ impl<'p> Session<'p> {
         let message = format!("server connection lost: {why}");
         let r = &self.responses;
         drop(att.conn);
-        if self.transaction_mode() && r.tx_status == b'I' {
+        // A server holding the client's LISTEN is session state lost: end, as in session mode.
+        if self.transaction_mode() && r.tx_status == b'I' && !r.listened {
             let owed = r.ready_owed();
             if owed > 0 {
                 if r.partial > 0 {
@@ -937,6 +943,10 @@ impl<'p> Session<'p> {
         let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
         if reset {
             statements.push(&self.pool.reset_query);
+        } else if self.responses.listened && self.transaction_mode() {
+            // Transaction mode: the server was this session's for its LISTEN; nothing else of
+            // the session is kept there that transaction mode does not already allow.
+            statements.push("UNLISTEN *");
         }
         if statements.is_empty() {
             server.checkin(conn);
