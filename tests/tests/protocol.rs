@@ -478,6 +478,31 @@ async fn prepared_statements_per_server_stay_under_the_cap() {
     assert!(on_server().await <= 2);
 }
 
+#[tokio::test]
+async fn a_statement_whose_result_type_changed_can_be_prepared_again() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    c.batch_execute("CREATE TABLE migrating (a int); INSERT INTO migrating VALUES (1)")
+        .await
+        .unwrap();
+    let old = c.prepare("SELECT * FROM migrating").await.unwrap();
+    assert_eq!(c.query_one(&old, &[]).await.unwrap().len(), 1);
+    c.batch_execute("ALTER TABLE migrating ADD COLUMN b int DEFAULT 2")
+        .await
+        .unwrap();
+    // As on a direct connection: the old statement fails with 0A000 ...
+    let e = c.query_one(&old, &[]).await.unwrap_err();
+    assert_eq!(switchyard_tests::sqlstate(&e), Some("0A000"), "{e}");
+    // ... and the same text prepared again has the new result type, in this session and in
+    // another one (on a server, statements are shared by their text).
+    let again = c.prepare("SELECT * FROM migrating").await.unwrap();
+    let row = c.query_one(&again, &[]).await.unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 2));
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let s = other.prepare("SELECT * FROM migrating").await.unwrap();
+    assert_eq!(other.query_one(&s, &[]).await.unwrap().len(), 2);
+}
+
 /// One protocol message: tag and body.
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];

@@ -799,8 +799,18 @@ impl<'p> Session<'p> {
                     self.params.tracked.set(name, value);
                 }
             }
-            if f.tag == b'E' && is_fatal(body) {
-                fatal = true;
+            if f.tag == b'E' {
+                if is_fatal(body) {
+                    fatal = true;
+                } else if is_stale_statement(body) && conn.retire_at_ms != Some(0) {
+                    tracing::info!(
+                        server = %self.pool.servers[att.index].name,
+                        "a prepared statement's result type changed (a table it reads was \
+                         altered): the server connection is replaced once released, so the \
+                         statement is prepared afresh"
+                    );
+                    conn.retire_at_ms = Some(0);
+                }
             }
             if r.on_server_message(f.tag, body, &mut conn.prepared) == Verdict::Swallow {
                 out.extend_from_slice(&buf[from..pos]);
@@ -1051,6 +1061,16 @@ fn is_fatal(body: &[u8]) -> bool {
     error_field(body, b'V')
         .or_else(|| error_field(body, b'S'))
         .is_some_and(|s| s == b"FATAL" || s == b"PANIC")
+}
+
+/// Whether an error says that a prepared statement's result type changed under it: a
+/// migration altered a table it reads, and PostgreSQL refuses with "cached plan must not
+/// change result type" until the statement is prepared again. On a server connection the
+/// proxy's statements are named by their text and shared by all clients, so a client that
+/// prepares the same text again would be given the stale one: the connection must go.
+fn is_stale_statement(body: &[u8]) -> bool {
+    error_field(body, b'C') == Some(b"0A000")
+        && error_field(body, b'R') == Some(b"RevalidateCachedQuery")
 }
 
 /// One field of an ErrorResponse body.
