@@ -590,3 +590,63 @@ async fn statement_names_behave_as_in_postgresql() {
         .unwrap();
     assert_eq!(tags(&read_until_ready(&mut s)), "1Z");
 }
+
+#[tokio::test]
+async fn sql_deallocate_of_a_clients_statements_works_as_on_postgresql() {
+    // PDO (and psycopg with libpq before 17) prepare with Parse and drop with a simple-query
+    // DEALLOCATE. In transaction mode the names are the session's: the proxy answers.
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    read_until_ready(&mut s);
+    let sync = message(b'S', b"");
+    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
+    let mut ask = |m: Vec<u8>| {
+        s.write_all(&m).unwrap();
+        let reply = read_until_ready(&mut s);
+        (tags(&reply), reply)
+    };
+    let name = "pdo_stmt_00000001";
+    assert_eq!(
+        ask([parse(name, "SELECT 1"), sync.clone()].concat()).0,
+        "1Z"
+    );
+    // Between transactions.
+    let (t, reply) = ask(query(&format!("DEALLOCATE {name}")));
+    assert_eq!(t, "CZ", "{reply:?}");
+    assert_eq!(reply[0].1, b"DEALLOCATE\0");
+    assert_eq!(reply[1].1, b"I");
+    // The name is free again.
+    let (t, reply) = ask([parse(name, "SELECT 2"), bind_execute_sync(name)].concat());
+    assert_eq!(t, "12DCZ", "{reply:?}");
+    assert!(reply[2].1.ends_with(b"2"), "{reply:?}");
+    // Inside a transaction that holds a server.
+    assert_eq!(ask(query("BEGIN")).0, "CZ");
+    let (t, reply) = ask(bind_execute_sync(name));
+    assert_eq!(t, "2DCZ", "{reply:?}");
+    let (t, reply) = ask(query(&format!("deallocate prepare \"{name}\";")));
+    assert_eq!(
+        (t.as_str(), reply[1].1.as_slice()),
+        ("CZ", &b"T"[..]),
+        "{reply:?}"
+    );
+    assert_eq!(ask(query("COMMIT")).0, "CZ");
+    // A name the client never prepared: the server's own error.
+    let (t, reply) = ask(query("DEALLOCATE nope"));
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("26000"));
+    // SQL-level PREPARE and DEALLOCATE in one string still run on the server.
+    let (t, reply) = ask(query("PREPARE p AS SELECT 5; EXECUTE p; DEALLOCATE p"));
+    assert_eq!(t, "CTDCCZ", "{reply:?}");
+    // DEALLOCATE ALL frees every name of the client.
+    let parses = [parse("a", "SELECT 1"), parse("b", "SELECT 2"), sync.clone()].concat();
+    assert_eq!(ask(parses.clone()).0, "11Z");
+    let (t, reply) = ask(query("DEALLOCATE ALL"));
+    assert_eq!(t, "CZ", "{reply:?}");
+    assert_eq!(reply[0].1, b"DEALLOCATE ALL\0");
+    assert_eq!(ask(parses).0, "11Z");
+    // The only server went back to the pool each time: another client gets it.
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let v: i32 = other.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+}

@@ -40,6 +40,12 @@ pub enum Owed {
     /// Answered by the proxy with the ErrorResponse kept in `Responses::error` (an error the
     /// proxy finds itself, such as a duplicate statement name).
     SyntheticError,
+    /// A simple-query `DEALLOCATE` (`all`: of all statements) of the client's own statement
+    /// names, answered by the proxy: CommandComplete, then ReadyForQuery with the server's
+    /// transaction status at that point.
+    Deallocated {
+        all: bool,
+    },
 }
 
 /// What to do with one server message.
@@ -150,7 +156,7 @@ impl Responses {
     pub fn ready_owed(&self) -> usize {
         self.queue
             .iter()
-            .filter(|o| matches!(o, Owed::Query | Owed::Sync))
+            .filter(|o| matches!(o, Owed::Query | Owed::Sync | Owed::Deallocated { .. }))
             .count()
     }
 
@@ -158,7 +164,7 @@ impl Responses {
     pub fn synthetic_next(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Owed::Synthetic(_) | Owed::SyntheticError)
+            Some(Owed::Synthetic(_) | Owed::SyntheticError | Owed::Deallocated { .. })
         )
     }
 
@@ -175,6 +181,11 @@ impl Responses {
                 Some(Owed::SyntheticError) => {
                     out.extend_from_slice(&self.error);
                     self.error.clear();
+                }
+                Some(Owed::Deallocated { all }) => {
+                    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+                    backend::command_complete(out, tag);
+                    backend::ready_for_query(out, self.tx_status);
                 }
                 _ => return,
             }

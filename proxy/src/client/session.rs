@@ -10,7 +10,7 @@
 use super::handshake::Login;
 use super::queued;
 use super::responses::{Owed, Responses, Verdict};
-use super::statements::{self, Statements};
+use super::statements::{self, Deallocate, Statements};
 use super::transaction_block::{deferrable_begin, lone_end, may_begin};
 use super::ClientParams;
 use crate::cancel::{CancelSlot, Registration};
@@ -471,6 +471,15 @@ impl<'p> Session<'p> {
                 b'Q' if self.per_transaction && self.answer_transaction_control(msg) => {
                     return Ok(());
                 }
+                b'Q' if self.per_transaction && !self.deferred_failed => {
+                    if let Some(all) = forget_deallocated(&mut self.statements, msg) {
+                        let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+                        backend::command_complete(&mut self.to_client, tag);
+                        let status = self.idle_status();
+                        backend::ready_for_query(&mut self.to_client, status);
+                        return Ok(());
+                    }
+                }
                 _ => {}
             }
             let failed = if self.deferred_failed {
@@ -630,6 +639,14 @@ impl<'p> Session<'p> {
         let out = &mut self.to_server;
         let r = &mut self.responses;
         let skipping = r.skipping();
+        if tag == b'Q' && map_names && !skipping {
+            if let Some(all) = forget_deallocated(&mut self.statements, msg) {
+                // Nothing goes to the server: answered in turn, after what it still owes.
+                r.push(Owed::Deallocated { all });
+                r.emit_synthetic(&mut self.to_client);
+                return Ok(());
+            }
+        }
         r.sent();
         let body = &msg[5..];
         let malformed = || {
@@ -978,6 +995,22 @@ impl<'p> Session<'p> {
                 tracing::warn!(server = %server.name, error = %e, "reset failed; closing the server connection")
             }
         }
+    }
+}
+
+/// A simple-query `DEALLOCATE` of the client's own statement names (or of all of them) is the
+/// proxy's to answer: those names exist only in the session, and the statements stay prepared
+/// on the servers for other clients (PDO and psycopg with libpq before 17 deallocate this way;
+/// forwarded, the server would answer "does not exist"). Forgets them and returns `Some(all)`;
+/// `None` for any other query, including a `DEALLOCATE` of a name the client did not prepare
+/// with Parse (a SQL `PREPARE`), which the server answers.
+fn forget_deallocated(statements: &mut Statements, msg: &[u8]) -> Option<bool> {
+    match statements::deallocate_target(msg)? {
+        Deallocate::All => {
+            statements.clear();
+            Some(true)
+        }
+        Deallocate::Name(name) => statements.remove(&name).then_some(false),
     }
 }
 

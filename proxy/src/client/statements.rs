@@ -51,10 +51,67 @@ impl Statements {
             .map(|(h, rest)| (*h, rest.as_slice()))
     }
 
-    /// Forgets a client's statement (its Close).
-    pub fn remove(&mut self, name: &[u8]) {
-        self.by_name.remove(name);
+    /// Forgets a client's statement (its Close); returns whether it existed.
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        self.by_name.remove(name).is_some()
     }
+
+    /// Forgets all of the client's statements (its `DEALLOCATE ALL`).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// What a simple-query `DEALLOCATE` names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deallocate {
+    All,
+    /// A statement name, as PostgreSQL resolves it (unquoted: folded to lower case).
+    Name(Vec<u8>),
+}
+
+/// The target of a Query message that is exactly one `DEALLOCATE [PREPARE] name|ALL` (PDO and
+/// psycopg with libpq before 17 drop their protocol-level statements this way). Anything else,
+/// comments and multi-statement strings included, is `None`: the server answers it.
+pub fn deallocate_target(msg: &[u8]) -> Option<Deallocate> {
+    let sql = msg.get(5..)?.trim_ascii_start();
+    // Every Query of a transaction-mode client passes here: most are ruled out by one byte.
+    if sql.first()? | 0x20 != b'd' {
+        return None;
+    }
+    let sql = sql.strip_suffix(b"\0")?.trim_ascii_end();
+    let sql = sql.strip_suffix(b";").unwrap_or(sql).trim_ascii_end();
+    let rest = keyword(sql, b"deallocate")?;
+    let rest = keyword(rest, b"prepare").unwrap_or(rest);
+    if let Some(quoted) = rest.strip_prefix(b"\"") {
+        let inner = quoted.strip_suffix(b"\"")?;
+        let mut name = Vec::with_capacity(inner.len());
+        let mut bytes = inner.iter();
+        while let Some(&b) = bytes.next() {
+            if b == b'"' && bytes.next() != Some(&b'"') {
+                return None; // a lone quote inside: not one identifier
+            }
+            name.push(b);
+        }
+        return (!name.is_empty()).then_some(Deallocate::Name(name));
+    }
+    let first = *rest.first()?;
+    let ident = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80;
+    if !(first.is_ascii_alphabetic() || first == b'_' || first >= 0x80) || !rest.iter().all(ident) {
+        return None;
+    }
+    if rest.eq_ignore_ascii_case(b"all") {
+        return Some(Deallocate::All);
+    }
+    Some(Deallocate::Name(rest.to_ascii_lowercase()))
+}
+
+/// `text` after the keyword `word` (any case) and the whitespace that must follow it.
+fn keyword<'a>(text: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
+    let head = text.get(..word.len())?;
+    let rest = &text[word.len()..];
+    (head.eq_ignore_ascii_case(word) && rest.first()?.is_ascii_whitespace())
+        .then(|| rest.trim_ascii_start())
 }
 
 fn with_length(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
@@ -117,6 +174,59 @@ mod tests {
         assert_eq!(ha, hb);
         assert_ne!(ha, hash(b"select 2\0\0\0"));
         assert_eq!(&server_name(0xabc)[..], b"S_0000000000000abc");
+    }
+
+    fn q(sql: &str) -> Vec<u8> {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m
+    }
+
+    #[test]
+    fn deallocate_targets_are_read_as_postgresql_reads_them() {
+        let name = |n: &str| Some(Deallocate::Name(n.as_bytes().to_vec()));
+        assert_eq!(
+            deallocate_target(&q("DEALLOCATE pdo_stmt_00000001")),
+            name("pdo_stmt_00000001")
+        );
+        assert_eq!(
+            deallocate_target(&q("  deallocate prepare _pg3_0 ;\n")),
+            name("_pg3_0")
+        );
+        assert_eq!(deallocate_target(&q("DEALLOCATE Mixed$1")), name("mixed$1"));
+        assert_eq!(
+            deallocate_target(&q("DEALLOCATE \"Mixed \"\"q\"\"\"")),
+            name("Mixed \"q\"")
+        );
+        assert_eq!(
+            deallocate_target(&q("DEALLOCATE \"prepare\"")),
+            name("prepare")
+        );
+        assert_eq!(
+            deallocate_target(&q("DeAllocate ALL")),
+            Some(Deallocate::All)
+        );
+        assert_eq!(
+            deallocate_target(&q("DEALLOCATE PREPARE all;")),
+            Some(Deallocate::All)
+        );
+        assert_eq!(deallocate_target(&q("DEALLOCATE \"all\"")), name("all"));
+        for other in [
+            "DEALLOCATE",
+            "DEALLOCATE a; SELECT 1",
+            "DEALLOCATE a b",
+            "DEALLOCATE /* c */ a",
+            "DEALLOCATE 1a",
+            "DEALLOCATE \"\"",
+            "DEALLOCATE \"a\"b\"",
+            "DEALLOCATEa",
+            "SELECT 1",
+            "DISCARD ALL",
+        ] {
+            assert_eq!(deallocate_target(&q(other)), None, "{other}");
+        }
     }
 
     #[test]
