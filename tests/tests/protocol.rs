@@ -524,6 +524,12 @@ fn bind_execute_sync(name: &str) -> Vec<u8> {
 
 /// Reads messages up to and including the next ReadyForQuery: (tag, body) pairs.
 fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    read_readies(s, 1)
+}
+
+/// Reads messages up to and including the `n`th ReadyForQuery. Bytes that came in the same
+/// read after it are dropped: write the next request only after this returns.
+fn read_readies(s: &mut TcpStream, mut n: usize) -> Vec<(u8, Vec<u8>)> {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = Vec::new();
     let mut out = Vec::new();
@@ -538,12 +544,15 @@ fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
             out.push((tag, buf[5..len + 1].to_vec()));
             buf.drain(..len + 1);
             if tag == b'Z' {
-                return out;
+                n -= 1;
+                if n == 0 {
+                    return out;
+                }
             }
         }
-        let n = s.read(&mut chunk).expect("an answer");
-        assert!(n > 0, "closed; got {out:?}");
-        buf.extend_from_slice(&chunk[..n]);
+        let got = s.read(&mut chunk).expect("an answer");
+        assert!(got > 0, "closed; got {out:?}");
+        buf.extend_from_slice(&chunk[..got]);
     }
 }
 
@@ -649,4 +658,52 @@ async fn sql_deallocate_of_a_clients_statements_works_as_on_postgresql() {
     let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     let v: i32 = other.query_one("SELECT 7", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
+}
+
+#[tokio::test]
+async fn a_stale_statement_prepared_again_before_the_servers_ready_for_query_is_fresh() {
+    // The client re-prepares as soon as it reads the error, before the server's
+    // ReadyForQuery has reached the proxy: those messages must not be given the stale
+    // statement that is still prepared on that server connection. (Here the failing batch
+    // ends with a Flush, so the server's ReadyForQuery comes only after the client's Sync,
+    // which travels with the new Parse.)
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    read_until_ready(&mut s);
+    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
+    s.write_all(&query("CREATE TABLE t (a int); INSERT INTO t VALUES (1)"))
+        .unwrap();
+    read_until_ready(&mut s);
+    s.write_all(&[parse("a", "SELECT * FROM t"), bind_execute_sync("a")].concat())
+        .unwrap();
+    assert_eq!(tags(&read_until_ready(&mut s)), "12DCZ");
+    s.write_all(&query("ALTER TABLE t ADD COLUMN b int DEFAULT 2"))
+        .unwrap();
+    read_until_ready(&mut s);
+    let mut bind_execute_flush = bind_execute_sync("a");
+    bind_execute_flush.truncate(bind_execute_flush.len() - 5);
+    bind_execute_flush.extend(message(b'H', b""));
+    s.write_all(&bind_execute_flush).unwrap();
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).unwrap();
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut error = vec![0u8; len - 4];
+    s.read_exact(&mut error).unwrap();
+    assert_eq!(head[0], b'E');
+    assert_eq!(sqlstate_of(&error).as_deref(), Some("0A000"));
+    s.write_all(
+        &[
+            message(b'S', b""),
+            message(b'C', b"Sa\0"),
+            parse("b", "SELECT * FROM t"),
+            bind_execute_sync("b"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let again = read_readies(&mut s, 2);
+    assert_eq!(tags(&again), "Z312DCZ", "{again:?}");
+    // Two columns now: the DataRow holds a count of 2.
+    assert_eq!(&again[4].1[..2], &2i16.to_be_bytes(), "{again:?}");
 }

@@ -127,8 +127,12 @@ impl Responses {
 
     /// Records an answer owed for a message just forwarded (or answered by the proxy).
     pub fn push(&mut self, owed: Owed) {
-        if self.server_skipping && owed != Owed::Sync {
-            return;
+        if self.server_skipping {
+            if owed != Owed::Sync {
+                return;
+            }
+            // The server skips up to this Sync and reads what comes after it.
+            self.server_skipping = false;
         }
         if self.copy_in && owed == Owed::Sync {
             // PostgreSQL ignores Sync during COPY FROM STDIN (libraries send one regardless).
@@ -481,6 +485,27 @@ mod tests {
         run(&mut r, b"2", &mut p);
         r.emit_synthetic(&mut out);
         assert_eq!(&out[..], b"1\0\0\0\x04");
+    }
+
+    #[test]
+    fn what_follows_the_sync_after_an_error_is_not_skipped() {
+        // Bind, Execute, Flush; the Bind fails; the client then sends Sync, Parse, Sync.
+        let mut r = Responses::default();
+        let mut p = PreparedSet::default();
+        r.sent();
+        r.push(Owed::Bind);
+        r.push(Owed::Execute);
+        run(&mut r, b"E", &mut p);
+        assert!(r.skipping(), "the server skips until the client's Sync");
+        r.push(Owed::Execute);
+        assert_eq!(r.ready_owed(), 0, "skipped: nothing owed");
+        r.push(Owed::Sync);
+        assert!(!r.skipping(), "what follows the Sync is read by the server");
+        r.push(Owed::Parse { named: None });
+        r.push(Owed::Sync);
+        assert_eq!(r.ready_owed(), 2);
+        run(&mut r, b"Z1Z", &mut p);
+        assert!(r.releasable());
     }
 
     #[test]

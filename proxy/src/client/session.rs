@@ -411,6 +411,14 @@ impl<'p> Session<'p> {
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(End::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
             };
+            if self
+                .server
+                .as_ref()
+                .is_some_and(|a| a.conn.retire_at_ms == Some(0))
+                && self.holds_for_stale_statement()
+            {
+                break Ok(());
+            }
             self.more_buffered = cbuf.len() > f.total;
             if let Err(end) = self.on_client_message(f.tag, &cbuf[..f.total]).await {
                 break Err(end);
@@ -423,6 +431,20 @@ impl<'p> Session<'p> {
         }
         self.cbuf = cbuf;
         result
+    }
+
+    /// The attached server has a stale statement (see [`is_stale_statement`]) and is to be
+    /// replaced. A client that prepares the statement again right after the error, before the
+    /// server's ReadyForQuery, must not be given the stale one on this connection: its next
+    /// messages wait (true) until the server has answered what it was sent; then the server
+    /// is released, if the transaction is over, and they go to a fresh connection. Messages
+    /// are not held while no ReadyForQuery is due (the server waits for the client's Sync).
+    fn holds_for_stale_statement(&mut self) -> bool {
+        if self.responses.ready_owed() > 0 {
+            return true;
+        }
+        self.release_if_idle();
+        false
     }
 
     async fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
