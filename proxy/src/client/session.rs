@@ -415,6 +415,7 @@ impl<'p> Session<'p> {
                 .server
                 .as_ref()
                 .is_some_and(|a| a.conn.retire_at_ms == Some(0))
+                && self.transaction_mode()
                 && self.holds_for_stale_statement()
             {
                 break Ok(());
@@ -433,12 +434,13 @@ impl<'p> Session<'p> {
         result
     }
 
-    /// The attached server has a stale statement (see [`is_stale_statement`]) and is to be
-    /// replaced. A client that prepares the statement again right after the error, before the
-    /// server's ReadyForQuery, must not be given the stale one on this connection: its next
-    /// messages wait (true) until the server has answered what it was sent; then the server
-    /// is released, if the transaction is over, and they go to a fresh connection. Messages
-    /// are not held while no ReadyForQuery is due (the server waits for the client's Sync).
+    /// Transaction mode; the attached server has a stale statement (see
+    /// [`is_stale_statement`]) and is to be replaced. A client that prepares the statement
+    /// again right after the error, before the server's ReadyForQuery, must not be given the
+    /// stale one on this connection: its next messages wait (true) until the server has
+    /// answered what it was sent; then the server is released, if the transaction is over,
+    /// and they go to a fresh connection. Messages are not held while no ReadyForQuery is due
+    /// (the server waits for the client's Sync).
     fn holds_for_stale_statement(&mut self) -> bool {
         if self.responses.ready_owed() > 0 {
             return true;
