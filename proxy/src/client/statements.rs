@@ -176,56 +176,37 @@ mod tests {
         assert_eq!(&server_name(0xabc)[..], b"S_0000000000000abc");
     }
 
-    fn q(sql: &str) -> Vec<u8> {
-        let mut m = vec![b'Q'];
-        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-        m.extend_from_slice(sql.as_bytes());
-        m.push(0);
+    fn q(sql: &str) -> bytes::BytesMut {
+        let mut m = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut m).expect("no NUL in the text");
         m
     }
 
     #[test]
     fn deallocate_targets_are_read_as_postgresql_reads_them() {
         let name = |n: &str| Some(Deallocate::Name(n.as_bytes().to_vec()));
-        assert_eq!(
-            deallocate_target(&q("DEALLOCATE pdo_stmt_00000001")),
-            name("pdo_stmt_00000001")
-        );
-        assert_eq!(
-            deallocate_target(&q("  deallocate prepare _pg3_0 ;\n")),
-            name("_pg3_0")
-        );
-        assert_eq!(deallocate_target(&q("DEALLOCATE Mixed$1")), name("mixed$1"));
-        assert_eq!(
-            deallocate_target(&q("DEALLOCATE \"Mixed \"\"q\"\"\"")),
-            name("Mixed \"q\"")
-        );
-        assert_eq!(
-            deallocate_target(&q("DEALLOCATE \"prepare\"")),
-            name("prepare")
-        );
-        assert_eq!(
-            deallocate_target(&q("DeAllocate ALL")),
-            Some(Deallocate::All)
-        );
-        assert_eq!(
-            deallocate_target(&q("DEALLOCATE PREPARE all;")),
-            Some(Deallocate::All)
-        );
-        assert_eq!(deallocate_target(&q("DEALLOCATE \"all\"")), name("all"));
-        for other in [
-            "DEALLOCATE",
-            "DEALLOCATE a; SELECT 1",
-            "DEALLOCATE a b",
-            "DEALLOCATE /* c */ a",
-            "DEALLOCATE 1a",
-            "DEALLOCATE \"\"",
-            "DEALLOCATE \"a\"b\"",
-            "DEALLOCATEa",
-            "SELECT 1",
-            "DISCARD ALL",
-        ] {
-            assert_eq!(deallocate_target(&q(other)), None, "{other}");
+        let cases = [
+            ("DEALLOCATE pdo_stmt_00000001", name("pdo_stmt_00000001")),
+            ("  deallocate prepare _pg3_0 ;\n", name("_pg3_0")),
+            ("DEALLOCATE Mixed$1", name("mixed$1")),
+            ("DEALLOCATE \"Mixed \"\"q\"\"\"", name("Mixed \"q\"")),
+            ("DEALLOCATE \"prepare\"", name("prepare")),
+            ("DEALLOCATE \"all\"", name("all")),
+            ("DeAllocate ALL", Some(Deallocate::All)),
+            ("DEALLOCATE PREPARE all;", Some(Deallocate::All)),
+            ("DEALLOCATE", None),
+            ("DEALLOCATE a; SELECT 1", None),
+            ("DEALLOCATE a b", None),
+            ("DEALLOCATE /* c */ a", None),
+            ("DEALLOCATE 1a", None),
+            ("DEALLOCATE \"\"", None),
+            ("DEALLOCATE \"a\"b\"", None),
+            ("DEALLOCATEa", None),
+            ("SELECT 1", None),
+            ("DISCARD ALL", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(deallocate_target(&q(sql)), want, "{sql}");
         }
     }
 

@@ -192,11 +192,9 @@ mod tests {
         assert_eq!(lone_end("SELECT 1"), None);
     }
 
-    fn query(sql: &str) -> Vec<u8> {
-        let mut m = vec![b'Q'];
-        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
-        m.extend_from_slice(sql.as_bytes());
-        m.push(0);
+    fn query(sql: &str) -> bytes::BytesMut {
+        let mut m = bytes::BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut m).expect("no NUL in the text");
         m
     }
 
