@@ -187,9 +187,7 @@ impl Responses {
                     self.error.clear();
                 }
                 Some(Owed::Deallocated { all }) => {
-                    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
-                    backend::command_complete(out, tag);
-                    backend::ready_for_query(out, self.tx_status);
+                    super::statements::write_deallocate_answer(out, all, self.tx_status);
                 }
                 _ => return,
             }

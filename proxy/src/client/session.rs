@@ -414,7 +414,7 @@ impl<'p> Session<'p> {
             if self
                 .server
                 .as_ref()
-                .is_some_and(|a| a.conn.retire_at_ms == Some(0))
+                .is_some_and(|a| a.conn.to_be_replaced())
                 && self.transaction_mode()
                 && self.holds_for_stale_statement()
             {
@@ -449,6 +449,31 @@ impl<'p> Session<'p> {
         false
     }
 
+    /// Answers a simple-query `DEALLOCATE` of the client's own statement names (see
+    /// [`forget_deallocated`]): at once when no server is attached, else in turn after what the
+    /// attached server still owes. False for any other query, and where PostgreSQL would not
+    /// run it (a failed deferred transaction, or a server skipping to the next Sync).
+    fn answer_deallocate(&mut self, msg: &[u8]) -> bool {
+        let answerable = match self.server {
+            None => !self.deferred_failed,
+            Some(_) => !self.responses.skipping(),
+        };
+        if !answerable {
+            return false;
+        }
+        let Some(all) = forget_deallocated(&mut self.statements, msg) else {
+            return false;
+        };
+        if self.server.is_none() {
+            let status = self.idle_status();
+            statements::write_deallocate_answer(&mut self.to_client, all, status);
+        } else {
+            self.responses.push(Owed::Deallocated { all });
+            self.responses.emit_synthetic(&mut self.to_client);
+        }
+        true
+    }
+
     async fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
         if tag == b'X' {
             return Err(End::Terminate);
@@ -475,6 +500,9 @@ impl<'p> Session<'p> {
             // The error came from the proxy while a server was attached: the server still
             // gets the Sync, and its ReadyForQuery ends the client's batch.
         }
+        if tag == b'Q' && self.per_transaction && self.answer_deallocate(msg) {
+            return Ok(());
+        }
         if self.server.is_none() {
             match tag {
                 // Nothing is in flight: answer without a server.
@@ -494,15 +522,6 @@ impl<'p> Session<'p> {
                 }
                 b'Q' if self.per_transaction && self.answer_transaction_control(msg) => {
                     return Ok(());
-                }
-                b'Q' if self.per_transaction && !self.deferred_failed => {
-                    if let Some(all) = forget_deallocated(&mut self.statements, msg) {
-                        let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
-                        backend::command_complete(&mut self.to_client, tag);
-                        let status = self.idle_status();
-                        backend::ready_for_query(&mut self.to_client, status);
-                        return Ok(());
-                    }
                 }
                 _ => {}
             }
@@ -663,14 +682,6 @@ impl<'p> Session<'p> {
         let out = &mut self.to_server;
         let r = &mut self.responses;
         let skipping = r.skipping();
-        if tag == b'Q' && map_names && !skipping {
-            if let Some(all) = forget_deallocated(&mut self.statements, msg) {
-                // Nothing goes to the server: answered in turn, after what it still owes.
-                r.push(Owed::Deallocated { all });
-                r.emit_synthetic(&mut self.to_client);
-                return Ok(());
-            }
-        }
         r.sent();
         let body = &msg[5..];
         let malformed = || {
@@ -812,6 +823,7 @@ impl<'p> Session<'p> {
         let mut pos = r.partial.min(buf.len());
         r.partial -= pos;
         let mut fatal = false;
+        let mut stale = false;
         // Bytes from `from` to `pos` are still to be forwarded.
         let mut from = 0;
         while pos < buf.len() {
@@ -843,14 +855,14 @@ impl<'p> Session<'p> {
             if f.tag == b'E' {
                 if is_fatal(body) {
                     fatal = true;
-                } else if is_stale_statement(body) && conn.retire_at_ms != Some(0) {
+                } else if !stale && is_stale_statement(body) && !conn.to_be_replaced() {
                     tracing::info!(
                         server = %self.pool.servers[att.index].name,
                         "a prepared statement's result type changed (a table it reads was \
                          altered): the server connection is replaced once released, so the \
                          statement is prepared afresh"
                     );
-                    conn.retire_at_ms = Some(0);
+                    stale = true;
                 }
             }
             if r.on_server_message(f.tag, body, &mut conn.prepared) == Verdict::Swallow {
@@ -878,6 +890,9 @@ impl<'p> Session<'p> {
             release_if_large(out);
             w
         };
+        if stale {
+            conn.replace_when_released();
+        }
         conn.rbuf.advance(pos);
         written.map_err(|_| End::ClientGone)?;
         if fatal {

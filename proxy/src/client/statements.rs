@@ -106,6 +106,13 @@ pub fn deallocate_target(msg: &[u8]) -> Option<Deallocate> {
     Some(Deallocate::Name(rest.to_ascii_lowercase()))
 }
 
+/// The answer to a `DEALLOCATE` the proxy answers itself: CommandComplete, ReadyForQuery.
+pub fn write_deallocate_answer(out: &mut BytesMut, all: bool, status: u8) {
+    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+    crate::protocol::backend::command_complete(out, tag);
+    crate::protocol::backend::ready_for_query(out, status);
+}
+
 /// `text` after the keyword `word` (any case) and the whitespace that must follow it.
 fn keyword<'a>(text: &'a [u8], word: &[u8]) -> Option<&'a [u8]> {
     let head = text.get(..word.len())?;

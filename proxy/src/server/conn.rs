@@ -63,6 +63,16 @@ impl ServerConn {
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
+    /// Marks the connection to be closed, not reused, when it is next returned to the pool.
+    pub fn replace_when_released(&mut self) {
+        self.retire_at_ms = Some(0);
+    }
+
+    /// Whether [`ServerConn::replace_when_released`] marked the connection.
+    pub fn to_be_replaced(&self) -> bool {
+        self.retire_at_ms == Some(0)
+    }
+
     /// Sends `Terminate` if the socket takes it at once, so the server logs a clean goodbye.
     pub fn terminate(self) {
         let _ = self.stream.try_write(b"X\0\0\0\x04");
