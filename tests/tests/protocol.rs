@@ -169,6 +169,40 @@ async fn copy_in_and_out_and_a_server_error_before_copy_done() {
 }
 
 #[tokio::test]
+async fn copy_data_sent_right_behind_the_copy_command_is_accounted_for() {
+    // A client may send its COPY data, CopyDone and Syncs without waiting for the server's
+    // CopyInResponse. The Syncs then reach a server that is out of the copy and answers
+    // them: the proxy must count those answers, or it releases the server too early.
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    read_until_ready(&mut s);
+    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
+    s.write_all(&query("CREATE TABLE c (a int)")).unwrap();
+    read_until_ready(&mut s);
+    let sync = message(b'S', b"");
+    s.write_all(
+        &[
+            query("COPY c FROM STDIN"),
+            message(b'd', b"1\n2\n"),
+            message(b'c', b""),
+            sync.clone(),
+            sync,
+            query("SELECT count(*) FROM c"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let reply = read_readies(&mut s, 4);
+    assert_eq!(tags(&reply), "GCZZZTDCZ", "{reply:?}");
+    assert!(reply[6].1.ends_with(b"2"), "{reply:?}");
+    // The only server went back to the pool with nothing left unread.
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let v: i32 = other.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+}
+
+#[tokio::test]
 async fn one_mebibyte_value_round_trips() {
     let (db, proxy) = setup("pool_mode = \"transaction\"");
     let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
@@ -385,6 +419,19 @@ async fn bad_input_gets_a_clean_close_while_others_keep_working() {
         assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"), "{reply:?}");
     }
 
+    // A message PostgreSQL cannot take in the middle of COPY FROM STDIN: the server ends the
+    // session (ERROR then FATAL 08P01), and the proxy closes the client as PostgreSQL does.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    read_until_ready(&mut s);
+    let copy = message(b'Q', b"CREATE TEMP TABLE c (a int); COPY c FROM STDIN\0");
+    s.write_all(&[copy, parse("", "SELECT 1")].concat())
+        .unwrap();
+    let got = messages(&read_until_close(&mut s));
+    assert_eq!(tags(&got), "CGEE", "{got:?}");
+    assert_eq!(sqlstate_of(&got[3].1).as_deref(), Some("08P01"));
+    assert!(got[3].1.starts_with(b"SFATAL"), "{got:?}");
+
     // Unsupported protocol version.
     let mut s = TcpStream::connect(addr).unwrap();
     let mut p = startup_packet(roles::TRUST, &db);
@@ -595,9 +642,77 @@ async fn statement_names_behave_as_in_postgresql() {
     s.write_all(&[parse("x", "SELEC"), parse("c", "SELECT 4"), sync.clone()].concat())
         .unwrap();
     assert_eq!(tags(&read_until_ready(&mut s)), "EZ");
-    s.write_all(&[parse("c", "SELECT 4"), sync].concat())
+    s.write_all(&[parse("c", "SELECT 4"), sync.clone()].concat())
         .unwrap();
     assert_eq!(tags(&read_until_ready(&mut s)), "1Z");
+    // Also when the name is parsed again in the same write, after the Sync of the batch that
+    // skipped it: the server's answer to that batch decides, as on PostgreSQL.
+    let execute_nothing = message(b'E', b"\0\0\0\0\0");
+    s.write_all(
+        &[
+            execute_nothing,
+            parse("d", "SELECT 5"),
+            sync,
+            parse("d", "SELECT 6"),
+            bind_execute_sync("d"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let reply = read_readies(&mut s, 2);
+    assert_eq!(tags(&reply), "EZ12DCZ", "{reply:?}");
+    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("34000"));
+    assert!(reply[4].1.ends_with(b"6"), "{reply:?}");
+}
+
+/// Splits raw protocol bytes into (tag, body) messages.
+fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        out.push((bytes[0], bytes[5..len + 1].to_vec()));
+        bytes = &bytes[len + 1..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn broken_messages_are_answered_in_order_as_by_postgresql() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    read_until_ready(&mut s);
+    let sync = message(b'S', b"");
+    // A Bind whose names cannot be read: ERROR 08P01, the batch is skipped to its Sync, and
+    // the session goes on.
+    s.write_all(
+        &[
+            parse("a", "SELECT 1"),
+            message(b'B', b"\xe7\xd8"),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let reply = read_until_ready(&mut s);
+    assert_eq!(tags(&reply), "1EZ", "{reply:?}");
+    assert_eq!(sqlstate_of(&reply[1].1).as_deref(), Some("08P01"));
+    assert!(reply[1].1.starts_with(b"SERROR"), "{reply:?}");
+    s.write_all(&bind_execute_sync("a")).unwrap();
+    assert_eq!(tags(&read_until_ready(&mut s)), "2DCZ");
+    // An unknown message type ends the session, but only after everything sent before it
+    // was answered: a query, a lone Sync, and a Parse the client did not end with a Sync.
+    let query = message(b'Q', b"SELECT 5\0");
+    s.write_all(&[query, sync, parse("", "SELECT 6"), message(b'!', b"")].concat())
+        .unwrap();
+    let reply = messages(&read_until_close(&mut s));
+    assert_eq!(tags(&reply), "TDCZZ1E", "{reply:?}");
+    assert!(reply[6].1.starts_with(b"SFATAL"), "{reply:?}");
+    assert_eq!(sqlstate_of(&reply[6].1).as_deref(), Some("08P01"));
+    // The server went back to the pool in good order.
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let v: i32 = other.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
 }
 
 #[tokio::test]

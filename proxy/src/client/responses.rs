@@ -37,15 +37,22 @@ pub enum Owed {
     /// Answered by the proxy with this bodyless message when it comes up. A synthetic
     /// ParseComplete (`1`) answers a client's named Parse of a statement the server has.
     Synthetic(u8),
-    /// Answered by the proxy with the ErrorResponse kept in `Responses::error` (an error the
-    /// proxy finds itself, such as a duplicate statement name).
-    SyntheticError,
+    /// A message the proxy refuses itself (a Parse that reuses a statement name). The proxy
+    /// sent the server a message that fails in its place ([`REFUSED`]), so the server fails
+    /// the batch (and an open transaction) as PostgreSQL would have; the server's error is
+    /// replaced by the one kept in `Responses::error`.
+    Refused,
     /// A simple-query `DEALLOCATE` (`all`: of all statements) of the client's own statement
     /// names, answered by the proxy: CommandComplete, then ReadyForQuery with the server's
     /// transaction status at that point.
     Deallocated {
         all: bool,
     },
+    /// Owes nothing: where the client ended a COPY (CopyDone or CopyFail) behind a Query or
+    /// Execute not yet answered. If that turns out to be a COPY FROM STDIN, the Syncs sent between
+    /// it and this mark reach the server while it copies (it ignores them), those after it
+    /// do not. Never at the head of the queue.
+    CopyEnd,
 }
 
 /// What to do with one server message.
@@ -53,7 +60,15 @@ pub enum Owed {
 pub enum Verdict {
     Forward,
     Swallow,
+    /// Swallow it and send the client the error of a `Refused` instead
+    /// ([`Responses::take_refusal`]).
+    Replace,
 }
+
+/// A Describe of a statement that does not exist: sent to the server in place of a message
+/// the proxy refuses, so that the server fails there with 26000, as it would have with that
+/// message's own error.
+pub const REFUSED: &[u8] = b"D\0\0\0\x1eSswitchyard: refused here\0";
 
 /// The answers owed by one attached server connection.
 #[derive(Debug)]
@@ -69,13 +84,16 @@ pub struct Responses {
     pub tx_status: u8,
     /// The server is in COPY FROM STDIN and ignores Sync and Flush until the copy ends.
     copy_in: bool,
-    /// The ErrorResponse of a queued `SyntheticError`.
+    /// The ErrorResponses of the queued `Refused`, in order.
     error: BytesMut,
     /// Outcomes of the client's named Parses, in order: whether the statement now exists
     /// (false when the server refused or skipped it). The session drains them.
     pub named_parses: VecDeque<bool>,
     /// The server completed a `LISTEN`: it now holds session state that notifications need.
     pub listened: bool,
+    /// The server completed the client's `DISCARD ALL` (or a `DEALLOCATE ALL` the proxy did not
+    /// answer): PostgreSQL forgets the session's prepared statements. The session acts on it.
+    pub discarded: bool,
 }
 
 impl Default for Responses {
@@ -90,6 +108,7 @@ impl Default for Responses {
             error: BytesMut::new(),
             named_parses: VecDeque::new(),
             listened: false,
+            discarded: false,
         }
     }
 }
@@ -106,13 +125,32 @@ impl Responses {
         self.error.clear();
         self.named_parses.clear();
         self.listened = false;
+        self.discarded = false;
     }
 
-    /// Queues an error the proxy gives itself, in its place among the server's answers.
-    pub fn push_error(&mut self, code: &str, message: &str) {
-        self.error.clear();
+    /// Records a refusal: the proxy sent [`REFUSED`] in place of the client's message, and
+    /// the client gets this error in its place among the server's answers.
+    pub fn push_refusal(&mut self, code: &str, message: &str) {
+        if self.server_skipping {
+            return; // the server skips the stand-in, as PostgreSQL the refused message
+        }
         backend::error(&mut self.error, backend::Severity::Error, code, message);
-        self.push(Owed::SyntheticError);
+        self.push(Owed::Refused);
+    }
+
+    /// The error of the refusal the server just failed on (see [`Verdict::Replace`]).
+    pub fn take_refusal(&mut self, out: &mut BytesMut) {
+        let first = self.drop_refusal();
+        out.extend_from_slice(&first);
+    }
+
+    /// Takes the error of the oldest queued refusal.
+    fn drop_refusal(&mut self) -> BytesMut {
+        let len = match self.error.get(1..5) {
+            Some(l) => 1 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize,
+            None => 0,
+        };
+        self.error.split_to(len.min(self.error.len()))
     }
 
     /// Whether the server ignores extended-protocol messages until the next Sync.
@@ -141,9 +179,17 @@ impl Responses {
         self.queue.push_back(owed);
     }
 
-    /// The client ended its COPY data with CopyDone or CopyFail.
+    /// The client ended its COPY data with CopyDone or CopyFail (possibly before the server's
+    /// CopyInResponse came: a client may send the data right behind the COPY).
     pub fn client_ended_copy(&mut self) {
         self.copy_in = false;
+        if self
+            .queue
+            .iter()
+            .any(|o| matches!(o, Owed::Query | Owed::Execute))
+        {
+            self.queue.push_back(Owed::CopyEnd);
+        }
     }
 
     /// Nothing owed and the server at a ReadyForQuery: the connection holds no request.
@@ -164,11 +210,36 @@ impl Responses {
             .count()
     }
 
+    /// Every answer owed has come, or the server waits for COPY data (which is all it will
+    /// take): a client that broke the protocol can be closed without losing an answer.
+    pub fn settled(&self) -> bool {
+        self.copy_in || (self.queue.is_empty() && self.partial == 0)
+    }
+
+    /// A ReadyForQuery is owed that the server sends without more from the client (it is not
+    /// waiting for COPY data): holding the client's next messages until it comes cannot stall.
+    pub fn ready_coming(&self) -> bool {
+        // Only a Query or a Sync makes the server send (and flush) its answers; a
+        // ReadyForQuery the proxy owes itself (DEALLOCATE) waits for the server's answers
+        // ahead of it, which may wait for a Sync the client has not sent.
+        !self.copy_in
+            && self
+                .queue
+                .iter()
+                .any(|o| matches!(o, Owed::Query | Owed::Sync))
+    }
+
+    /// The server is in COPY FROM STDIN: it takes only COPY messages (Sync and Flush are
+    /// ignored, anything else ends the session).
+    pub fn copying_in(&self) -> bool {
+        self.copy_in
+    }
+
     /// Whether the next owed answer is one the proxy gives itself.
     pub fn synthetic_next(&self) -> bool {
         matches!(
             self.queue.front(),
-            Some(Owed::Synthetic(_) | Owed::SyntheticError | Owed::Deallocated { .. })
+            Some(Owed::Synthetic(_) | Owed::Deallocated { .. })
         )
     }
 
@@ -182,22 +253,27 @@ impl Responses {
                         self.named_parses.push_back(true);
                     }
                 }
-                Some(Owed::SyntheticError) => {
-                    out.extend_from_slice(&self.error);
-                    self.error.clear();
-                }
                 Some(Owed::Deallocated { all }) => {
                     super::statements::write_deallocate_answer(out, all, self.tx_status);
                 }
                 _ => return,
             }
+            self.pop_front();
+        }
+    }
+
+    /// Takes the head of the queue, and the `CopyEnd` marks it uncovers (they owe nothing).
+    fn pop_front(&mut self) -> Option<Owed> {
+        let head = self.queue.pop_front();
+        while self.queue.front() == Some(&Owed::CopyEnd) {
             self.queue.pop_front();
         }
+        head
     }
 
     fn pop_if(&mut self, want: impl Fn(Owed) -> bool) -> Option<Owed> {
         match self.queue.front() {
-            Some(&o) if want(o) => self.queue.pop_front(),
+            Some(&o) if want(o) => self.pop_front(),
             _ => None,
         }
     }
@@ -208,7 +284,7 @@ impl Responses {
             if o == Owed::Sync {
                 return;
             }
-            self.queue.pop_front();
+            self.pop_front();
             self.unanswered(o, prepared);
         }
         self.server_skipping = true;
@@ -223,7 +299,7 @@ impl Responses {
     ) -> Verdict {
         if self.queue.front() == Some(&Owed::HiddenQuery) {
             if tag == b'Z' {
-                self.queue.pop_front();
+                self.pop_front();
                 self.tx_status = body.first().copied().unwrap_or(b'I');
             }
             return match tag {
@@ -233,7 +309,7 @@ impl Responses {
         }
         match tag {
             b'Z' => {
-                while let Some(o) = self.queue.pop_front() {
+                while let Some(o) = self.pop_front() {
                     if matches!(o, Owed::Query | Owed::Sync) {
                         break;
                     }
@@ -250,19 +326,30 @@ impl Responses {
                 .inspect(|_| self.copy_in = false)
             {
                 None | Some(Owed::Query) => {}
+                Some(Owed::Refused) => {
+                    self.pop_front();
+                    self.skip_to_sync(prepared);
+                    return Verdict::Replace;
+                }
                 Some(o) => {
-                    self.queue.pop_front();
+                    self.pop_front();
                     self.unanswered(o, prepared);
                     self.skip_to_sync(prepared);
                 }
             },
             b'G' => {
                 // COPY FROM STDIN began. Syncs already sent right after the COPY reach the
-                // server while it copies, so it ignores them: they owe nothing.
-                self.copy_in = true;
+                // server while it copies, so it ignores them: they owe nothing. A client that
+                // ended the copy already (a CopyEnd mark follows) has it end as soon as the
+                // server reads that: the Syncs after the mark are answered.
                 let head = usize::from(!self.queue.is_empty());
                 while self.queue.get(head) == Some(&Owed::Sync) {
                     self.queue.remove(head);
+                }
+                if self.queue.get(head) == Some(&Owed::CopyEnd) {
+                    self.queue.remove(head);
+                } else {
+                    self.copy_in = true;
                 }
             }
             b'1' => match self.pop_if(|o| matches!(o, Owed::Parse { .. } | Owed::InjectedParse(_)))
@@ -288,7 +375,14 @@ impl Responses {
                 self.copy_in = false;
                 if tag == b'C' {
                     if forgets_prepared_statements(body) {
+                        // Parses still owed were sent after it: those statements will exist.
                         prepared.clear();
+                        for o in &self.queue {
+                            if let Owed::Parse { named: Some(h) } | Owed::InjectedParse(h) = *o {
+                                prepared.add(h);
+                            }
+                        }
+                        self.discarded = true;
                     }
                     self.listened |= body.starts_with(b"LISTEN\0");
                 }
@@ -313,6 +407,10 @@ impl Responses {
             Owed::Synthetic(b'1') => self.named_parses.push_back(false),
             Owed::InjectedParse(h) => prepared.remove(h),
             Owed::InjectedClose(h) => prepared.restore(h),
+            // The server skipped the stand-in, as PostgreSQL would the refused message.
+            Owed::Refused => {
+                self.drop_refusal();
+            }
             _ => {}
         }
     }
@@ -468,6 +566,37 @@ mod tests {
         r.push(Owed::Sync);
         assert_eq!(r.ready_owed(), 1);
         run(&mut r, b"CZ", &mut p);
+        assert!(r.releasable());
+    }
+
+    #[test]
+    fn a_copy_ended_before_the_servers_copy_in_response_owes_the_later_syncs() {
+        // Query "COPY .. FROM STDIN", CopyData, CopyDone, Sync, Sync, Query, all at once: the
+        // server is out of the copy when it reads the Syncs, so it answers them.
+        let mut r = Responses::default();
+        let mut p = PreparedSet::default();
+        r.sent();
+        r.push(Owed::Query);
+        r.client_ended_copy();
+        for o in [Owed::Sync, Owed::Sync, Owed::Query] {
+            r.push(o);
+        }
+        run(&mut r, b"GCZ", &mut p);
+        assert_eq!(r.ready_owed(), 3);
+        run(&mut r, b"ZZ", &mut p);
+        assert!(!r.releasable());
+        run(&mut r, b"TDCZ", &mut p);
+        assert!(r.releasable());
+        // A Sync sent before the CopyDone reaches the server while it copies: ignored.
+        let mut r = Responses::default();
+        r.sent();
+        r.push(Owed::Query);
+        r.push(Owed::Sync);
+        r.client_ended_copy();
+        r.push(Owed::Sync);
+        run(&mut r, b"GCZ", &mut p);
+        assert_eq!(r.ready_owed(), 1);
+        run(&mut r, b"Z", &mut p);
         assert!(r.releasable());
     }
 

@@ -9,7 +9,7 @@
 
 use super::handshake::Login;
 use super::queued;
-use super::responses::{Owed, Responses, Verdict};
+use super::responses::{self, Owed, Responses, Verdict};
 use super::statements::{self, Deallocate, Statements};
 use super::transaction_block::{deferrable_begin, lone_end, may_begin};
 use super::ClientParams;
@@ -40,6 +40,8 @@ enum End {
     ClientGone,
     /// Tell the client this FATAL error and close.
     Fatal(&'static str, String),
+    /// The client has its FATAL error already, the server's own: close.
+    Told,
 }
 
 /// A server connection attached to the session.
@@ -99,6 +101,15 @@ pub(crate) struct Session<'p> {
     route_hint: std::cell::Cell<Hint>,
     /// The client buffer holds more bytes after the message being handled.
     more_buffered: bool,
+    /// The client broke the protocol (the FATAL message to send): none of its later bytes
+    /// are read, and the session ends once the server has answered what came before, as
+    /// PostgreSQL answers a stream in order up to the bad message.
+    violation: Option<String>,
+    /// The type of the message that broke the protocol, when it was one of unknown type.
+    violation_tag: u8,
+    /// The client's unhandled messages wait for the server's answers (see the holds in
+    /// `handle_client_messages`): its socket is not read meanwhile, so they cannot pile up.
+    held: bool,
 }
 
 /// Why a message got no server.
@@ -169,6 +180,9 @@ impl<'p> Session<'p> {
             pending_names: std::collections::VecDeque::new(),
             route_hint,
             more_buffered: false,
+            violation: None,
+            violation_tag: 0,
+            held: false,
         }
     }
 
@@ -237,13 +251,15 @@ impl<'p> Session<'p> {
     async fn finish(&mut self, end: End) {
         if let End::Fatal(code, message) = &end {
             tracing::debug!(pid = self.pid, code, %message, "closing client");
-            self.to_client.clear();
+            // What the proxy answered before (complete messages only) goes first.
             backend::error(&mut self.to_client, Severity::Fatal, code, message);
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
                 self.client.write_all(&self.to_client),
             )
             .await;
+        }
+        if matches!(end, End::Fatal(..) | End::Told) {
             super::linger_close(&mut self.client).await;
         }
         self.pool.router.session_closed(self.pid);
@@ -280,6 +296,23 @@ impl<'p> Session<'p> {
             }
             if let Err(end) = self.flush().await {
                 return end;
+            }
+            if self.violation.is_some()
+                && self
+                    .server
+                    .as_ref()
+                    .is_none_or(|_| self.responses.settled())
+            {
+                if self.violation_tag != 0 && self.server.is_some() && self.responses.copying_in() {
+                    // A server in COPY FROM STDIN answers a message of an unknown type itself,
+                    // as PostgreSQL does (ERROR, then FATAL 08P01, which `relay` acts on).
+                    let tag = std::mem::take(&mut self.violation_tag);
+                    self.to_server.extend_from_slice(&[tag, 0, 0, 0, 4]);
+                    self.responses.client_ended_copy();
+                    continue;
+                }
+                let message = self.violation.take().unwrap_or_default();
+                return End::Fatal(sqlstate::PROTOCOL_VIOLATION, message);
             }
             self.release_if_idle();
             if self.draining
@@ -363,6 +396,17 @@ impl<'p> Session<'p> {
             }
         });
         match self.server.as_mut() {
+            Some(att) if self.held => {
+                let conn = &mut *att.conn;
+                if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+                    conn.rbuf.reserve(16384);
+                }
+                tokio::select! {
+                    biased;
+                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
+                    p = phase_change => Event::Phase(p),
+                }
+            }
             Some(att) => {
                 if cbuf.capacity() - cbuf.len() < 1024 {
                     cbuf.reserve(8192);
@@ -405,11 +449,20 @@ impl<'p> Session<'p> {
     /// Handles every complete message in the client buffer.
     async fn handle_client_messages(&mut self) -> Result<(), End> {
         let mut cbuf = std::mem::take(&mut self.cbuf);
+        self.held = false;
         let result = loop {
+            if self.violation.is_some() {
+                self.held = true;
+                break Ok(());
+            }
             let f = match frame::complete(&cbuf, self.max_message) {
                 Ok(Some(f)) => f,
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(End::Fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+                Err(e) => {
+                    self.violated(e.to_string());
+                    self.held = true;
+                    break Ok(());
+                }
             };
             if self
                 .server
@@ -418,6 +471,14 @@ impl<'p> Session<'p> {
                 && self.transaction_mode()
                 && self.holds_for_stale_statement()
             {
+                self.held = true;
+                break Ok(());
+            }
+            if matches!(f.tag, b'P' | b'Q')
+                && !self.pending_names.is_empty()
+                && self.waits_for_pending_name(&cbuf[..f.total])
+            {
+                self.held = true;
                 break Ok(());
             }
             self.more_buffered = cbuf.len() > f.total;
@@ -434,6 +495,16 @@ impl<'p> Session<'p> {
         result
     }
 
+    /// The client broke the protocol: see `violation`. A server with answers still to give
+    /// for a batch the client did not end with Sync gets a Flush, so they come.
+    fn violated(&mut self, message: String) {
+        tracing::debug!(pid = self.pid, %message, "client protocol violation");
+        if self.server.is_some() && !self.responses.quiet() {
+            self.to_server.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+        }
+        self.violation = Some(message);
+    }
+
     /// Transaction mode; the attached server has a stale statement (see
     /// [`is_stale_statement`]) and is to be replaced. A client that prepares the statement
     /// again right after the error, before the server's ReadyForQuery, must not be given the
@@ -442,11 +513,33 @@ impl<'p> Session<'p> {
     /// and they go to a fresh connection. Messages are not held while no ReadyForQuery is due
     /// (the server waits for the client's Sync).
     fn holds_for_stale_statement(&mut self) -> bool {
-        if self.responses.ready_owed() > 0 {
+        if self.responses.ready_coming() {
             return true;
         }
         self.release_if_idle();
         false
+    }
+
+    /// Transaction mode: a named Parse, or a simple-query `DEALLOCATE`, of a name whose
+    /// earlier Parse the server has not answered yet. When a Sync followed that Parse,
+    /// PostgreSQL knows its outcome before it reads this message: an error earlier in that
+    /// batch makes the server skip the Parse, and the name does not exist. So the message
+    /// waits (true) for the server's answers instead of the proxy answering it at once (42P05
+    /// for the Parse, success for the DEALLOCATE). A duplicate Parse within one batch is still
+    /// refused at once, as there.
+    fn waits_for_pending_name(&self, msg: &[u8]) -> bool {
+        if !self.responses.ready_coming() {
+            return false;
+        }
+        let pending = |name: &[u8]| self.pending_names.iter().any(|p| p[..] == *name);
+        if msg[0] == b'Q' {
+            return match statements::deallocate_target(msg) {
+                Some(Deallocate::Name(name)) => pending(&name),
+                Some(Deallocate::All) => true,
+                None => false,
+            };
+        }
+        frame::cstr(&msg[5..]).is_some_and(|(name, _)| !name.is_empty() && pending(name))
     }
 
     /// Answers a simple-query `DEALLOCATE` of the client's own statement names (see
@@ -482,10 +575,9 @@ impl<'p> Session<'p> {
             tag,
             b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f'
         ) {
-            return Err(End::Fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("invalid frontend message type {tag}"),
-            ));
+            self.violated(format!("invalid frontend message type {tag}"));
+            self.violation_tag = tag;
+            return Ok(());
         }
         if self.skip_until_sync {
             if tag != b'S' {
@@ -684,12 +776,6 @@ impl<'p> Session<'p> {
         let skipping = r.skipping();
         r.sent();
         let body = &msg[5..];
-        let malformed = || {
-            End::Fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("malformed message of type {tag}"),
-            )
-        };
         match tag {
             b'Q' | b'F' => {
                 out.extend_from_slice(msg);
@@ -709,22 +795,26 @@ impl<'p> Session<'p> {
                 r.push(Owed::Execute);
             }
             b'P' => {
-                let (name, rest) = frame::cstr(body).ok_or_else(malformed)?;
+                let Some((name, rest)) = frame::cstr(body) else {
+                    // Unreadable names: the server refuses it as PostgreSQL does.
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Parse { named: None });
+                    return Ok(());
+                };
                 if name.is_empty() || !map_names || skipping {
+                    if name.is_empty() && !skipping {
+                        att.conn.unnamed_owner = self.pid;
+                    }
                     out.extend_from_slice(msg);
                     r.push(Owed::Parse { named: None });
                 } else if self.statements.get(name).is_some() {
                     // As PostgreSQL: a statement name must be closed before it is reused.
                     // (A name whose Parse is still in flight counts as used.)
-                    r.push_error(
-                        sqlstate::DUPLICATE_PREPARED_STATEMENT,
-                        &format!(
-                            "prepared statement \"{}\" already exists",
-                            String::from_utf8_lossy(name)
-                        ),
+                    let message = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(name)
                     );
-                    r.emit_synthetic(&mut self.to_client);
-                    self.skip_until_sync = true;
+                    self.refuse_in_batch(sqlstate::DUPLICATE_PREPARED_STATEMENT, &message);
                     return Ok(());
                 } else {
                     self.pending_names.push_back(name.to_vec());
@@ -738,8 +828,18 @@ impl<'p> Session<'p> {
                 }
             }
             b'B' => {
-                let (portal, rest) = frame::cstr(body).ok_or_else(malformed)?;
-                let (stmt, bind_rest) = frame::cstr(rest).ok_or_else(malformed)?;
+                let Some((portal, (stmt, bind_rest))) =
+                    frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)))
+                else {
+                    // Unreadable names: the server refuses it as PostgreSQL does.
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Bind);
+                    return Ok(());
+                };
+                if stmt.is_empty() && att.conn.unnamed_owner != self.pid && !skipping {
+                    self.refuse_unnamed();
+                    return Ok(());
+                }
                 match self
                     .statements
                     .get(stmt)
@@ -757,8 +857,23 @@ impl<'p> Session<'p> {
                 r.push(Owed::Bind);
             }
             b'D' => {
-                let kind = *body.first().ok_or_else(malformed)?;
-                let (name, _) = frame::cstr(&body[1..]).ok_or_else(malformed)?;
+                let Some((kind, (name, _))) = body
+                    .split_first()
+                    .and_then(|(&kind, rest)| Some((kind, frame::cstr(rest)?)))
+                else {
+                    // Unreadable names: the server refuses it as PostgreSQL does.
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Describe);
+                    return Ok(());
+                };
+                if kind == b'S'
+                    && name.is_empty()
+                    && att.conn.unnamed_owner != self.pid
+                    && !skipping
+                {
+                    self.refuse_unnamed();
+                    return Ok(());
+                }
                 let known = (kind == b'S' && map_names && !skipping && !name.is_empty())
                     .then(|| self.statements.get(name))
                     .flatten();
@@ -789,6 +904,23 @@ impl<'p> Session<'p> {
         }
         r.emit_synthetic(&mut self.to_client);
         Ok(())
+    }
+
+    /// Answers the client's extended-protocol message with an error of the proxy's own, in
+    /// its place among the server's answers. The server gets a stand-in that fails, so it
+    /// fails the batch and any open transaction as PostgreSQL would have; the client's
+    /// messages up to its Sync are dropped (the server would skip them).
+    fn refuse_in_batch(&mut self, code: &str, message: &str) {
+        self.to_server.extend_from_slice(responses::REFUSED);
+        self.responses.push_refusal(code, message);
+        self.skip_until_sync = true;
+    }
+
+    /// A Bind or Describe of the unnamed statement, which this client has not parsed on the
+    /// attached server: what is there is another client's (or nothing).
+    fn refuse_unnamed(&mut self) {
+        let message = "unnamed prepared statement does not exist";
+        self.refuse_in_batch(sqlstate::INVALID_SQL_STATEMENT_NAME, message);
     }
 
     /// Writes what is pending for the server, then what is pending for the client.
@@ -822,7 +954,8 @@ impl<'p> Session<'p> {
         let buf = &conn.rbuf[..];
         let mut pos = r.partial.min(buf.len());
         r.partial -= pos;
-        let mut fatal = false;
+        // A FATAL error from the server; true when it blames the client's protocol.
+        let mut fatal = None;
         let mut stale = false;
         // Bytes from `from` to `pos` are still to be forwarded.
         let mut from = 0;
@@ -854,7 +987,8 @@ impl<'p> Session<'p> {
             }
             if f.tag == b'E' {
                 if is_fatal(body) {
-                    fatal = true;
+                    let code = error_field(body, b'C');
+                    fatal = Some(code == Some(sqlstate::PROTOCOL_VIOLATION.as_bytes()));
                 } else if !stale && is_stale_statement(body) && !conn.to_be_replaced() {
                     tracing::info!(
                         server = %self.pool.servers[att.index].name,
@@ -865,9 +999,17 @@ impl<'p> Session<'p> {
                     stale = true;
                 }
             }
-            if r.on_server_message(f.tag, body, &mut conn.prepared) == Verdict::Swallow {
-                out.extend_from_slice(&buf[from..pos]);
-                from = pos + f.total;
+            match r.on_server_message(f.tag, body, &mut conn.prepared) {
+                Verdict::Forward => {}
+                Verdict::Swallow => {
+                    out.extend_from_slice(&buf[from..pos]);
+                    from = pos + f.total;
+                }
+                Verdict::Replace => {
+                    out.extend_from_slice(&buf[from..pos]);
+                    r.take_refusal(out);
+                    from = pos + f.total;
+                }
             }
             if !complete {
                 r.partial = f.total - avail;
@@ -893,13 +1035,38 @@ impl<'p> Session<'p> {
         if stale {
             conn.replace_when_released();
         }
+        if std::mem::take(&mut r.discarded) && self.per_transaction {
+            // The client's own names go too, as in its own session, except those whose Parse
+            // it sent after (the last of the pending names whose outcome has not come).
+            let unanswered = self
+                .pending_names
+                .len()
+                .saturating_sub(r.named_parses.len());
+            let after = self.pending_names.len() - unanswered;
+            let keep: Vec<&[u8]> = self.pending_names.range(after..).map(|n| &n[..]).collect();
+            self.statements.retain(|name| keep.contains(&name));
+        }
         conn.rbuf.advance(pos);
         written.map_err(|_| End::ClientGone)?;
-        if fatal {
+        match fatal {
+            // The server ended the session over the client's own protocol error (a message
+            // it cannot take during COPY FROM STDIN): the client's stream is out of step with
+            // any server, and PostgreSQL closes it. The client has the FATAL: close it too.
+            Some(true) => {
+                if let Some(att) = self.server.take() {
+                    tracing::debug!(
+                        pid = self.pid,
+                        "the server ended the session over a client protocol error"
+                    );
+                    self.cancel.clear();
+                    drop(att.conn);
+                }
+                Err(End::Told)
+            }
             // The server is ending this connection; the client already has its error.
-            return self.server_lost("the server terminated the connection", true);
+            Some(false) => self.server_lost("the server terminated the connection", true),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Gives the server connection back when the transaction is over: to the pool in

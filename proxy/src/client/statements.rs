@@ -60,6 +60,11 @@ impl Statements {
     pub fn clear(&mut self) {
         self.by_name.clear();
     }
+
+    /// Keeps only the statements whose name passes `keep`.
+    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
+        self.by_name.retain(|name, _| keep(name));
+    }
 }
 
 /// What a simple-query `DEALLOCATE` names.

@@ -41,6 +41,10 @@ pub struct ServerConn {
     pub applied_extras: ParamList,
     /// The proxy-named prepared statements that exist on this connection.
     pub prepared: PreparedSet,
+    /// The client (its proxy-issued process id) whose Parse last set the unnamed statement
+    /// here; 0: none. Another client binding the unnamed statement without parsing it must
+    /// get "does not exist", as on a connection of its own, not that client's statement.
+    pub unnamed_owner: i32,
     /// When the connection is retired (server_lifetime with jitter), if ever, in
     /// [`clock::now_ms`](crate::clock::now_ms) milliseconds.
     pub retire_at_ms: Option<u64>,
