@@ -395,25 +395,23 @@ impl<'p> Session<'p> {
                 _ => std::task::Poll::Pending,
             }
         });
+        let held = self.held;
         match self.server.as_mut() {
-            Some(att) if self.held => {
+            Some(att) => {
                 let conn = &mut *att.conn;
                 if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
                     conn.rbuf.reserve(16384);
                 }
-                tokio::select! {
-                    biased;
-                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
-                    p = phase_change => Event::Phase(p),
+                if held {
+                    // The client's messages wait for the server: its socket is not read.
+                    return tokio::select! {
+                        biased;
+                        r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
+                        p = phase_change => Event::Phase(p),
+                    };
                 }
-            }
-            Some(att) => {
                 if cbuf.capacity() - cbuf.len() < 1024 {
                     cbuf.reserve(8192);
-                }
-                let conn = &mut *att.conn;
-                if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
-                    conn.rbuf.reserve(16384);
                 }
                 tokio::select! {
                     biased;
