@@ -203,6 +203,51 @@ async fn copy_data_sent_right_behind_the_copy_command_is_accounted_for() {
 }
 
 #[tokio::test]
+async fn extended_messages_sent_behind_a_query_keep_the_server_until_their_sync() {
+    // A Query, then Parse, Bind and Execute without a Sync: once they are answered, the
+    // server is inside the transaction the Execute began. It must stay with this client until
+    // the Sync, not go to the next client (here: the only server, so the next client waits).
+    let (db, proxy) = trust_proxy(
+        "proto",
+        "checkout_timeout_ms = 300",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+    read_until_ready(&mut s);
+    let mut unsynced = message(b'Q', b"SELECT 1\0");
+    unsynced.extend(parse("", "SELECT 2"));
+    unsynced.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    unsynced.extend(message(b'E', b"\0\0\0\0\0"));
+    unsynced.extend(message(b'H', b""));
+    s.write_all(&unsynced).unwrap();
+    let got = read_messages(&mut s, 8);
+    assert_eq!(tags(&got), "TDCZ12DC", "{got:?}");
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let e = other.simple_query("SELECT 3").await.unwrap_err();
+    assert_eq!(switchyard_tests::sqlstate(&e), Some("53300"), "{e}");
+    s.write_all(&message(b'S', b"")).unwrap();
+    assert_eq!(tags(&read_until_ready(&mut s)), "Z");
+    let v = other.simple_query("SELECT 3").await.unwrap();
+    assert_eq!(rows(&v), vec![vec!["3".to_string()]]);
+}
+
+/// Reads exactly `n` messages.
+fn read_messages(s: &mut TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).unwrap();
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).unwrap();
+        out.push((head[0], body));
+    }
+    out
+}
+
+#[tokio::test]
 async fn one_mebibyte_value_round_trips() {
     let (db, proxy) = setup("pool_mode = \"transaction\"");
     let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();

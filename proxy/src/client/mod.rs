@@ -4,6 +4,7 @@
 mod authenticate;
 mod handshake;
 mod params;
+mod pending_names;
 mod queued;
 mod responses;
 mod session;

@@ -37,10 +37,12 @@ pub enum Owed {
     /// Answered by the proxy with this bodyless message when it comes up. A synthetic
     /// ParseComplete (`1`) answers a client's named Parse of a statement the server has.
     Synthetic(u8),
-    /// A message the proxy refuses itself (a Parse that reuses a statement name). The proxy
-    /// sent the server a message that fails in its place ([`REFUSED`]), so the server fails
-    /// the batch (and an open transaction) as PostgreSQL would have; the server's error is
-    /// replaced by the one kept in `Responses::error`.
+    /// A message the proxy refuses itself (a Parse that reuses a statement name, a Bind of
+    /// another client's unnamed statement). The proxy sent the server a stand-in that fails
+    /// in its place, so the server fails the batch (and an open transaction) as PostgreSQL
+    /// would have. If the server's error has the SQLSTATE the proxy expects, it is replaced
+    /// by the proxy's own wording (kept in `Responses::error`); any other error (a failed
+    /// transaction, bad SQL) is PostgreSQL's answer and goes through.
     Refused,
     /// A simple-query `DEALLOCATE` (`all`: of all statements) of the client's own statement
     /// names, answered by the proxy: CommandComplete, then ReadyForQuery with the server's
@@ -48,6 +50,10 @@ pub enum Owed {
     Deallocated {
         all: bool,
     },
+    /// A client's Close of one of its named statements. The server got a Close of a name that
+    /// does not exist ([`CLOSE_NOTHING`]): its CloseComplete is the client's, and if the
+    /// server skips it (after an error), the client's statement was not closed either.
+    ClosedName,
     /// Owes nothing: where the client ended a COPY (CopyDone or CopyFail) behind a Query or
     /// Execute not yet answered. If that turns out to be a COPY FROM STDIN, the Syncs sent between
     /// it and this mark reach the server while it copies (it ignores them), those after it
@@ -65,9 +71,13 @@ pub enum Verdict {
     Replace,
 }
 
-/// A Describe of a statement that does not exist: sent to the server in place of a message
-/// the proxy refuses, so that the server fails there with 26000, as it would have with that
-/// message's own error.
+/// A Close of a statement that does not exist: always answered with CloseComplete, unless
+/// skipped after an error (see `Owed::ClosedName`).
+pub const CLOSE_NOTHING: &[u8] = b"C\0\0\0\x1eSswitchyard: refused here\0";
+
+/// A Describe of a statement that does not exist, sent to the server in place of a Bind or
+/// Describe the proxy refuses: the server fails there with 26000 (also in a failed
+/// transaction), as it would have with the refused message.
 pub const REFUSED: &[u8] = b"D\0\0\0\x1eSswitchyard: refused here\0";
 
 /// The answers owed by one attached server connection.
@@ -84,11 +94,12 @@ pub struct Responses {
     pub tx_status: u8,
     /// The server is in COPY FROM STDIN and ignores Sync and Flush until the copy ends.
     copy_in: bool,
-    /// The ErrorResponses of the queued `Refused`, in order.
+    /// The ErrorResponses of the queued `Refused`, in order, and their SQLSTATEs.
     error: BytesMut,
-    /// Outcomes of the client's named Parses, in order: whether the statement now exists
-    /// (false when the server refused or skipped it). The session drains them.
-    pub named_parses: VecDeque<bool>,
+    refusal_codes: VecDeque<&'static str>,
+    /// Outcomes of the client's named Parses and Closes, in order: whether the server did
+    /// them (false when it refused or skipped them). The session drains them.
+    pub name_outcomes: VecDeque<bool>,
     /// The server completed a `LISTEN`: it now holds session state that notifications need.
     pub listened: bool,
     /// The server completed the client's `DISCARD ALL` (or a `DEALLOCATE ALL` the proxy did not
@@ -106,7 +117,8 @@ impl Default for Responses {
             tx_status: b'I',
             copy_in: false,
             error: BytesMut::new(),
-            named_parses: VecDeque::new(),
+            refusal_codes: VecDeque::new(),
+            name_outcomes: VecDeque::new(),
             listened: false,
             discarded: false,
         }
@@ -123,18 +135,20 @@ impl Responses {
         self.tx_status = b'I';
         self.copy_in = false;
         self.error.clear();
-        self.named_parses.clear();
+        self.refusal_codes.clear();
+        self.name_outcomes.clear();
         self.listened = false;
         self.discarded = false;
     }
 
-    /// Records a refusal: the proxy sent [`REFUSED`] in place of the client's message, and
-    /// the client gets this error in its place among the server's answers.
-    pub fn push_refusal(&mut self, code: &str, message: &str) {
+    /// Records a refusal: the proxy sent a stand-in in place of the client's message, and the
+    /// client gets this error in its place among the server's answers.
+    pub fn push_refusal(&mut self, code: &'static str, message: &str) {
         if self.server_skipping {
             return; // the server skips the stand-in, as PostgreSQL the refused message
         }
         backend::error(&mut self.error, backend::Severity::Error, code, message);
+        self.refusal_codes.push_back(code);
         self.push(Owed::Refused);
     }
 
@@ -146,6 +160,7 @@ impl Responses {
 
     /// Takes the error of the oldest queued refusal.
     fn drop_refusal(&mut self) -> BytesMut {
+        self.refusal_codes.pop_front();
         let len = match self.error.get(1..5) {
             Some(l) => 1 + u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize,
             None => 0,
@@ -250,7 +265,7 @@ impl Responses {
                 Some(Owed::Synthetic(tag)) => {
                     backend::empty(out, tag);
                     if tag == b'1' {
-                        self.named_parses.push_back(true);
+                        self.name_outcomes.push_back(true);
                     }
                 }
                 Some(Owed::Deallocated { all }) => {
@@ -315,7 +330,13 @@ impl Responses {
                     }
                     self.unanswered(o, prepared);
                 }
-                self.at_sync = true;
+                // At a ReadyForQuery only if nothing was sent after what it answers: a Parse,
+                // Bind or Execute sent behind a Query runs in a transaction that only the
+                // client's next Sync ends (answers the proxy gives itself need no server).
+                self.at_sync = self
+                    .queue
+                    .iter()
+                    .all(|o| matches!(o, Owed::Synthetic(_) | Owed::Deallocated { .. }));
                 self.server_skipping = false;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
             }
@@ -329,7 +350,12 @@ impl Responses {
                 Some(Owed::Refused) => {
                     self.pop_front();
                     self.skip_to_sync(prepared);
-                    return Verdict::Replace;
+                    let expected = self.refusal_codes.front().copied().unwrap_or_default();
+                    if has_code(body, expected) {
+                        return Verdict::Replace;
+                    }
+                    // PostgreSQL's own answer to the refused message (see `Owed::Refused`).
+                    self.drop_refusal();
                 }
                 Some(o) => {
                     self.pop_front();
@@ -355,19 +381,19 @@ impl Responses {
             b'1' => match self.pop_if(|o| matches!(o, Owed::Parse { .. } | Owed::InjectedParse(_)))
             {
                 Some(Owed::InjectedParse(_)) => return Verdict::Swallow,
-                Some(Owed::Parse { named: Some(_) }) => self.named_parses.push_back(true),
+                Some(Owed::Parse { named: Some(_) }) => self.name_outcomes.push_back(true),
                 _ => {}
             },
             b'2' => {
                 self.pop_if(|o| o == Owed::Bind);
             }
-            b'3' => {
-                if let Some(Owed::InjectedClose(_)) =
-                    self.pop_if(|o| matches!(o, Owed::Close | Owed::InjectedClose(_)))
-                {
-                    return Verdict::Swallow;
-                }
-            }
+            b'3' => match self
+                .pop_if(|o| matches!(o, Owed::Close | Owed::InjectedClose(_) | Owed::ClosedName))
+            {
+                Some(Owed::InjectedClose(_)) => return Verdict::Swallow,
+                Some(Owed::ClosedName) => self.name_outcomes.push_back(true),
+                _ => {}
+            },
             b'T' | b'n' => {
                 self.pop_if(|o| o == Owed::Describe);
             }
@@ -394,6 +420,12 @@ impl Responses {
     }
 }
 
+/// Whether an ErrorResponse body carries this SQLSTATE.
+fn has_code(body: &[u8], code: &str) -> bool {
+    body.split(|&b| b == 0)
+        .any(|field| field.first() == Some(&b'C') && &field[1..] == code.as_bytes())
+}
+
 impl Responses {
     /// A message the server refused or skipped (after an error): a Parse that did not happen
     /// is not prepared there and, for a client's named Parse, its name does not exist; a
@@ -402,11 +434,12 @@ impl Responses {
         match o {
             Owed::Parse { named: Some(h) } => {
                 prepared.remove(h);
-                self.named_parses.push_back(false);
+                self.name_outcomes.push_back(false);
             }
-            Owed::Synthetic(b'1') => self.named_parses.push_back(false),
+            Owed::Synthetic(b'1') => self.name_outcomes.push_back(false),
             Owed::InjectedParse(h) => prepared.remove(h),
             Owed::InjectedClose(h) => prepared.restore(h),
+            Owed::ClosedName => self.name_outcomes.push_back(false),
             // The server skipped the stand-in, as PostgreSQL would the refused message.
             Owed::Refused => {
                 self.drop_refusal();
@@ -566,6 +599,64 @@ mod tests {
         r.push(Owed::Sync);
         assert_eq!(r.ready_owed(), 1);
         run(&mut r, b"CZ", &mut p);
+        assert!(r.releasable());
+    }
+
+    #[test]
+    fn a_refusal_rewords_the_expected_error_and_lets_any_other_through() {
+        let len = u32::from_be_bytes(REFUSED[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len + 1, REFUSED.len());
+        let mut p = PreparedSet::default();
+        let mut r = Responses::default();
+        r.sent();
+        r.push_refusal("42P05", "prepared statement \"a\" already exists");
+        r.push(Owed::Bind);
+        r.push(Owed::Sync);
+        let error = b"SERROR\0VERROR\0C42P05\0Mprepared statement \"S_1\" already exists\0\0";
+        assert_eq!(r.on_server_message(b'E', error, &mut p), Verdict::Replace);
+        let mut out = BytesMut::new();
+        r.take_refusal(&mut out);
+        assert!(out.windows(6).any(|w| w == b"C42P05"), "{out:?}");
+        assert_eq!(r.ready_owed(), 1);
+        run(&mut r, b"Z", &mut p);
+        assert!(r.releasable());
+        // In a failed transaction PostgreSQL answers the Parse with 25P02 before it looks at
+        // the name, and so does the server: that error goes to the client as it is.
+        r.sent();
+        r.push_refusal("42P05", "prepared statement \"a\" already exists");
+        r.push(Owed::Sync);
+        let aborted = b"SERROR\0VERROR\0C25P02\0Mcurrent transaction is aborted\0\0";
+        assert_eq!(r.on_server_message(b'E', aborted, &mut p), Verdict::Forward);
+        let mut out = BytesMut::new();
+        r.take_refusal(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn extended_messages_behind_a_query_keep_the_server_until_their_sync() {
+        // Query, then Parse, Bind, Execute without a Sync: once all are answered the server
+        // is inside the transaction the Execute began, and must not go back to the pool.
+        let mut r = Responses::default();
+        let mut p = PreparedSet::default();
+        r.sent();
+        for o in [
+            Owed::Query,
+            Owed::Parse { named: None },
+            Owed::Bind,
+            Owed::Execute,
+        ] {
+            r.push(o);
+        }
+        run(&mut r, b"TDCZ12DC", &mut p);
+        assert!(!r.releasable());
+        r.push(Owed::Sync);
+        run(&mut r, b"Z", &mut p);
+        assert!(r.releasable());
+        // A DEALLOCATE the proxy answers itself, behind a Query, needs nothing more.
+        r.push(Owed::Query);
+        r.push(Owed::Deallocated { all: false });
+        run(&mut r, b"CZ", &mut p);
+        r.emit_synthetic(&mut BytesMut::new());
         assert!(r.releasable());
     }
 

@@ -8,6 +8,7 @@
 //! arrive, without copying, unless the proxy has to insert or remove a message.
 
 use super::handshake::Login;
+use super::pending_names::PendingNames;
 use super::queued;
 use super::responses::{self, Owed, Responses, Verdict};
 use super::statements::{self, Deallocate, Statements};
@@ -95,8 +96,8 @@ pub(crate) struct Session<'p> {
     max_message: usize,
     /// `max_prepared_statements`: the cap per server connection.
     max_prepared: usize,
-    /// Names of the client's named Parses whose outcome is not known yet, in order.
-    pending_names: std::collections::VecDeque<Vec<u8>>,
+    /// The client's named Parses and Closes whose outcome is not known yet.
+    pending_names: PendingNames,
     /// The session's routing hint (`SET switchyard.route`, or the startup option).
     route_hint: std::cell::Cell<Hint>,
     /// The client buffer holds more bytes after the message being handled.
@@ -107,6 +108,10 @@ pub(crate) struct Session<'p> {
     violation: Option<String>,
     /// The type of the message that broke the protocol, when it was one of unknown type.
     violation_tag: u8,
+    /// The simple Queries the proxy answered itself. PostgreSQL drops the unnamed statement
+    /// at each Query it runs: a server does so for the Queries it gets, and this count stands
+    /// for the others (see `unnamed_key`).
+    queries: u32,
     /// The client's unhandled messages wait for the server's answers (see the holds in
     /// `handle_client_messages`): its socket is not read meanwhile, so they cannot pile up.
     held: bool,
@@ -177,12 +182,13 @@ impl<'p> Session<'p> {
             skip_until_sync: false,
             max_message: proxy.config.general.max_message_size,
             max_prepared: proxy.config.general.max_prepared_statements,
-            pending_names: std::collections::VecDeque::new(),
+            pending_names: PendingNames::default(),
             route_hint,
             more_buffered: false,
             violation: None,
             violation_tag: 0,
             held: false,
+            queries: 0,
         }
     }
 
@@ -217,7 +223,7 @@ impl<'p> Session<'p> {
             self.deferred.extend_from_slice(msg);
             self.deferred_read_only = begin.read_only;
             self.deferred_failed = false;
-            backend::command_complete(&mut self.to_client, "BEGIN");
+            backend::command_complete(&mut self.to_client, begin.tag);
             backend::ready_for_query(&mut self.to_client, b'T');
             return true;
         }
@@ -266,29 +272,24 @@ impl<'p> Session<'p> {
         self.detach_at_end().await;
     }
 
-    /// Applies the outcomes of the client's named Parses: a name whose Parse the server
-    /// refused or skipped does not exist, as in PostgreSQL.
+    /// Applies the outcomes of the client's named Parses and Closes: a name whose Parse the
+    /// server refused or skipped does not exist, and a statement whose Close it skipped still
+    /// does, as in PostgreSQL.
     fn settle_names(&mut self) {
-        while let Some(ok) = self.responses.named_parses.pop_front() {
-            if let Some(name) = self.pending_names.pop_front() {
-                if !ok {
-                    self.statements.remove(&name);
-                }
-            }
+        while let Some(done) = self.responses.name_outcomes.pop_front() {
+            self.pending_names.settle(done, &mut self.statements);
         }
     }
 
     /// The server connection is gone with Parses in flight: their names do not exist.
     fn fail_pending_names(&mut self) {
         self.settle_names();
-        while let Some(name) = self.pending_names.pop_front() {
-            self.statements.remove(&name);
-        }
+        self.pending_names.fail_all(&mut self.statements);
     }
 
     async fn forward_loop(&mut self) -> End {
         loop {
-            if !self.responses.named_parses.is_empty() {
+            if !self.responses.name_outcomes.is_empty() {
                 self.settle_names();
             }
             if let Err(end) = self.handle_client_messages().await {
@@ -472,10 +473,7 @@ impl<'p> Session<'p> {
                 self.held = true;
                 break Ok(());
             }
-            if matches!(f.tag, b'P' | b'Q')
-                && !self.pending_names.is_empty()
-                && self.waits_for_pending_name(&cbuf[..f.total])
-            {
+            if self.waits_for_answers(f.tag, &cbuf[..f.total]) {
                 self.held = true;
                 break Ok(());
             }
@@ -518,36 +516,49 @@ impl<'p> Session<'p> {
         false
     }
 
-    /// Transaction mode: a named Parse, or a simple-query `DEALLOCATE`, of a name whose
-    /// earlier Parse the server has not answered yet. When a Sync followed that Parse,
-    /// PostgreSQL knows its outcome before it reads this message: an error earlier in that
-    /// batch makes the server skip the Parse, and the name does not exist. So the message
-    /// waits (true) for the server's answers instead of the proxy answering it at once (42P05
-    /// for the Parse, success for the DEALLOCATE). A duplicate Parse within one batch is still
-    /// refused at once, as there.
-    fn waits_for_pending_name(&self, msg: &[u8]) -> bool {
-        if !self.responses.ready_coming() {
-            return false;
+    /// Transaction mode: whether a message the proxy may answer itself must first wait
+    /// (true) for the answers the server is sending, because PostgreSQL's answer to it
+    /// depends on them:
+    /// - a named Parse of a name whose earlier Parse or Close, followed by a Sync, is
+    ///   unanswered: an error earlier in that batch makes the server skip it, and then the
+    ///   name is free, or still taken (a duplicate within one batch is still refused at once,
+    ///   as there);
+    /// - a Bind or Describe of a statement whose Close, followed by a Sync, is unanswered: if
+    ///   the server skipped that Close, the statement is still there;
+    /// - a simple-query `DEALLOCATE`: PostgreSQL refuses it in a failed transaction, and a
+    ///   skipped Parse leaves nothing to deallocate.
+    fn waits_for_answers(&self, tag: u8, msg: &[u8]) -> bool {
+        match tag {
+            b'P' if !self.pending_names.is_empty() => {
+                self.responses.ready_coming()
+                    && frame::cstr(&msg[5..]).is_some_and(|(name, _)| {
+                        !name.is_empty() && self.pending_names.contains(name)
+                    })
+            }
+            b'B' | b'D' if !self.pending_names.is_empty() => {
+                let body = &msg[5..];
+                let statement = match tag {
+                    b'B' => frame::cstr(body).and_then(|(_, rest)| frame::cstr(rest)),
+                    _ => body.strip_prefix(b"S").and_then(frame::cstr),
+                };
+                self.responses.ready_coming()
+                    && statement.is_some_and(|(name, _)| self.pending_names.closing(name))
+            }
+            b'Q' if self.per_transaction && self.server.is_some() => {
+                statements::deallocate_target(msg).is_some() && self.responses.ready_coming()
+            }
+            _ => false,
         }
-        let pending = |name: &[u8]| self.pending_names.iter().any(|p| p[..] == *name);
-        if msg[0] == b'Q' {
-            return match statements::deallocate_target(msg) {
-                Some(Deallocate::Name(name)) => pending(&name),
-                Some(Deallocate::All) => true,
-                None => false,
-            };
-        }
-        frame::cstr(&msg[5..]).is_some_and(|(name, _)| !name.is_empty() && pending(name))
     }
 
     /// Answers a simple-query `DEALLOCATE` of the client's own statement names (see
     /// [`forget_deallocated`]): at once when no server is attached, else in turn after what the
     /// attached server still owes. False for any other query, and where PostgreSQL would not
-    /// run it (a failed deferred transaction, or a server skipping to the next Sync).
+    /// run it (a failed transaction, or a server skipping to the next Sync).
     fn answer_deallocate(&mut self, msg: &[u8]) -> bool {
         let answerable = match self.server {
             None => !self.deferred_failed,
-            Some(_) => !self.responses.skipping(),
+            Some(_) => !self.responses.skipping() && self.responses.tx_status != b'E',
         };
         if !answerable {
             return false;
@@ -591,6 +602,7 @@ impl<'p> Session<'p> {
             // gets the Sync, and its ReadyForQuery ends the client's batch.
         }
         if tag == b'Q' && self.per_transaction && self.answer_deallocate(msg) {
+            self.queries = self.queries.wrapping_add(1);
             return Ok(());
         }
         if self.server.is_none() {
@@ -611,6 +623,7 @@ impl<'p> Session<'p> {
                     }
                 }
                 b'Q' if self.per_transaction && self.answer_transaction_control(msg) => {
+                    self.queries = self.queries.wrapping_add(1);
                     return Ok(());
                 }
                 _ => {}
@@ -801,21 +814,31 @@ impl<'p> Session<'p> {
                 };
                 if name.is_empty() || !map_names || skipping {
                     if name.is_empty() && !skipping {
-                        att.conn.unnamed_owner = self.pid;
+                        att.conn.unnamed_owner = unnamed_key(self.pid, self.queries);
                     }
                     out.extend_from_slice(msg);
                     r.push(Owed::Parse { named: None });
-                } else if self.statements.get(name).is_some() {
+                } else if let Some((old, old_rest)) = self.statements.get(name) {
                     // As PostgreSQL: a statement name must be closed before it is reused.
-                    // (A name whose Parse is still in flight counts as used.)
+                    // (A name whose Parse is still in flight counts as used.) The server gets
+                    // the new text under the old statement's server name, which exists there:
+                    // it checks the text as PostgreSQL would (syntax, a failed transaction,
+                    // analysis), and then finds the name taken (42P05, reworded for the
+                    // client's name).
+                    if prepare_here(&mut att.conn, out, r, self.max_prepared, old) {
+                        statements::write_parse(out, old, old_rest);
+                        r.push(Owed::InjectedParse(old));
+                    }
+                    statements::write_parse(out, old, rest);
                     let message = format!(
                         "prepared statement \"{}\" already exists",
                         String::from_utf8_lossy(name)
                     );
-                    self.refuse_in_batch(sqlstate::DUPLICATE_PREPARED_STATEMENT, &message);
+                    r.push_refusal(sqlstate::DUPLICATE_PREPARED_STATEMENT, &message);
+                    self.skip_until_sync = true;
                     return Ok(());
                 } else {
-                    self.pending_names.push_back(name.to_vec());
+                    self.pending_names.parse(name);
                     let h = self.statements.insert(name, rest);
                     if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
                         statements::write_parse(out, h, rest);
@@ -834,7 +857,8 @@ impl<'p> Session<'p> {
                     r.push(Owed::Bind);
                     return Ok(());
                 };
-                if stmt.is_empty() && att.conn.unnamed_owner != self.pid && !skipping {
+                let unnamed = unnamed_key(self.pid, self.queries);
+                if stmt.is_empty() && att.conn.unnamed_owner != unnamed && !skipping {
                     self.refuse_unnamed();
                     return Ok(());
                 }
@@ -866,7 +890,7 @@ impl<'p> Session<'p> {
                 };
                 if kind == b'S'
                     && name.is_empty()
-                    && att.conn.unnamed_owner != self.pid
+                    && att.conn.unnamed_owner != unnamed_key(self.pid, self.queries)
                     && !skipping
                 {
                     self.refuse_unnamed();
@@ -889,9 +913,13 @@ impl<'p> Session<'p> {
             }
             b'C' => match named_statement(msg).filter(|_| map_names && !skipping) {
                 Some(name) => {
-                    // The statement stays prepared on the servers for other clients.
-                    self.statements.remove(name);
-                    r.push(Owed::Synthetic(b'3'));
+                    // The statement stays prepared on the servers for other clients. The
+                    // name is forgotten now (a Bind of it later in the batch fails, as on
+                    // PostgreSQL) and put back if the server skips the stand-in Close.
+                    let taken = self.statements.take(name);
+                    self.pending_names.close(name, taken);
+                    out.extend_from_slice(responses::CLOSE_NOTHING);
+                    r.push(Owed::ClosedName);
                 }
                 None => {
                     out.extend_from_slice(msg);
@@ -904,21 +932,17 @@ impl<'p> Session<'p> {
         Ok(())
     }
 
-    /// Answers the client's extended-protocol message with an error of the proxy's own, in
-    /// its place among the server's answers. The server gets a stand-in that fails, so it
-    /// fails the batch and any open transaction as PostgreSQL would have; the client's
-    /// messages up to its Sync are dropped (the server would skip them).
-    fn refuse_in_batch(&mut self, code: &str, message: &str) {
+    /// A Bind or Describe of the unnamed statement, which this client has not parsed on the
+    /// attached server: what is there is another client's (or nothing). The server gets a
+    /// stand-in that fails in its place ([`responses::REFUSED`]), so it fails the batch and
+    /// any open transaction as PostgreSQL would have, and the client gets PostgreSQL's error
+    /// in its place. The client's messages up to its Sync are dropped (the server skips them).
+    fn refuse_unnamed(&mut self) {
         self.to_server.extend_from_slice(responses::REFUSED);
+        let message = "unnamed prepared statement does not exist";
+        let code = sqlstate::INVALID_SQL_STATEMENT_NAME;
         self.responses.push_refusal(code, message);
         self.skip_until_sync = true;
-    }
-
-    /// A Bind or Describe of the unnamed statement, which this client has not parsed on the
-    /// attached server: what is there is another client's (or nothing).
-    fn refuse_unnamed(&mut self) {
-        let message = "unnamed prepared statement does not exist";
-        self.refuse_in_batch(sqlstate::INVALID_SQL_STATEMENT_NAME, message);
     }
 
     /// Writes what is pending for the server, then what is pending for the client.
@@ -1034,15 +1058,10 @@ impl<'p> Session<'p> {
             conn.replace_when_released();
         }
         if std::mem::take(&mut r.discarded) && self.per_transaction {
-            // The client's own names go too, as in its own session, except those whose Parse
-            // it sent after (the last of the pending names whose outcome has not come).
-            let unanswered = self
-                .pending_names
-                .len()
-                .saturating_sub(r.named_parses.len());
-            let after = self.pending_names.len() - unanswered;
-            let keep: Vec<&[u8]> = self.pending_names.range(after..).map(|n| &n[..]).collect();
-            self.statements.retain(|name| keep.contains(&name));
+            // The client's own names go too, as in its own session, except those it parsed
+            // after (the pending ones whose outcome has not come).
+            let answered = r.name_outcomes.len();
+            self.pending_names.discard(answered, &mut self.statements);
         }
         conn.rbuf.advance(pos);
         written.map_err(|_| End::ClientGone)?;
@@ -1216,6 +1235,11 @@ fn forget_deallocated(statements: &mut Statements, msg: &[u8]) -> Option<bool> {
         }
         Deallocate::Name(name) => statements.remove(&name).then_some(false),
     }
+}
+
+/// Who owns an unnamed statement parsed now (see `ServerConn::unnamed_owner`).
+fn unnamed_key(pid: i32, queries: u32) -> u64 {
+    (u64::from(pid as u32) << 32) | u64::from(queries)
 }
 
 /// Buffers keep their memory between transactions (no allocation per query), except after a

@@ -11,6 +11,9 @@ use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 
+/// One of a client's statements: its hash and the `query\0 nparams oids…` of its Parse.
+pub type Statement = (u64, Vec<u8>);
+
 /// A client's named statements: its name → (hash, `query\0 nparams oids…` of its Parse).
 #[derive(Debug, Default)]
 pub struct Statements {
@@ -54,6 +57,17 @@ impl Statements {
     /// Forgets a client's statement (its Close); returns whether it existed.
     pub fn remove(&mut self, name: &[u8]) -> bool {
         self.by_name.remove(name).is_some()
+    }
+
+    /// Forgets a client's statement and hands it over, to be put back if its Close turns out
+    /// not to have happened (see [`Statements::put_back`]).
+    pub fn take(&mut self, name: &[u8]) -> Option<Statement> {
+        self.by_name.remove(name)
+    }
+
+    /// Puts back a statement [`Statements::take`] took, unless the name was used again since.
+    pub fn put_back(&mut self, name: Vec<u8>, statement: Statement) {
+        self.by_name.entry(name).or_insert(statement);
     }
 
     /// Forgets all of the client's statements (its `DEALLOCATE ALL`).

@@ -17,6 +17,8 @@ use crate::router::classify::{Lexer, Token};
 pub(crate) struct DeferrableBegin {
     /// Declared `READ ONLY`.
     pub read_only: bool,
+    /// The CommandComplete tag PostgreSQL answers it with: `BEGIN` or `START TRANSACTION`.
+    pub tag: &'static str,
 }
 
 /// How a transaction the proxy kept to itself ends.
@@ -83,10 +85,11 @@ pub(crate) fn deferrable_begin(sql: &str) -> Option<DeferrableBegin> {
         _ => return None,
     }
     let (w, n) = words(sql, 12)?;
-    let mut i = if is(w[0], "begin") {
-        usize::from(n > 1 && (is(w[1], "work") || is(w[1], "transaction"))) + 1
+    let (mut i, tag) = if is(w[0], "begin") {
+        let i = usize::from(n > 1 && (is(w[1], "work") || is(w[1], "transaction"))) + 1;
+        (i, "BEGIN")
     } else if is(w[0], "start") && n > 1 && is(w[1], "transaction") {
-        2
+        (2, "START TRANSACTION")
     } else {
         return None;
     };
@@ -118,7 +121,7 @@ pub(crate) fn deferrable_begin(sql: &str) -> Option<DeferrableBegin> {
             return None;
         }
     }
-    Some(DeferrableBegin { read_only })
+    Some(DeferrableBegin { read_only, tag })
 }
 
 /// A lone `COMMIT`/`END`/`ROLLBACK`/`ABORT` (optionally `WORK` or `TRANSACTION`).
@@ -142,16 +145,27 @@ mod tests {
 
     #[test]
     fn begins_that_any_server_accepts_are_deferred() {
-        let rw = Some(DeferrableBegin { read_only: false });
-        let ro = Some(DeferrableBegin { read_only: true });
+        let begin = |read_only| {
+            Some(DeferrableBegin {
+                read_only,
+                tag: "BEGIN",
+            })
+        };
+        let (rw, ro) = (begin(false), begin(true));
         assert_eq!(deferrable_begin("BEGIN"), rw);
         assert_eq!(deferrable_begin("begin;"), rw);
         assert_eq!(deferrable_begin("  BEGIN TRANSACTION ; "), rw);
-        assert_eq!(deferrable_begin("START TRANSACTION"), rw);
+        let start = |read_only| {
+            Some(DeferrableBegin {
+                read_only,
+                tag: "START TRANSACTION",
+            })
+        };
+        assert_eq!(deferrable_begin("START TRANSACTION"), start(false));
         assert_eq!(deferrable_begin("BEGIN READ ONLY"), ro);
         assert_eq!(
             deferrable_begin("start transaction isolation level repeatable read, read only"),
-            ro
+            start(true)
         );
         assert_eq!(
             deferrable_begin("BEGIN ISOLATION LEVEL READ COMMITTED NOT DEFERRABLE"),

@@ -41,10 +41,11 @@ pub struct ServerConn {
     pub applied_extras: ParamList,
     /// The proxy-named prepared statements that exist on this connection.
     pub prepared: PreparedSet,
-    /// The client (its proxy-issued process id) whose Parse last set the unnamed statement
-    /// here; 0: none. Another client binding the unnamed statement without parsing it must
-    /// get "does not exist", as on a connection of its own, not that client's statement.
-    pub unnamed_owner: i32,
+    /// Whose Parse last set the unnamed statement here (a client's proxy-issued process id
+    /// and how many simple Queries it had sent, see `Session::unnamed_key`); `u64::MAX`: none.
+    /// Another client binding the unnamed statement without parsing it must get "does not
+    /// exist", as on a connection of its own, not that client's statement.
+    pub unnamed_owner: u64,
     /// When the connection is retired (server_lifetime with jitter), if ever, in
     /// [`clock::now_ms`](crate::clock::now_ms) milliseconds.
     pub retire_at_ms: Option<u64>,

@@ -206,7 +206,7 @@ async fn login(
                     reported,
                     applied_extras: ParamList::new(),
                     prepared: Default::default(),
-                    unnamed_owner: 0,
+                    unnamed_owner: u64::MAX,
                     retire_at_ms: lifetime.map(|l| now + jitter(l).as_millis() as u64),
                     idle_since_ms: now,
                     home: crate::workers::current(),

@@ -1,0 +1,150 @@
+//! The client's named Parses and Closes whose outcome the server has not told yet.
+//!
+//! In transaction mode the proxy keeps the client's statement names itself, and it acts on a
+//! Parse or Close when it forwards it. But PostgreSQL skips every message after an error up to
+//! the next Sync: a skipped Parse creates no name, and a skipped Close closes nothing. So each
+//! of these waits here, in order, until the server's answer (or its skipping) settles it.
+
+use super::statements::{Statement, Statements};
+use std::collections::VecDeque;
+
+/// One Parse or Close awaiting its outcome.
+#[derive(Debug)]
+enum Pending {
+    Parse(Vec<u8>),
+    /// The name, and the statement the Close took (to put back if it is skipped).
+    Close(Vec<u8>, Option<Statement>),
+}
+
+/// The pending named Parses and Closes of one session, in the order they were sent.
+#[derive(Debug, Default)]
+pub struct PendingNames {
+    queue: VecDeque<Pending>,
+}
+
+impl PendingNames {
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn parse(&mut self, name: &[u8]) {
+        self.queue.push_back(Pending::Parse(name.to_vec()));
+    }
+
+    /// A Close of `name`, which took `taken` from the client's statements.
+    pub fn close(&mut self, name: &[u8], taken: Option<Statement>) {
+        self.queue.push_back(Pending::Close(name.to_vec(), taken));
+    }
+
+    /// Whether a Parse or Close of `name` is pending.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.queue.iter().any(|p| match p {
+            Pending::Parse(n) | Pending::Close(n, _) => n[..] == *name,
+        })
+    }
+
+    /// Whether a Close of `name` is pending.
+    pub fn closing(&self, name: &[u8]) -> bool {
+        self.queue
+            .iter()
+            .any(|p| matches!(p, Pending::Close(n, _) if n[..] == *name))
+    }
+
+    /// Applies the outcome of the oldest pending operation: `done` is false when the server
+    /// refused or skipped it. A name whose Parse did not happen does not exist (and a Close
+    /// of it sent before it was parsed again took nothing); a statement whose Close did not
+    /// happen is still there.
+    pub fn settle(&mut self, done: bool, statements: &mut Statements) {
+        match self.queue.pop_front() {
+            Some(Pending::Parse(name)) if !done => {
+                statements.remove(&name);
+                for later in self.queue.iter_mut() {
+                    match later {
+                        Pending::Parse(n) if *n == name => break,
+                        Pending::Close(n, taken) if *n == name => *taken = None,
+                        _ => {}
+                    }
+                }
+            }
+            Some(Pending::Close(name, Some(statement))) if !done => {
+                statements.put_back(name, statement)
+            }
+            _ => {}
+        }
+    }
+
+    /// The server connection is gone with these in flight: names being parsed do not exist,
+    /// statements being closed stay closed.
+    pub fn fail_all(&mut self, statements: &mut Statements) {
+        for p in self.queue.drain(..) {
+            if let Pending::Parse(name) = p {
+                statements.remove(&name);
+            }
+        }
+    }
+
+    /// The server ran the client's `DISCARD ALL` (or `DEALLOCATE ALL`) with `answered` of
+    /// these settled before it (their outcomes came first): only names parsed after it are
+    /// left, and nothing a Close took comes back.
+    pub fn discard(&mut self, answered: usize, statements: &mut Statements) {
+        let after: Vec<&[u8]> = self
+            .queue
+            .iter()
+            .skip(answered)
+            .filter_map(|p| match p {
+                Pending::Parse(n) => Some(&n[..]),
+                Pending::Close(..) => None,
+            })
+            .collect();
+        statements.retain(|name| after.contains(&name));
+        for p in self.queue.iter_mut() {
+            if let Pending::Close(_, taken) = p {
+                *taken = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_parses_and_closes_are_undone_in_order() {
+        let mut st = Statements::default();
+        let mut p = PendingNames::default();
+        // Parse a (skipped), Close a, Parse a (done), Close a (skipped).
+        st.insert(b"a", b"SELECT 1\0\0\0");
+        p.parse(b"a");
+        let first = st.take(b"a");
+        p.close(b"a", first);
+        st.insert(b"a", b"SELECT 2\0\0\0");
+        p.parse(b"a");
+        let second = st.take(b"a");
+        p.close(b"a", second);
+        assert!(p.closing(b"a") && p.contains(b"a"));
+        for done in [false, false, true, false] {
+            p.settle(done, &mut st);
+        }
+        assert!(p.is_empty());
+        // The skipped first Parse left nothing to put back; the skipped last Close did.
+        assert_eq!(
+            st.get(b"a").map(|(_, rest)| rest),
+            Some(&b"SELECT 2\0\0\0"[..])
+        );
+    }
+
+    #[test]
+    fn a_discard_keeps_only_names_parsed_after_it() {
+        let mut st = Statements::default();
+        let mut p = PendingNames::default();
+        st.insert(b"old", b"SELECT 1\0\0\0");
+        st.insert(b"a", b"SELECT 2\0\0\0");
+        p.parse(b"a"); // answered before the DISCARD ALL
+        st.insert(b"b", b"SELECT 3\0\0\0");
+        p.parse(b"b"); // sent after it
+        p.discard(1, &mut st);
+        assert!(st.get(b"old").is_none() && st.get(b"a").is_none());
+        assert!(st.get(b"b").is_some());
+    }
+}
