@@ -1,0 +1,137 @@
+//! Routing a transaction (or a session) and checking out the server connection it goes to,
+//! with the client's session parameters applied there.
+
+use super::*;
+
+impl Session<'_> {
+    /// The SQL a routing policy sees for a message: its own text for `Query` and `Parse`; for
+    /// a `Bind` or a statement `Describe`, the text of the prepared statement it names.
+    pub(super) fn sql_of<'m>(&'m self, msg: &'m [u8]) -> Option<&'m str> {
+        let body = msg.get(5..)?;
+        let statement = match msg.first()? {
+            b'Q' | b'P' => return crate::router::classify::sql_of(msg),
+            b'B' => frame::cstr(frame::cstr(body)?.1)?.0,
+            b'D' if body.first() == Some(&b'S') => frame::cstr(&body[1..])?.0,
+            _ => return None,
+        };
+        let (_, parse_rest) = self.statements.get(statement)?;
+        std::str::from_utf8(frame::cstr(parse_rest)?.0).ok()
+    }
+
+    /// Routes and checks out a server connection, and gives it this client's parameters.
+    pub(super) async fn attach(&mut self, msg: &[u8]) -> Result<(), NoServer> {
+        let pool = self.pool.clone();
+        // A server that refuses a connection is marked unhealthy, which takes it out of the
+        // policies' candidates: route again, until a route repeats a server that failed.
+        let mut failed = 0u64;
+        let mut last_error: Option<(&str, String)> = None;
+        let (sql, application_name) = if pool.router.reads_requests() {
+            let app = self.params.tracked.get(TrackedParams::APPLICATION_NAME);
+            (self.sql_of(msg), app)
+        } else {
+            (None, "")
+        };
+        let (index, mut conn) = loop {
+            let route = pool.router.route(&RouteRequest {
+                message: msg,
+                sql,
+                session_id: self.pid,
+                database: &pool.database,
+                user: &pool.user,
+                application_name,
+                client_addr: self.peer,
+                options: &self.params.extras,
+                in_transaction: !self.deferred.is_empty(),
+                read_only_transaction: !self.deferred.is_empty() && self.deferred_read_only,
+                session_hint: &self.route_hint,
+            });
+            let index = pool.resolve(route)?;
+            let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
+            if failed & bit != 0 {
+                return Err(last_error.expect("set with the bit").into());
+            }
+            if let Some(i) = self.parked.iter().position(|p| p.index == index) {
+                break (index, self.parked.swap_remove(i).conn);
+            }
+            let checkout = pool.servers[index].checkout();
+            let Some(checked_out) =
+                queued::unless_client_leaves(&self.client, !self.more_buffered, checkout).await
+            else {
+                return Err(NoServer::ClientLeft);
+            };
+            match checked_out {
+                Ok(conn) => break (index, conn),
+                Err(e @ CheckoutError::Connect(_)) if bit != 0 => {
+                    failed |= bit;
+                    last_error = Some(checkout_error(&pool, e));
+                }
+                Err(e) => return Err(checkout_error(&pool, e).into()),
+            }
+        };
+        let server = &pool.servers[index];
+        self.cancel.set(&conn.key);
+        if let Some(sql) = self.params.sync_sql(&conn) {
+            let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
+            let tracked = &mut self.params.tracked;
+            // Rare (parameters differ): boxed to keep the session future small.
+            let outcome = Box::pin(maintenance::run(
+                &mut conn,
+                &[&sql],
+                timeout,
+                |name, value| {
+                    tracked.set(name, value);
+                },
+            ))
+            .await;
+            match outcome {
+                Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
+                    conn.applied_extras = self.params.extras.clone();
+                }
+                Ok(o) => {
+                    self.cancel.clear();
+                    let detail = o.error.as_deref().map(error_message).unwrap_or_default();
+                    if o.tx_status == b'I' {
+                        server.checkin(conn);
+                    }
+                    return Err(NoServer::Refused(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("cannot apply the session's startup parameters: {detail}"),
+                    ));
+                }
+                Err(e) => {
+                    self.cancel.clear();
+                    return Err(NoServer::Refused(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("server connection failed while applying session parameters: {e}"),
+                    ));
+                }
+            }
+        }
+        self.responses.reset();
+        // Statements this attachment uses are in flight from here on: never evicted under it.
+        conn.prepared.start_batch();
+        self.server = Some(Attached { conn, index });
+        Ok(())
+    }
+}
+
+/// The SQLSTATE and message a client gets when no server connection could be had.
+pub(super) fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str, String) {
+    match e {
+        CheckoutError::Exhausted { .. } => (
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "connection pool for database \"{}\" user \"{}\" is exhausted: {e}",
+                pool.database, pool.user
+            ),
+        ),
+        CheckoutError::Connect(c) => {
+            let code = if c.sqlstate() == sqlstate::CANNOT_CONNECT {
+                sqlstate::CANNOT_CONNECT
+            } else {
+                sqlstate::CONNECTION_FAILURE
+            };
+            (code, c.to_string())
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The end of a session: its server connections rolled back, reset and returned to the pool,
+//! or closed when a request is still in flight.
+
+use super::*;
+
+impl Session<'_> {
+    /// Cleans up the server connection when the session ends: a quiet connection is rolled back
+    /// (and reset in session mode) and returned; one with a request in flight is cancelled and
+    /// closed, so no transaction is ever left open behind a departed client.
+    pub(super) async fn detach_at_end(&mut self) {
+        if let Some(att) = self.server.take() {
+            self.clean_up(att).await;
+        }
+        while let Some(att) = self.parked.pop() {
+            // Parked servers are idle, outside a transaction: only the reset is due.
+            self.responses.reset();
+            self.clean_up(att).await;
+        }
+    }
+
+    /// Returns one server connection to its pool after the session, or closes it.
+    pub(super) async fn clean_up(&mut self, att: Attached) {
+        self.cancel.clear();
+        let server = &self.pool.servers[att.index];
+        let mut conn = att.conn;
+        if !self.responses.quiet() {
+            let key = conn.key.clone();
+            drop(conn);
+            let timeout = Duration::from_millis(self.proxy.config.general.cancel_timeout_ms);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(timeout, crate::cancel::send_cancel(&key)).await;
+            });
+            return;
+        }
+        let mut statements: Vec<&str> = Vec::with_capacity(2);
+        if self.responses.tx_status != b'I' {
+            statements.push("ROLLBACK");
+        }
+        let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
+        if reset {
+            statements.push(&self.pool.reset_query);
+        } else if self.responses.listened && self.transaction_mode() {
+            // Transaction mode: the server was this session's for its LISTEN; nothing else of
+            // the session is kept there that transaction mode does not already allow.
+            statements.push("UNLISTEN *");
+        }
+        if statements.is_empty() {
+            server.checkin(conn);
+            return;
+        }
+        let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
+        match Box::pin(maintenance::run(&mut conn, &statements, timeout, |_, _| {})).await {
+            Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
+                if reset {
+                    conn.applied_extras = ParamList::new();
+                }
+                server.checkin(conn);
+            }
+            Ok(o) => {
+                let detail = o.error.as_deref().map(error_message).unwrap_or_default();
+                tracing::warn!(server = %server.name, %detail, "reset failed; closing the server connection");
+            }
+            Err(e) => {
+                tracing::warn!(server = %server.name, error = %e, "reset failed; closing the server connection")
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The client's messages, one by one: what the proxy answers itself (a deferred `BEGIN`, a
+//! `DEALLOCATE` of the client's own names), what waits for the server's answers, and what
+//! needs a server (see `attach`) and is forwarded (see `forward`).
+
+use super::*;
+
+impl Session<'_> {
+    /// Answers a `BEGIN` (deferring it) or the `COMMIT`/`ROLLBACK` of a deferred transaction
+    /// without a server. Returns whether `msg` (a `Query`) was answered.
+    pub(super) fn answer_transaction_control(&mut self, msg: &[u8]) -> bool {
+        // Every Query that needs a server passes here: most are ruled out by their first byte,
+        // before the text is validated as UTF-8 and lexed.
+        if self.deferred.is_empty() && !may_begin(msg) {
+            return false;
+        }
+        let Some(sql) = crate::router::classify::sql_of(msg) else {
+            return false;
+        };
+        if self.deferred.is_empty() {
+            let Some(begin) = deferrable_begin(sql) else {
+                return false;
+            };
+            self.deferred.extend_from_slice(msg);
+            self.deferred_read_only = begin.read_only;
+            self.deferred_failed = false;
+            backend::command_complete(&mut self.to_client, begin.tag);
+            backend::ready_for_query(&mut self.to_client, b'T');
+            return true;
+        }
+        let Some(end) = lone_end(sql) else {
+            return false;
+        };
+        // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK.
+        let tag = if self.deferred_failed {
+            "ROLLBACK"
+        } else {
+            end.tag()
+        };
+        self.deferred.clear();
+        self.deferred_failed = false;
+        backend::command_complete(&mut self.to_client, tag);
+        backend::ready_for_query(&mut self.to_client, b'I');
+        true
+    }
+
+    /// Handles every complete message in the client buffer.
+    pub(super) async fn handle_client_messages(&mut self) -> Result<(), End> {
+        let mut cbuf = std::mem::take(&mut self.cbuf);
+        self.held = false;
+        let result = loop {
+            if self.violation.is_some() {
+                self.held = true;
+                break Ok(());
+            }
+            let f = match frame::complete(&cbuf, self.max_message) {
+                Ok(Some(f)) => f,
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    self.violated(e.to_string());
+                    self.held = true;
+                    break Ok(());
+                }
+            };
+            if self
+                .server
+                .as_ref()
+                .is_some_and(|a| a.conn.to_be_replaced())
+                && self.transaction_mode()
+                && self.holds_for_stale_statement()
+            {
+                self.held = true;
+                break Ok(());
+            }
+            if self.waits_for_answers(f.tag, &cbuf[..f.total]) {
+                self.held = true;
+                break Ok(());
+            }
+            self.more_buffered = cbuf.len() > f.total;
+            if let Err(end) = self.on_client_message(f.tag, &cbuf[..f.total]).await {
+                break Err(end);
+            }
+            cbuf.advance(f.total);
+        };
+        if cbuf.is_empty() {
+            cbuf.clear();
+            release_if_large(&mut cbuf);
+        }
+        self.cbuf = cbuf;
+        result
+    }
+
+    /// The client broke the protocol: see `violation`. A server with answers still to give
+    /// for a batch the client did not end with Sync gets a Flush, so they come.
+    pub(super) fn violated(&mut self, message: String) {
+        tracing::debug!(pid = self.pid, %message, "client protocol violation");
+        if self.server.is_some() && !self.responses.quiet() {
+            self.to_server.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+        }
+        self.violation = Some(message);
+    }
+
+    /// Transaction mode; the attached server has a stale statement (see
+    /// [`is_stale_statement`]) and is to be replaced. A client that prepares the statement
+    /// again right after the error, before the server's ReadyForQuery, must not be given the
+    /// stale one on this connection: its next messages wait (true) until the server has
+    /// answered what it was sent; then the server is released, if the transaction is over,
+    /// and they go to a fresh connection. Messages are not held while no ReadyForQuery is due
+    /// (the server waits for the client's Sync).
+    pub(super) fn holds_for_stale_statement(&mut self) -> bool {
+        if self.responses.ready_coming() {
+            return true;
+        }
+        self.release_if_idle();
+        false
+    }
+
+    /// Transaction mode: whether a message the proxy may answer itself must first wait
+    /// (true) for the answers the server is sending, because PostgreSQL's answer to it
+    /// depends on them:
+    /// - a named Parse of a name whose earlier Parse or Close, followed by a Sync, is
+    ///   unanswered: an error earlier in that batch makes the server skip it, and then the
+    ///   name is free, or still taken (a duplicate within one batch is still refused at once,
+    ///   as there);
+    /// - a Bind or Describe of a statement whose Close, followed by a Sync, is unanswered: if
+    ///   the server skipped that Close, the statement is still there;
+    /// - a simple-query `DEALLOCATE`: PostgreSQL refuses it in a failed transaction, and a
+    ///   skipped Parse leaves nothing to deallocate.
+    pub(super) fn waits_for_answers(&self, tag: u8, msg: &[u8]) -> bool {
+        match tag {
+            b'P' if !self.pending_names.is_empty() => {
+                self.responses.ready_coming()
+                    && frame::cstr(&msg[5..]).is_some_and(|(name, _)| {
+                        !name.is_empty() && self.pending_names.contains(name)
+                    })
+            }
+            b'B' | b'D' if !self.pending_names.is_empty() => {
+                let body = &msg[5..];
+                let statement = match tag {
+                    b'B' => frame::cstr(body).and_then(|(_, rest)| frame::cstr(rest)),
+                    _ => body.strip_prefix(b"S").and_then(frame::cstr),
+                };
+                self.responses.ready_coming()
+                    && statement.is_some_and(|(name, _)| self.pending_names.closing(name))
+            }
+            b'Q' if self.per_transaction && self.server.is_some() => {
+                statements::deallocate_target(msg).is_some() && self.responses.ready_coming()
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers a simple-query `DEALLOCATE` of the client's own statement names (see
+    /// [`forget_deallocated`]): at once when no server is attached, else in turn after what the
+    /// attached server still owes. False for any other query, and where PostgreSQL would not
+    /// run it (a failed transaction, or a server skipping to the next Sync).
+    pub(super) fn answer_deallocate(&mut self, msg: &[u8]) -> bool {
+        let answerable = match self.server {
+            None => !self.deferred_failed,
+            Some(_) => !self.responses.skipping() && self.responses.tx_status != b'E',
+        };
+        if !answerable {
+            return false;
+        }
+        let Some(all) = forget_deallocated(&mut self.statements, msg) else {
+            return false;
+        };
+        if self.server.is_none() {
+            let status = self.idle_status();
+            statements::write_deallocate_answer(&mut self.to_client, all, status);
+        } else {
+            self.responses.push(Owed::Deallocated { all });
+            self.responses.emit_synthetic(&mut self.to_client);
+        }
+        true
+    }
+
+    pub(super) async fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
+        if tag == b'X' {
+            return Err(End::Terminate);
+        }
+        if !matches!(
+            tag,
+            b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f'
+        ) {
+            self.violated(format!("invalid frontend message type {tag}"));
+            self.violation_tag = tag;
+            return Ok(());
+        }
+        if self.skip_until_sync {
+            if tag != b'S' {
+                return Ok(());
+            }
+            self.skip_until_sync = false;
+            if self.server.is_none() {
+                let status = self.idle_status();
+                backend::ready_for_query(&mut self.to_client, status);
+                return Ok(());
+            }
+            // The error came from the proxy while a server was attached: the server still
+            // gets the Sync, and its ReadyForQuery ends the client's batch.
+        }
+        if tag == b'Q' && self.per_transaction && self.answer_deallocate(msg) {
+            self.queries = self.queries.wrapping_add(1);
+            return Ok(());
+        }
+        if self.server.is_none() {
+            match tag {
+                // Nothing is in flight: answer without a server.
+                b'S' => {
+                    let status = self.idle_status();
+                    backend::ready_for_query(&mut self.to_client, status);
+                    return Ok(());
+                }
+                // Flush with nothing to flush; copy messages after a COPY the server ended.
+                b'H' | b'd' | b'c' | b'f' => return Ok(()),
+                b'C' if self.per_transaction => {
+                    if let Some(name) = named_statement(msg) {
+                        self.statements.remove(name);
+                        backend::empty(&mut self.to_client, b'3');
+                        return Ok(());
+                    }
+                }
+                b'Q' if self.per_transaction && self.answer_transaction_control(msg) => {
+                    self.queries = self.queries.wrapping_add(1);
+                    return Ok(());
+                }
+                _ => {}
+            }
+            let failed = if self.deferred_failed {
+                Err(NoServer::Refused(
+                    sqlstate::IN_FAILED_TRANSACTION,
+                    "current transaction is aborted, commands ignored until end of transaction block"
+                        .to_string(),
+                ))
+            } else {
+                self.attach(msg).await
+            };
+            if let Err(no_server) = failed {
+                let (code, message) = match no_server {
+                    NoServer::Refused(code, message) => (code, message),
+                    NoServer::ClientLeft => {
+                        tracing::debug!(pid = self.pid, "client left while queued for a server");
+                        return Err(End::ClientGone);
+                    }
+                };
+                backend::error(&mut self.to_client, Severity::Error, code, &message);
+                // Inside a deferred transaction the error fails it, as on a server.
+                self.deferred_failed = !self.deferred.is_empty();
+                if matches!(tag, b'Q' | b'F') {
+                    let status = self.idle_status();
+                    backend::ready_for_query(&mut self.to_client, status);
+                } else {
+                    self.skip_until_sync = true;
+                }
+                return Ok(());
+            }
+            if !self.deferred.is_empty() {
+                // The deferred BEGIN goes first, in the same write; the client had its answer.
+                self.to_server.extend_from_slice(&self.deferred);
+                self.deferred.clear();
+                self.responses.sent();
+                self.responses.push(Owed::HiddenQuery);
+            }
+        }
+        self.forward(tag, msg)
+    }
+}
+
+/// A simple-query `DEALLOCATE` of the client's own statement names (or of all of them) is the
+/// proxy's to answer: those names exist only in the session, and the statements stay prepared
+/// on the servers for other clients (PDO and psycopg with libpq before 17 deallocate this way;
+/// forwarded, the server would answer "does not exist"). Forgets them and returns `Some(all)`;
+/// `None` for any other query, including a `DEALLOCATE` of a name the client did not prepare
+/// with Parse (a SQL `PREPARE`), which the server answers.
+pub(super) fn forget_deallocated(statements: &mut Statements, msg: &[u8]) -> Option<bool> {
+    match statements::deallocate_target(msg)? {
+        Deallocate::All => {
+            statements.clear();
+            Some(true)
+        }
+        Deallocate::Name(name) => statements.remove(&name).then_some(false),
+    }
+}

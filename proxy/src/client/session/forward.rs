@@ -1,0 +1,234 @@
+//! Client to server: each message as the server must see it (statement names translated in
+//! transaction mode, Parses added where the server lacks a statement), and what the server
+//! will owe for it.
+
+use super::*;
+
+impl Session<'_> {
+    /// Appends one client message for the attached server, translating statement names in
+    /// transaction mode, and records what the server will owe for it.
+    pub(super) fn forward(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
+        let map_names = self.per_transaction;
+        let att = self.server.as_mut().expect("attached before forwarding");
+        let out = &mut self.to_server;
+        let r = &mut self.responses;
+        let skipping = r.skipping();
+        r.sent();
+        let body = &msg[5..];
+        match tag {
+            b'Q' | b'F' => {
+                out.extend_from_slice(msg);
+                r.push(Owed::Query);
+            }
+            b'S' => {
+                out.extend_from_slice(msg);
+                r.push(Owed::Sync);
+            }
+            b'H' | b'd' => out.extend_from_slice(msg),
+            b'c' | b'f' => {
+                out.extend_from_slice(msg);
+                r.client_ended_copy();
+            }
+            b'E' => {
+                out.extend_from_slice(msg);
+                r.push(Owed::Execute);
+            }
+            b'P' => {
+                let Some((name, rest)) = frame::cstr(body) else {
+                    // Unreadable names: the server refuses it as PostgreSQL does.
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Parse { named: None });
+                    return Ok(());
+                };
+                if name.is_empty() || !map_names || skipping {
+                    if name.is_empty() && !skipping {
+                        att.conn.unnamed_owner = unnamed_key(self.pid, self.queries);
+                    }
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Parse { named: None });
+                } else if let Some((old, old_rest)) = self.statements.get(name) {
+                    // As PostgreSQL: a statement name must be closed before it is reused.
+                    // (A name whose Parse is still in flight counts as used.) The server gets
+                    // the new text under the old statement's server name, which exists there:
+                    // it checks the text as PostgreSQL would (syntax, a failed transaction,
+                    // analysis), and then finds the name taken (42P05, reworded for the
+                    // client's name).
+                    if prepare_here(&mut att.conn, out, r, self.max_prepared, old) {
+                        statements::write_parse(out, old, old_rest);
+                        r.push(Owed::InjectedParse(old));
+                    }
+                    statements::write_parse(out, old, rest);
+                    let message = format!(
+                        "prepared statement \"{}\" already exists",
+                        String::from_utf8_lossy(name)
+                    );
+                    r.push_refusal(sqlstate::DUPLICATE_PREPARED_STATEMENT, &message);
+                    self.skip_until_sync = true;
+                    return Ok(());
+                } else {
+                    self.pending_names.parse(name);
+                    let h = self.statements.insert(name, rest);
+                    if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
+                        statements::write_parse(out, h, rest);
+                        r.push(Owed::Parse { named: Some(h) });
+                    } else {
+                        r.push(Owed::Synthetic(b'1'));
+                    }
+                }
+            }
+            b'B' => {
+                let Some((portal, (stmt, bind_rest))) =
+                    frame::cstr(body).and_then(|(portal, rest)| Some((portal, frame::cstr(rest)?)))
+                else {
+                    // Unreadable names: the server refuses it as PostgreSQL does.
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Bind);
+                    return Ok(());
+                };
+                let unnamed = unnamed_key(self.pid, self.queries);
+                if stmt.is_empty() && att.conn.unnamed_owner != unnamed && !skipping {
+                    self.refuse_unnamed();
+                    return Ok(());
+                }
+                match self
+                    .statements
+                    .get(stmt)
+                    .filter(|_| map_names && !skipping && !stmt.is_empty())
+                {
+                    Some((h, parse_rest)) => {
+                        if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
+                            statements::write_parse(out, h, parse_rest);
+                            r.push(Owed::InjectedParse(h));
+                        }
+                        statements::write_bind(out, portal, h, bind_rest);
+                    }
+                    None => out.extend_from_slice(msg),
+                }
+                r.push(Owed::Bind);
+            }
+            b'D' => {
+                let Some((kind, (name, _))) = body
+                    .split_first()
+                    .and_then(|(&kind, rest)| Some((kind, frame::cstr(rest)?)))
+                else {
+                    // Unreadable names: the server refuses it as PostgreSQL does.
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Describe);
+                    return Ok(());
+                };
+                if kind == b'S'
+                    && name.is_empty()
+                    && att.conn.unnamed_owner != unnamed_key(self.pid, self.queries)
+                    && !skipping
+                {
+                    self.refuse_unnamed();
+                    return Ok(());
+                }
+                let known = (kind == b'S' && map_names && !skipping && !name.is_empty())
+                    .then(|| self.statements.get(name))
+                    .flatten();
+                match known {
+                    Some((h, parse_rest)) => {
+                        if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
+                            statements::write_parse(out, h, parse_rest);
+                            r.push(Owed::InjectedParse(h));
+                        }
+                        statements::write_describe(out, h);
+                    }
+                    None => out.extend_from_slice(msg),
+                }
+                r.push(Owed::Describe);
+            }
+            b'C' => match named_statement(msg).filter(|_| map_names && !skipping) {
+                Some(name) => {
+                    // The statement stays prepared on the servers for other clients. The
+                    // name is forgotten now (a Bind of it later in the batch fails, as on
+                    // PostgreSQL) and put back if the server skips the stand-in Close.
+                    let taken = self.statements.take(name);
+                    self.pending_names.close(name, taken);
+                    out.extend_from_slice(responses::CLOSE_NOTHING);
+                    r.push(Owed::ClosedName);
+                }
+                None => {
+                    out.extend_from_slice(msg);
+                    r.push(Owed::Close);
+                }
+            },
+            _ => unreachable!("tags are checked before forwarding"),
+        }
+        r.emit_synthetic(&mut self.to_client);
+        Ok(())
+    }
+
+    /// A Bind or Describe of the unnamed statement, which this client has not parsed on the
+    /// attached server: what is there is another client's (or nothing). The server gets a
+    /// stand-in that fails in its place ([`responses::REFUSED`]), so it fails the batch and
+    /// any open transaction as PostgreSQL would have, and the client gets PostgreSQL's error
+    /// in its place. The client's messages up to its Sync are dropped (the server skips them).
+    pub(super) fn refuse_unnamed(&mut self) {
+        self.to_server.extend_from_slice(responses::REFUSED);
+        let message = "unnamed prepared statement does not exist";
+        let code = sqlstate::INVALID_SQL_STATEMENT_NAME;
+        self.responses.push_refusal(code, message);
+        self.skip_until_sync = true;
+    }
+
+    /// Writes what is pending for the server, then what is pending for the client.
+    pub(super) async fn flush(&mut self) -> Result<(), End> {
+        if !self.to_server.is_empty() {
+            let written = match self.server.as_mut() {
+                Some(att) => write_all(&mut att.conn.stream, &self.to_server).await,
+                None => Ok(()),
+            };
+            self.to_server.clear();
+            release_if_large(&mut self.to_server);
+            if let Err(e) = written {
+                self.server_lost(&e.to_string(), false)?;
+            }
+        }
+        if !self.to_client.is_empty() {
+            let r = write_all(&mut self.client, &self.to_client).await;
+            self.to_client.clear();
+            release_if_large(&mut self.to_client);
+            r.map_err(|_| End::ClientGone)?;
+        }
+        Ok(())
+    }
+}
+
+/// Who owns an unnamed statement parsed now (see `ServerConn::unnamed_owner`).
+pub(super) fn unnamed_key(pid: i32, queries: u32) -> u64 {
+    (u64::from(pid as u32) << 32) | u64::from(queries)
+}
+
+/// Records a use of statement `h` on the server connection. Returns true when it is not
+/// prepared there yet (the caller writes its Parse); past `max_prepared` the least recently
+/// used statement is closed first.
+pub(super) fn prepare_here(
+    conn: &mut ServerConn,
+    out: &mut BytesMut,
+    r: &mut Responses,
+    max_prepared: usize,
+    h: u64,
+) -> bool {
+    if conn.prepared.touch(h) {
+        return false;
+    }
+    // Usually one; more when an earlier batch had to go past the cap.
+    while let Some(victim) = conn.prepared.evict_for_one_more(max_prepared) {
+        statements::write_close(out, victim);
+        r.push(Owed::InjectedClose(victim));
+    }
+    conn.prepared.add(h);
+    true
+}
+
+/// The name in a `Close` of a named statement, if that is what `msg` is.
+pub(super) fn named_statement(msg: &[u8]) -> Option<&[u8]> {
+    let body = msg.get(5..)?;
+    if body.first() != Some(&b'S') {
+        return None;
+    }
+    let (name, _) = frame::cstr(&body[1..])?;
+    (!name.is_empty()).then_some(name)
+}

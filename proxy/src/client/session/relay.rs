@@ -1,0 +1,236 @@
+//! Server to client: the server's answers forwarded as they come, accounted for message by
+//! message; the server given back when idle, or lost.
+
+use super::*;
+
+impl Session<'_> {
+    /// Forwards what the server sent, accounting for every complete message header in it.
+    pub(super) async fn relay(&mut self) -> Result<(), End> {
+        let att = self.server.as_mut().expect("relay needs a server");
+        let conn = &mut *att.conn;
+        let r = &mut self.responses;
+        let out = &mut self.to_client;
+        let buf = &conn.rbuf[..];
+        let mut pos = r.partial.min(buf.len());
+        r.partial -= pos;
+        // A FATAL error from the server; true when it blames the client's protocol.
+        let mut fatal = None;
+        let mut stale = false;
+        // Bytes from `from` to `pos` are still to be forwarded.
+        let mut from = 0;
+        while pos < buf.len() {
+            let f = match frame::header(&buf[pos..], usize::MAX) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    let why = format!("server sent a malformed message: {e}");
+                    return self.server_lost(&why, false);
+                }
+            };
+            let avail = buf.len() - pos;
+            let complete = avail >= f.total;
+            if !complete && matches!(f.tag, b'Z' | b'S' | b'C' | b'1' | b'E') {
+                break; // these are small and read whole
+            }
+            let body = if complete {
+                &buf[pos + 5..pos + f.total]
+            } else {
+                &[][..]
+            };
+            if f.tag == b'S' {
+                if let Some((name, value)) = parse_parameter_status(body) {
+                    conn.reported.set(name, value);
+                    conn.tracked.set(name, value);
+                    self.params.tracked.set(name, value);
+                }
+            }
+            if f.tag == b'E' {
+                if is_fatal(body) {
+                    let code = error_field(body, b'C');
+                    fatal = Some(code == Some(sqlstate::PROTOCOL_VIOLATION.as_bytes()));
+                } else if !stale && is_stale_statement(body) && !conn.to_be_replaced() {
+                    tracing::info!(
+                        server = %self.pool.servers[att.index].name,
+                        "a prepared statement's result type changed (a table it reads was \
+                         altered): the server connection is replaced once released, so the \
+                         statement is prepared afresh"
+                    );
+                    stale = true;
+                }
+            }
+            match r.on_server_message(f.tag, body, &mut conn.prepared) {
+                Verdict::Forward => {}
+                Verdict::Swallow => {
+                    out.extend_from_slice(&buf[from..pos]);
+                    from = pos + f.total;
+                }
+                Verdict::Replace => {
+                    out.extend_from_slice(&buf[from..pos]);
+                    r.take_refusal(out);
+                    from = pos + f.total;
+                }
+            }
+            if !complete {
+                r.partial = f.total - avail;
+                pos = buf.len();
+                break;
+            }
+            pos += f.total;
+            if r.synthetic_next() {
+                out.extend_from_slice(&buf[from..pos]);
+                from = pos;
+                r.emit_synthetic(out);
+            }
+        }
+        let written = if out.is_empty() {
+            write_all(&mut self.client, &buf[from..pos]).await
+        } else {
+            out.extend_from_slice(&buf[from..pos]);
+            let w = write_all(&mut self.client, out).await;
+            out.clear();
+            release_if_large(out);
+            w
+        };
+        if stale {
+            conn.replace_when_released();
+        }
+        if std::mem::take(&mut r.discarded) && self.per_transaction {
+            // The client's own names go too, as in its own session, except those it parsed
+            // after (the pending ones whose outcome has not come).
+            let answered = r.name_outcomes.len();
+            self.pending_names.discard(answered, &mut self.statements);
+        }
+        conn.rbuf.advance(pos);
+        written.map_err(|_| End::ClientGone)?;
+        match fatal {
+            // The server ended the session over the client's own protocol error (a message
+            // it cannot take during COPY FROM STDIN): the client's stream is out of step with
+            // any server, and PostgreSQL closes it. The client has the FATAL: close it too.
+            Some(true) => {
+                if let Some(att) = self.server.take() {
+                    tracing::debug!(
+                        pid = self.pid,
+                        "the server ended the session over a client protocol error"
+                    );
+                    self.cancel.clear();
+                    drop(att.conn);
+                }
+                Err(End::Told)
+            }
+            // The server is ending this connection; the client already has its error.
+            Some(false) => self.server_lost("the server terminated the connection", true),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives the server connection back when the transaction is over: to the pool in
+    /// transaction mode, to the session's parked servers with per-statement session routing.
+    ///
+    /// In transaction mode a server that ran a `LISTEN` for this client stays with it until
+    /// the session ends: the notifications are the client's, and another client given that
+    /// server must not receive them (the session then behaves as in session mode).
+    pub(super) fn release_if_idle(&mut self) {
+        if !self.per_transaction
+            || !self
+                .server
+                .as_ref()
+                .is_some_and(|_| self.responses.releasable())
+            || (self.responses.listened && self.transaction_mode())
+        {
+            return;
+        }
+        let att = self.server.take().expect("checked above");
+        self.cancel.clear();
+        if self.transaction_mode() {
+            self.pool.servers[att.index].checkin(att.conn);
+        } else {
+            self.parked.push(att);
+        }
+    }
+
+    /// The server connection broke. The client gets an error for each answer it was owed and
+    /// the session goes on, unless the client was inside a transaction or the session depends on
+    /// that server (session mode): then, as PostgreSQL itself would, the client is closed.
+    pub(super) fn server_lost(&mut self, why: &str, client_told: bool) -> Result<(), End> {
+        let Some(att) = self.server.take() else {
+            return Ok(());
+        };
+        self.cancel.clear();
+        self.fail_pending_names();
+        tracing::warn!(
+            server = %self.pool.servers[att.index].name,
+            pid = self.pid,
+            reason = why,
+            "server connection lost"
+        );
+        let message = format!("server connection lost: {why}");
+        let r = &self.responses;
+        drop(att.conn);
+        // A server holding the client's LISTEN is session state lost: end, as in session mode.
+        if self.transaction_mode() && r.tx_status == b'I' && !r.listened {
+            let owed = r.ready_owed();
+            if owed > 0 {
+                if r.partial > 0 {
+                    // A message was cut in the middle: the client's stream cannot be repaired.
+                    return Err(End::Fatal(sqlstate::CONNECTION_FAILURE, message));
+                }
+                for i in 0..owed {
+                    // The request being answered already got the server's own FATAL error.
+                    if i > 0 || !client_told {
+                        backend::error(
+                            &mut self.to_client,
+                            Severity::Error,
+                            sqlstate::CONNECTION_FAILURE,
+                            &message,
+                        );
+                    }
+                    backend::ready_for_query(&mut self.to_client, b'I');
+                }
+                return Ok(());
+            }
+            if r.quiet() {
+                return Ok(());
+            }
+        }
+        Err(End::Fatal(sqlstate::CONNECTION_FAILURE, message))
+    }
+}
+
+/// Whether an ErrorResponse body has severity FATAL or PANIC (the server closes next).
+pub(super) fn is_fatal(body: &[u8]) -> bool {
+    error_field(body, b'V')
+        .or_else(|| error_field(body, b'S'))
+        .is_some_and(|s| s == b"FATAL" || s == b"PANIC")
+}
+
+/// Whether an error says that a prepared statement's result type changed under it: a
+/// migration altered a table it reads, and PostgreSQL refuses with "cached plan must not
+/// change result type" until the statement is prepared again. On a server connection the
+/// proxy's statements are named by their text and shared by all clients, so a client that
+/// prepares the same text again would be given the stale one: the connection must go.
+pub(super) fn is_stale_statement(body: &[u8]) -> bool {
+    error_field(body, b'C') == Some(b"0A000")
+        && error_field(body, b'R') == Some(b"RevalidateCachedQuery")
+}
+
+/// One field of an ErrorResponse body.
+pub(super) fn error_field(mut fields: &[u8], want: u8) -> Option<&[u8]> {
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let (value, after) = frame::cstr(rest)?;
+        if kind == want {
+            return Some(value);
+        }
+        fields = after;
+    }
+    None
+}
+
+/// The `M` field of a whole ErrorResponse message.
+pub(super) fn error_message(msg: &[u8]) -> String {
+    error_field(msg.get(5..).unwrap_or_default(), b'M')
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default()
+}
