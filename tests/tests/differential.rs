@@ -1,6 +1,7 @@
 //! Differential test: the same random streams of protocol messages, well-formed and not, sent
-//! to PostgreSQL directly and through Switchyard must get the same answers (message types and
-//! SQLSTATEs, in order), in session and in transaction mode.
+//! to PostgreSQL directly and through Switchyard must get the same answers (message types,
+//! SQLSTATEs, transaction status and command tags, in order), in session and in transaction
+//! mode.
 //!
 //! The streams mix simple queries, every extended-protocol message with names that collide,
 //! COPY messages in and out of a COPY, function calls, malformed bodies and unknown message
