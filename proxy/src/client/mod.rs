@@ -8,6 +8,7 @@ mod pending_names;
 mod queued;
 mod responses;
 mod session;
+mod session_sql;
 mod statements;
 mod transaction_block;
 

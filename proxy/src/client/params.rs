@@ -2,9 +2,10 @@
 //! server connection it checks out.
 //!
 //! Reported parameters ([`TRACKED`]) follow the client: its startup values, then whatever its own
-//! `SET`s make the server report. Other startup parameters (`search_path`, `options=-c ...`) are
-//! applied once per server connection and remembered there. A `SET` of an unreported parameter
-//! inside a transaction-mode session stays on that server connection only (as in PgBouncer).
+//! `SET`s make the server report. Other parameters (`search_path`, `options=-c ...`) are the
+//! client's startup values, then, in transaction mode, what the server holds after the client's
+//! session-level `SET`s (see `session_sql`); they are applied once per server connection and
+//! remembered there.
 
 use crate::server::params::{ParamList, TrackedParams, TRACKED};
 use crate::server::ServerConn;
@@ -16,10 +17,14 @@ const NOT_SESSION_PARAMS: [&str; 4] = ["user", "database", "replication", "optio
 #[derive(Debug, Clone)]
 pub struct ClientParams {
     pub tracked: TrackedParams,
+    /// The unreported parameters the client's session has now.
     pub extras: ParamList,
+    /// The unreported parameters of its startup packet: what routing policies see, and what a
+    /// `RESET` goes back to.
+    pub startup: ParamList,
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
@@ -66,6 +71,15 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(pairs)
 }
 
+/// Appends a session-level `set_config` of `name` to `value`.
+fn set_config(sql: &mut String, name: &str, value: &str) {
+    sql.push_str(&format!(
+        "SELECT pg_catalog.set_config({}, {}, false);",
+        quote(name),
+        quote(value)
+    ));
+}
+
 /// Quotes a value as a SQL string literal.
 fn quote(value: &str) -> String {
     if value.contains('\\') {
@@ -100,7 +114,33 @@ impl ClientParams {
                 None => extras.set(&k, &v),
             }
         }
-        Ok(ClientParams { tracked, extras })
+        Ok(ClientParams {
+            tracked,
+            startup: extras.clone(),
+            extras,
+        })
+    }
+
+    /// Takes what a server reports its session holds after the client's own `SET`s (a
+    /// [`session_probe`](crate::server::session_probe)): its unreported settings, and the
+    /// startup values of those it no longer sets (a `RESET` in PostgreSQL goes back to them;
+    /// the server is given them again at the next checkout). Returns the settings the server
+    /// connection has.
+    pub fn adopt_session_settings(&mut self, on_server: &ParamList) -> ParamList {
+        let mut applied = ParamList::new();
+        for (k, v) in on_server.iter() {
+            if TrackedParams::index(k).is_none() {
+                applied.set(k, v);
+            }
+        }
+        let mut extras = applied.clone();
+        for (k, v) in self.startup.iter() {
+            if extras.get(k).is_none() {
+                extras.set(k, v);
+            }
+        }
+        self.extras = extras;
+        applied
     }
 
     /// The client's value of a tracked parameter, by name.
@@ -115,15 +155,17 @@ impl ClientParams {
         if tracked_same && self.extras == conn.applied_extras {
             return None;
         }
+        // `set_config` takes a value as a startup packet gives it: `SET search_path TO 'a,b'`
+        // would name one schema "a,b".
         let mut sql = String::new();
         for (i, name) in TRACKED.iter().enumerate() {
             if self.tracked.get(i) != conn.tracked.get(i) {
-                sql.push_str(&format!("SET {name} TO {};", quote(self.tracked.get(i))));
+                set_config(&mut sql, name, self.tracked.get(i));
             }
         }
         for (k, v) in self.extras.iter() {
             if conn.applied_extras.get(k) != Some(v) {
-                sql.push_str(&format!("SET {k} TO {};", quote(v)));
+                set_config(&mut sql, k, v);
             }
         }
         for (k, _) in conn.applied_extras.iter() {

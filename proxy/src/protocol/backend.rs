@@ -146,6 +146,28 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, b'Q', |b| put_cstr(b, sql.as_bytes()));
 }
 
+/// One field of an ErrorResponse (or NoticeResponse) body.
+pub fn error_field(mut fields: &[u8], want: u8) -> Option<&[u8]> {
+    while let Some((&kind, rest)) = fields.split_first() {
+        if kind == 0 {
+            return None;
+        }
+        let (value, after) = super::frame::cstr(rest)?;
+        if kind == want {
+            return Some(value);
+        }
+        fields = after;
+    }
+    None
+}
+
+/// The `M` field of a whole ErrorResponse message (tag and length included).
+pub fn error_message(msg: &[u8]) -> String {
+    error_field(msg.get(5..).unwrap_or_default(), b'M')
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

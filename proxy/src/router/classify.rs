@@ -85,6 +85,11 @@ impl<'a> Lexer<'a> {
         self.sql.as_bytes()
     }
 
+    /// The text not lexed yet.
+    pub(crate) fn rest(&self) -> &'a str {
+        self.sql.get(self.pos..).unwrap_or_default()
+    }
+
     /// Skips to just after `end`, or marks the input broken.
     fn skip_past(&mut self, end: &[u8]) {
         let rest = &self.bytes()[self.pos..];

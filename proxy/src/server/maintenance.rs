@@ -25,7 +25,27 @@ pub async fn run(
     conn: &mut ServerConn,
     statements: &[&str],
     timeout: Duration,
+    on_param: impl FnMut(&str, &str),
+) -> io::Result<Outcome> {
+    exchange(conn, statements, timeout, on_param, |_| {}).await
+}
+
+/// Runs one query and hands each `DataRow` body to `on_row`.
+pub async fn query_rows(
+    conn: &mut ServerConn,
+    sql: &str,
+    timeout: Duration,
+    on_row: impl FnMut(&[u8]),
+) -> io::Result<Outcome> {
+    exchange(conn, &[sql], timeout, |_, _| {}, on_row).await
+}
+
+async fn exchange(
+    conn: &mut ServerConn,
+    statements: &[&str],
+    timeout: Duration,
     mut on_param: impl FnMut(&str, &str),
+    mut on_row: impl FnMut(&[u8]),
 ) -> io::Result<Outcome> {
     let mut out = BytesMut::new();
     for s in statements {
@@ -66,6 +86,7 @@ pub async fn run(
                     }
                 }
                 b'C' if forgets_prepared_statements(body) => conn.prepared.clear(),
+                b'D' => on_row(body),
                 _ => {}
             }
             conn.rbuf.advance(f.total);

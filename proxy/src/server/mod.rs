@@ -6,6 +6,7 @@ pub mod connect;
 pub mod maintenance;
 pub mod params;
 pub mod prepared;
+pub mod session_probe;
 
 pub use conn::{ServerConn, ServerKey};
 pub use connect::{connect, ConnectError, ServerTarget};

@@ -31,7 +31,7 @@ impl Session<'_> {
         } else {
             (None, "")
         };
-        let (index, mut conn) = loop {
+        let (index, mut conn, keeps) = loop {
             let route = pool.router.route(&RouteRequest {
                 message: msg,
                 sql,
@@ -40,7 +40,7 @@ impl Session<'_> {
                 user: &pool.user,
                 application_name,
                 client_addr: self.peer,
-                options: &self.params.extras,
+                options: &self.params.startup,
                 in_transaction: !self.deferred.is_empty(),
                 read_only_transaction: !self.deferred.is_empty() && self.deferred_read_only,
                 session_hint: &self.route_hint,
@@ -51,7 +51,8 @@ impl Session<'_> {
                 return Err(last_error.expect("set with the bit").into());
             }
             if let Some(i) = self.parked.iter().position(|p| p.index == index) {
-                break (index, self.parked.swap_remove(i).conn);
+                let parked = self.parked.swap_remove(i);
+                break (index, parked.conn, parked.keeps);
             }
             let checkout = pool.servers[index].checkout();
             let Some(checked_out) =
@@ -60,7 +61,7 @@ impl Session<'_> {
                 return Err(NoServer::ClientLeft);
             };
             match checked_out {
-                Ok(conn) => break (index, conn),
+                Ok(conn) => break (index, conn, false),
                 Err(e @ CheckoutError::Connect(_)) if bit != 0 => {
                     failed |= bit;
                     last_error = Some(checkout_error(&pool, e));
@@ -110,7 +111,7 @@ impl Session<'_> {
         self.responses.reset();
         // Statements this attachment uses are in flight from here on: never evicted under it.
         conn.prepared.start_batch();
-        self.server = Some(Attached { conn, index });
+        self.server = Some(Attached { conn, index, keeps });
         Ok(())
     }
 }

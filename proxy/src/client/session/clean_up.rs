@@ -39,6 +39,9 @@ impl Session<'_> {
         let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
         if reset {
             statements.push(&self.pool.reset_query);
+        } else if att.keeps {
+            // Transaction mode: the server held state of this session that could not move.
+            statements.push("DISCARD ALL");
         } else if self.responses.listened && self.transaction_mode() {
             // Transaction mode: the server was this session's for its LISTEN; nothing else of
             // the session is kept there that transaction mode does not already allow.
@@ -51,7 +54,7 @@ impl Session<'_> {
         let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
         match Box::pin(maintenance::run(&mut conn, &statements, timeout, |_, _| {})).await {
             Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
-                if reset {
+                if reset || att.keeps {
                     conn.applied_extras = ParamList::new();
                 }
                 server.checkin(conn);

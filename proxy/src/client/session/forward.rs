@@ -8,6 +8,9 @@ impl Session<'_> {
     /// Appends one client message for the attached server, translating statement names in
     /// transaction mode, and records what the server will owe for it.
     pub(super) fn forward(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
+        if matches!(tag, b'Q' | b'P' | b'B') {
+            self.note_sql(tag, msg);
+        }
         let map_names = self.per_transaction;
         let att = self.server.as_mut().expect("attached before forwarding");
         let out = &mut self.to_server;

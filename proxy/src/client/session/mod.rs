@@ -16,9 +16,9 @@ mod clean_up;
 mod client_messages;
 mod forward;
 mod relay;
+mod state_probe;
 
 use forward::named_statement;
-use relay::error_message;
 
 use super::handshake::Login;
 use super::pending_names::PendingNames;
@@ -30,7 +30,7 @@ use super::ClientParams;
 use crate::cancel::{CancelSlot, Registration};
 use crate::config::PoolMode;
 use crate::pool::{CheckoutError, Pooled, UserPool};
-use crate::protocol::backend::{self, Severity};
+use crate::protocol::backend::{self, error_message, Severity};
 use crate::protocol::{frame, sqlstate};
 use crate::router::{hints, Hint, RouteRequest};
 use crate::server::maintenance;
@@ -63,6 +63,10 @@ struct Attached {
     conn: Pooled,
     /// Its index in the pool's server list.
     index: usize,
+    /// Transaction mode: the client's session keeps state on it that cannot move (see
+    /// `session_sql`), so it stays with the client, parked between transactions, until the
+    /// session ends.
+    keeps: bool,
 }
 
 /// One client's session.
@@ -81,8 +85,9 @@ pub(crate) struct Session<'p> {
     /// Routing happens per transaction: in transaction mode, and in session mode when the
     /// pool's policy asks for per-statement routing.
     per_transaction: bool,
-    /// Session mode with per-statement routing: the idle servers this session keeps, at most
-    /// one per backend, so its session state stays with it.
+    /// The idle servers this session keeps, at most one per backend, so its session state
+    /// stays with it: in session mode with per-statement routing, and in transaction mode those
+    /// that hold state which cannot move (`Attached::keeps`).
     parked: Vec<Attached>,
     /// A `BEGIN` the proxy answered and will send ahead of the transaction's first statement
     /// (empty: none). See `transaction_block`.
@@ -128,6 +133,12 @@ pub(crate) struct Session<'p> {
     /// The client's unhandled messages wait for the server's answers (see the holds in
     /// `handle_client_messages`): its socket is not read meanwhile, so they cannot pile up.
     held: bool,
+    /// Transaction mode: the attached server ran statements that may have changed the
+    /// session's state; it is asked what the session holds before it is released (see
+    /// `state_probe`).
+    probe_due: bool,
+    /// Custom parameters (`app.tenant`) the client set: the probe asks for them by name.
+    custom_settings: Vec<String>,
 }
 
 /// Why a message got no server.
@@ -164,7 +175,7 @@ impl<'p> Session<'p> {
         let shutdown = proxy.shutdown.clone();
         let per_transaction = login.pool.mode == PoolMode::Transaction
             || login.pool.router.per_statement_in_session();
-        let route_hint = std::cell::Cell::new(hints::startup_hint(&login.params.extras));
+        let route_hint = std::cell::Cell::new(hints::startup_hint(&login.params.startup));
         Session {
             proxy,
             pool: login.pool,
@@ -202,6 +213,8 @@ impl<'p> Session<'p> {
             violation_tag: 0,
             held: false,
             queries: 0,
+            probe_due: false,
+            custom_settings: Vec::new(),
         }
     }
 
@@ -289,6 +302,11 @@ impl<'p> Session<'p> {
                 }
                 let message = self.violation.take().unwrap_or_default();
                 return End::Fatal(sqlstate::PROTOCOL_VIOLATION, message);
+            }
+            if self.probe_due && self.server.is_some() && self.responses.releasable() {
+                if let Err(end) = Box::pin(self.probe_session_state()).await {
+                    return end;
+                }
             }
             self.release_if_idle();
             if self.draining

@@ -46,7 +46,7 @@ impl Session<'_> {
             }
             if f.tag == b'E' {
                 if is_fatal(body) {
-                    let code = error_field(body, b'C');
+                    let code = backend::error_field(body, b'C');
                     fatal = Some(code == Some(sqlstate::PROTOCOL_VIOLATION.as_bytes()));
                 } else if !stale && is_stale_statement(body) && !conn.to_be_replaced() {
                     tracing::info!(
@@ -128,9 +128,12 @@ impl Session<'_> {
     ///
     /// In transaction mode a server that ran a `LISTEN` for this client stays with it until
     /// the session ends: the notifications are the client's, and another client given that
-    /// server must not receive them (the session then behaves as in session mode).
+    /// server must not receive them (the session then behaves as in session mode). A server
+    /// that holds other session state that cannot move (`Attached::keeps`) is parked. A server
+    /// to be asked about the session's state (`probe_due`) is released after that.
     pub(super) fn release_if_idle(&mut self) {
         if !self.per_transaction
+            || self.probe_due
             || !self
                 .server
                 .as_ref()
@@ -141,7 +144,7 @@ impl Session<'_> {
         }
         let att = self.server.take().expect("checked above");
         self.cancel.clear();
-        if self.transaction_mode() {
+        if self.transaction_mode() && !att.keeps {
             self.pool.servers[att.index].checkin(att.conn);
         } else {
             self.parked.push(att);
@@ -166,8 +169,9 @@ impl Session<'_> {
         let message = format!("server connection lost: {why}");
         let r = &self.responses;
         drop(att.conn);
-        // A server holding the client's LISTEN is session state lost: end, as in session mode.
-        if self.transaction_mode() && r.tx_status == b'I' && !r.listened {
+        // A server holding the client's LISTEN, or other state that could not move, is session
+        // state lost: end, as in session mode.
+        if self.transaction_mode() && r.tx_status == b'I' && !r.listened && !att.keeps {
             let owed = r.ready_owed();
             if owed > 0 {
                 if r.partial > 0 {
@@ -198,8 +202,8 @@ impl Session<'_> {
 
 /// Whether an ErrorResponse body has severity FATAL or PANIC (the server closes next).
 pub(super) fn is_fatal(body: &[u8]) -> bool {
-    error_field(body, b'V')
-        .or_else(|| error_field(body, b'S'))
+    backend::error_field(body, b'V')
+        .or_else(|| backend::error_field(body, b'S'))
         .is_some_and(|s| s == b"FATAL" || s == b"PANIC")
 }
 
@@ -209,28 +213,6 @@ pub(super) fn is_fatal(body: &[u8]) -> bool {
 /// proxy's statements are named by their text and shared by all clients, so a client that
 /// prepares the same text again would be given the stale one: the connection must go.
 pub(super) fn is_stale_statement(body: &[u8]) -> bool {
-    error_field(body, b'C') == Some(b"0A000")
-        && error_field(body, b'R') == Some(b"RevalidateCachedQuery")
-}
-
-/// One field of an ErrorResponse body.
-pub(super) fn error_field(mut fields: &[u8], want: u8) -> Option<&[u8]> {
-    while let Some((&kind, rest)) = fields.split_first() {
-        if kind == 0 {
-            return None;
-        }
-        let (value, after) = frame::cstr(rest)?;
-        if kind == want {
-            return Some(value);
-        }
-        fields = after;
-    }
-    None
-}
-
-/// The `M` field of a whole ErrorResponse message.
-pub(super) fn error_message(msg: &[u8]) -> String {
-    error_field(msg.get(5..).unwrap_or_default(), b'M')
-        .map(|m| String::from_utf8_lossy(m).into_owned())
-        .unwrap_or_default()
+    backend::error_field(body, b'C') == Some(b"0A000")
+        && backend::error_field(body, b'R') == Some(b"RevalidateCachedQuery")
 }
