@@ -7,8 +7,8 @@
 //! COPY messages in and out of a COPY, function calls, malformed bodies and unknown message
 //! types. Several clients run at once on a small pool, so in transaction mode they share
 //! server connections: whatever one leaves behind on a server shows up as a difference for the
-//! next. SQL-level `PREPARE` and temporary tables are left out: they are session state that
-//! transaction mode does not carry (see README.md, limits).
+//! next. That includes session state: settings, SQL `PREPARE`, temporary tables, `WITH HOLD`
+//! cursors and advisory locks, which transaction mode must follow or keep with the client.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -93,6 +93,16 @@ const SQL: &[&str] = &[
     "BEGIN; COMMIT",
     "LOCK TABLE fz",
     "/* c */ BEGIN",
+    "PREPARE q AS SELECT 1",
+    "EXECUTE q",
+    "DEALLOCATE q",
+    "CREATE TEMP TABLE tt (x int)",
+    "SELECT x FROM tt",
+    "DECLARE h CURSOR WITH HOLD FOR SELECT 1",
+    "FETCH h",
+    "SET work_mem = '3MB'",
+    "RESET work_mem",
+    "SELECT pg_try_advisory_lock(7)",
 ];
 const NAMES: &[&str] = &["", "s1", "s2"];
 const PORTALS: &[&str] = &["", "p1"];

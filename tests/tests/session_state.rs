@@ -50,27 +50,37 @@ async fn direct(db: &str) -> Client {
 async fn startup_parameters_are_applied_as_postgresql_reads_them() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
     let options = "options='-c search_path=a,public -c work_mem=8MB'";
-    let through = |conn_str: String| async move {
+    let connect = |conn_str: String| async move {
         let (c, conn) =
             tokio_postgres::connect(&format!("{conn_str} {options}"), tokio_postgres::NoTls)
                 .await
                 .unwrap();
         tokio::spawn(conn);
-        (
-            text(&c, "SHOW search_path").await,
-            text(&c, "SHOW work_mem").await,
-        )
+        c
     };
     let cluster = shared_cluster();
-    let want = through(format!(
+    let plain = connect(format!(
         "host=127.0.0.1 port={} user={} dbname={db}",
         cluster.primary.port,
         roles::TRUST
     ))
     .await;
-    assert_eq!(want, ("a,public".to_string(), "8MB".to_string()));
-    // Before, the proxy quoted the list as one name: search_path was "\"a,public\"".
-    assert_eq!(through(proxy.conn_str(roles::TRUST, None, &db)).await, want);
+    let pooled = connect(proxy.conn_str(roles::TRUST, None, &db)).await;
+    // The same statements, directly and through the proxy, give the same values. Before, the
+    // proxy quoted the list as one name: search_path was "\"a,public\"".
+    for c in [&plain, &pooled] {
+        assert_eq!(text(c, "SHOW search_path").await, "a,public");
+        assert_eq!(text(c, "SHOW work_mem").await, "8MB");
+        // RESET and DISCARD ALL go back to the startup values.
+        c.batch_execute("SET work_mem = '64MB'; SET search_path = b")
+            .await
+            .unwrap();
+        assert_eq!(text(c, "SHOW work_mem").await, "64MB");
+        c.batch_execute("RESET work_mem").await.unwrap();
+        assert_eq!(text(c, "SHOW work_mem").await, "8MB");
+        c.batch_execute("DISCARD ALL").await.unwrap();
+        assert_eq!(text(c, "SHOW search_path").await, "a,public");
+    }
 }
 
 #[tokio::test]
@@ -190,10 +200,20 @@ async fn state_that_cannot_move_keeps_the_server_with_its_client() {
     assert_eq!(text(&a, "SELECT pg_advisory_unlock(4242)").await, "t");
     assert_eq!(text(&a, pid).await, mine);
 
-    // A temporary table dropped at commit keeps nothing: C's server goes back to the pool, so
-    // D (the pool's other server being A's) gets one within the checkout timeout.
+    // What is gone by the end of the transaction keeps nothing: a temporary table dropped at
+    // commit, a PREPARE that failed or was deallocated, a lock released. C's server goes back
+    // to the pool, so D (the pool's other server being A's) gets one within the checkout
+    // timeout.
     let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     c.batch_execute("BEGIN; CREATE TEMP TABLE gone (x int) ON COMMIT DROP; COMMIT")
+        .await
+        .unwrap();
+    let e = c.simple_query("PREPARE bad AS SELEC 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("42601"));
+    c.batch_execute("PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT pg_advisory_lock(4444), pg_advisory_unlock(4444)")
         .await
         .unwrap();
     let d = proxy.connect(roles::TRUST, None, &db).await.unwrap();

@@ -8,6 +8,7 @@
 //! remembered there.
 
 use crate::server::params::{ParamList, TrackedParams, TRACKED};
+use crate::server::session_probe::Setting;
 use crate::server::ServerConn;
 
 /// Startup parameters the proxy consumes itself.
@@ -121,26 +122,40 @@ impl ClientParams {
         })
     }
 
-    /// Takes what a server reports its session holds after the client's own `SET`s (a
-    /// [`session_probe`](crate::server::session_probe)): its unreported settings, and the
-    /// startup values of those it no longer sets (a `RESET` in PostgreSQL goes back to them;
-    /// the server is given them again at the next checkout). Returns the settings the server
-    /// connection has.
-    pub fn adopt_session_settings(&mut self, on_server: &ParamList) -> ParamList {
-        let mut applied = ParamList::new();
-        for (k, v) in on_server.iter() {
-            if TrackedParams::index(k).is_none() {
-                applied.set(k, v);
+    /// Takes the settings a server read back after the client's own `SET`s (see
+    /// [`session_probe`](crate::server::session_probe)) into the client's parameters and into
+    /// `applied`, the server connection's. With `all` they are every session-level setting
+    /// there is; otherwise only those named changed. A parameter not set (any more) goes back
+    /// to the client's startup value, as a `RESET` does in PostgreSQL: the server is given it
+    /// again at the next checkout.
+    pub fn adopt_settings(&mut self, read: &[Setting], all: bool, applied: &mut ParamList) {
+        if all {
+            *applied = ParamList::new();
+            self.extras = ParamList::new();
+        }
+        for (name, value) in read {
+            if TrackedParams::index(name).is_some() {
+                continue;
+            }
+            let value = value.as_deref().filter(|v| {
+                !((name == "role" && *v == "none") || (name.contains('.') && v.is_empty()))
+            });
+            match value {
+                Some(v) => {
+                    applied.set(name, v);
+                    self.extras.set(name, v);
+                }
+                None => {
+                    applied.remove(name);
+                    self.extras.remove(name);
+                }
             }
         }
-        let mut extras = applied.clone();
         for (k, v) in self.startup.iter() {
-            if extras.get(k).is_none() {
-                extras.set(k, v);
+            if self.extras.get(k).is_none() {
+                self.extras.set(k, v);
             }
         }
-        self.extras = extras;
-        applied
     }
 
     /// The client's value of a tracked parameter, by name.
@@ -227,6 +242,45 @@ mod tests {
     #[test]
     fn bad_names_are_refused() {
         assert!(ClientParams::from_startup(&defaults(), &[("a;drop".into(), "x".into())]).is_err());
+    }
+
+    #[test]
+    fn read_back_settings_are_adopted() {
+        let mut p = ClientParams::from_startup(
+            &defaults(),
+            &[
+                ("search_path".into(), "a,b".into()),
+                ("work_mem".into(), "8MB".into()),
+            ],
+        )
+        .unwrap();
+        let mut applied = p.extras.clone();
+        let read = |n: &str, v: Option<&str>| (n.to_string(), v.map(str::to_string));
+        // By name: a new value, a role set, a custom parameter reset to nothing.
+        p.adopt_settings(
+            &[
+                read("work_mem", Some("64MB")),
+                read("role", Some("r1")),
+                read("app.tenant", Some("")),
+                read("DateStyle", Some("SQL")),
+            ],
+            false,
+            &mut applied,
+        );
+        assert_eq!(p.extras.get("work_mem"), Some("64MB"));
+        assert_eq!(p.extras.get("role"), Some("r1"));
+        assert_eq!(p.extras.get("search_path"), Some("a,b"));
+        assert_eq!(p.extras.get("app.tenant"), None);
+        assert_eq!(p.extras.get("datestyle"), None, "tracked apart");
+        assert_eq!(applied, p.extras);
+        // All: what is not set any more goes back to the startup value, which the server
+        // connection lacks until the next checkout applies it.
+        p.adopt_settings(&[read("role", Some("none"))], true, &mut applied);
+        assert_eq!(p.extras.get("work_mem"), Some("8MB"));
+        assert_eq!(p.extras.get("search_path"), Some("a,b"));
+        assert_eq!(p.extras.get("role"), None);
+        assert!(applied.is_empty());
+        assert_eq!(p.startup, p.extras);
     }
 
     #[test]

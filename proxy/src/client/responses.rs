@@ -45,8 +45,10 @@ pub enum Owed {
     /// transaction, bad SQL) is PostgreSQL's answer and goes through.
     Refused,
     /// A simple-query `DEALLOCATE` (`all`: of all statements) of the client's own statement
-    /// names, answered by the proxy: CommandComplete, then ReadyForQuery with the server's
-    /// transaction status at that point.
+    /// names, answered by the proxy. The server got an empty Query in its place
+    /// ([`EMPTY_QUERY`]), which it runs or skips (after an error earlier in a batch) as
+    /// PostgreSQL would the `DEALLOCATE`, and which drops the unnamed statement as any Query
+    /// does. Its EmptyQueryResponse becomes the `DEALLOCATE`'s CommandComplete.
     Deallocated {
         all: bool,
     },
@@ -69,7 +71,13 @@ pub enum Verdict {
     /// Swallow it and send the client the error of a `Refused` instead
     /// ([`Responses::take_refusal`]).
     Replace,
+    /// Swallow it and send the client a CommandComplete with this command tag instead.
+    Complete(&'static str),
 }
+
+/// An empty simple Query: the stand-in of a `DEALLOCATE` the proxy answers (see
+/// `Owed::Deallocated`).
+pub const EMPTY_QUERY: &[u8] = b"Q\0\0\0\x05\0";
 
 /// A Close of a statement that does not exist: always answered with CloseComplete, unless
 /// skipped after an error (see `Owed::ClosedName`).
@@ -103,8 +111,9 @@ pub struct Responses {
     /// The server completed a `LISTEN`: it now holds session state that notifications need.
     pub listened: bool,
     /// The server completed the client's `DISCARD ALL` (or a `DEALLOCATE ALL` the proxy did not
-    /// answer): PostgreSQL forgets the session's prepared statements. The session acts on it.
-    pub discarded: bool,
+    /// answer): PostgreSQL forgets the session's prepared statements. How many entries of
+    /// `name_outcomes` came before it; the session acts on it.
+    pub discarded: Option<usize>,
 }
 
 impl Default for Responses {
@@ -120,7 +129,7 @@ impl Default for Responses {
             refusal_codes: VecDeque::new(),
             name_outcomes: VecDeque::new(),
             listened: false,
-            discarded: false,
+            discarded: None,
         }
     }
 }
@@ -138,7 +147,7 @@ impl Responses {
         self.refusal_codes.clear();
         self.name_outcomes.clear();
         self.listened = false;
-        self.discarded = false;
+        self.discarded = None;
     }
 
     /// Records a refusal: the proxy sent a stand-in in place of the client's message, and the
@@ -219,10 +228,7 @@ impl Responses {
 
     /// How many ReadyForQuery the client still waits for.
     pub fn ready_owed(&self) -> usize {
-        self.queue
-            .iter()
-            .filter(|o| matches!(o, Owed::Query | Owed::Sync | Owed::Deallocated { .. }))
-            .count()
+        self.queue.iter().filter(|o| is_query_or_sync(**o)).count()
     }
 
     /// Every answer owed has come, or the server waits for COPY data (which is all it will
@@ -234,14 +240,8 @@ impl Responses {
     /// A ReadyForQuery is owed that the server sends without more from the client (it is not
     /// waiting for COPY data): holding the client's next messages until it comes cannot stall.
     pub fn ready_coming(&self) -> bool {
-        // Only a Query or a Sync makes the server send (and flush) its answers; a
-        // ReadyForQuery the proxy owes itself (DEALLOCATE) waits for the server's answers
-        // ahead of it, which may wait for a Sync the client has not sent.
-        !self.copy_in
-            && self
-                .queue
-                .iter()
-                .any(|o| matches!(o, Owed::Query | Owed::Sync))
+        // Only a Query or a Sync makes the server send (and flush) its answers.
+        !self.copy_in && self.queue.iter().any(|o| is_query_or_sync(*o))
     }
 
     /// The server is in COPY FROM STDIN: it takes only COPY messages (Sync and Flush are
@@ -252,10 +252,7 @@ impl Responses {
 
     /// Whether the next owed answer is one the proxy gives itself.
     pub fn synthetic_next(&self) -> bool {
-        matches!(
-            self.queue.front(),
-            Some(Owed::Synthetic(_) | Owed::Deallocated { .. })
-        )
+        matches!(self.queue.front(), Some(Owed::Synthetic(_)))
     }
 
     /// Writes the proxy's own answers now at the head of the queue.
@@ -267,9 +264,6 @@ impl Responses {
                     if tag == b'1' {
                         self.name_outcomes.push_back(true);
                     }
-                }
-                Some(Owed::Deallocated { all }) => {
-                    super::statements::write_deallocate_answer(out, all, self.tx_status);
                 }
                 _ => return,
             }
@@ -325,7 +319,7 @@ impl Responses {
         match tag {
             b'Z' => {
                 while let Some(o) = self.pop_front() {
-                    if matches!(o, Owed::Query | Owed::Sync) {
+                    if is_query_or_sync(o) {
                         break;
                     }
                     self.unanswered(o, prepared);
@@ -333,10 +327,7 @@ impl Responses {
                 // At a ReadyForQuery only if nothing was sent after what it answers: a Parse,
                 // Bind or Execute sent behind a Query runs in a transaction that only the
                 // client's next Sync ends (answers the proxy gives itself need no server).
-                self.at_sync = self
-                    .queue
-                    .iter()
-                    .all(|o| matches!(o, Owed::Synthetic(_) | Owed::Deallocated { .. }));
+                self.at_sync = self.queue.iter().all(|o| matches!(o, Owed::Synthetic(_)));
                 self.server_skipping = false;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
             }
@@ -346,7 +337,7 @@ impl Responses {
                 .copied()
                 .inspect(|_| self.copy_in = false)
             {
-                None | Some(Owed::Query) => {}
+                None | Some(Owed::Query | Owed::Deallocated { .. }) => {}
                 Some(Owed::Refused) => {
                     self.pop_front();
                     self.skip_to_sync(prepared);
@@ -397,6 +388,10 @@ impl Responses {
             b'T' | b'n' => {
                 self.pop_if(|o| o == Owed::Describe);
             }
+            b'I' if matches!(self.queue.front(), Some(Owed::Deallocated { .. })) => {
+                let all = matches!(self.queue.front(), Some(Owed::Deallocated { all: true }));
+                return Verdict::Complete(if all { "DEALLOCATE ALL" } else { "DEALLOCATE" });
+            }
             b'C' | b'I' | b's' => {
                 self.copy_in = false;
                 if tag == b'C' {
@@ -408,7 +403,7 @@ impl Responses {
                                 prepared.add(h);
                             }
                         }
-                        self.discarded = true;
+                        self.discarded = Some(self.name_outcomes.len());
                     }
                     self.listened |= body.starts_with(b"LISTEN\0");
                 }
@@ -418,6 +413,11 @@ impl Responses {
         }
         Verdict::Forward
     }
+}
+
+/// Whether the server ends its answer to `o` with a ReadyForQuery.
+fn is_query_or_sync(o: Owed) -> bool {
+    matches!(o, Owed::Query | Owed::Sync | Owed::Deallocated { .. })
 }
 
 /// Whether an ErrorResponse body carries this SQLSTATE.
@@ -652,11 +652,18 @@ mod tests {
         r.push(Owed::Sync);
         run(&mut r, b"Z", &mut p);
         assert!(r.releasable());
-        // A DEALLOCATE the proxy answers itself, behind a Query, needs nothing more.
+        // A DEALLOCATE the proxy answers itself, behind a Query: the server's answer to its
+        // stand-in becomes the client's.
         r.push(Owed::Query);
         r.push(Owed::Deallocated { all: false });
+        assert_eq!(r.ready_owed(), 2);
         run(&mut r, b"CZ", &mut p);
-        r.emit_synthetic(&mut BytesMut::new());
+        assert_eq!(
+            r.on_server_message(b'I', b"", &mut p),
+            Verdict::Complete("DEALLOCATE")
+        );
+        assert!(!r.releasable());
+        run(&mut r, b"Z", &mut p);
         assert!(r.releasable());
     }
 
@@ -689,6 +696,30 @@ mod tests {
         assert_eq!(r.ready_owed(), 1);
         run(&mut r, b"Z", &mut p);
         assert!(r.releasable());
+    }
+
+    #[test]
+    fn a_discard_counts_the_name_outcomes_that_came_before_it() {
+        // Parse s0, Sync, Query DISCARD ALL, Parse s1, Sync, answered in one read: s1 was
+        // parsed after the DISCARD and survives it.
+        let mut r = Responses::default();
+        let mut p = PreparedSet::default();
+        r.sent();
+        for o in [
+            Owed::Parse { named: Some(1) },
+            Owed::Sync,
+            Owed::Query,
+            Owed::Parse { named: Some(2) },
+            Owed::Sync,
+        ] {
+            r.push(o);
+        }
+        run(&mut r, b"1Z", &mut p);
+        r.on_server_message(b'C', b"DISCARD ALL\0", &mut p);
+        run(&mut r, b"Z1Z", &mut p);
+        assert_eq!(r.discarded, Some(1));
+        assert_eq!(r.name_outcomes.len(), 2);
+        assert!(p.contains(2) && !p.contains(1));
     }
 
     #[test]

@@ -2,29 +2,60 @@
 //!
 //! In transaction mode a client's transactions run on whichever server connection is free, so
 //! what a statement leaves in the *session* must follow the client, or keep the server with it:
-//! - a session-level `SET` (or `RESET`, `set_config(..., false)`, `DISCARD`) of a parameter the
-//!   server does not report: the proxy learns the new values and applies them wherever the
-//!   client goes next, as it does for startup parameters;
+//! - a session-level `SET`, `RESET`, `set_config(..., false)`, `SET ROLE` or `DISCARD` of a
+//!   parameter the server does not report: the proxy reads the new values back from the
+//!   server after the transaction (`server::session_probe`) and applies them wherever the
+//!   client goes next, as it does for startup parameters. Reading them back settles what a
+//!   rolled-back or failed transaction undid;
 //! - a SQL `PREPARE`, a `WITH HOLD` cursor, a temporary table, a session advisory lock: these
-//!   cannot move, so the server stays with the client.
+//!   cannot move. After the transaction the server is asked whether the session still has
+//!   such objects (the statement may have failed, or a later one dropped them); if it does,
+//!   the server stays with the client.
 //!
-//! This file only spots the statements that may do so; after their transaction the proxy asks
-//! the server what its session now holds (`server::session_probe`), which also settles what a
-//! rolled-back transaction or a failed statement undid. Reported parameters (`TimeZone`, ...)
-//! are left out: they follow the client through `ParameterStatus`.
+//! Reported parameters (`TimeZone`, ...) are left out: they follow the client through
+//! `ParameterStatus`.
 //!
 //! Every Query, Parse and named Bind of a transaction-mode client passes [`may_change_session`]:
 //! a first-word test and a scan for `_` and `;`, with no allocation. Only what passes it is
-//! lexed ([`changes_session`]). Not seen: `SELECT ... INTO TEMP`, and state set inside
-//! functions, procedures and `DO` blocks.
+//! lexed ([`scan`]). Not seen: `SELECT ... INTO TEMP`, and state set inside functions,
+//! procedures and `DO` blocks.
 
 use crate::router::classify::{Lexer, Token};
 use crate::server::params::TrackedParams;
+use crate::server::session_probe::kept;
 
-/// Statements that may change session state by their first word.
-const FIRST_WORDS: [&[u8]; 6] = [
-    b"set", b"reset", b"prepare", b"declare", b"create", b"discard",
-];
+/// What a client's statements left in its session, as far as their SQL tells.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// Kinds of state that cannot move the statements may have made ([`kept`] bits): if the
+    /// server has such objects after the transaction, it stays with the client.
+    pub kept: u8,
+    /// Parameters set by name (lowercase), to read back.
+    pub names: Vec<String>,
+    /// Parameters changed whose names the SQL does not tell, or reset (`RESET ALL`,
+    /// `DISCARD ALL`, `SET SESSION CHARACTERISTICS`, a computed `set_config` name): read back
+    /// every session-level setting.
+    pub all: bool,
+}
+
+impl Found {
+    /// Whether settings are to be read back from the server.
+    pub fn settings_changed(&self) -> bool {
+        self.all || !self.names.is_empty()
+    }
+
+    /// Whether the server is to be asked about the session before it is released.
+    pub fn probe_due(&self) -> bool {
+        self.kept != 0 || self.settings_changed()
+    }
+
+    fn name(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        if !self.names.contains(&name) {
+            self.names.push(name);
+        }
+    }
+}
 
 /// Session-level advisory lock functions (the `_xact_` ones end with the transaction).
 const SESSION_LOCKS: [&str; 4] = [
@@ -51,17 +82,20 @@ fn statement_may(text: &[u8]) -> bool {
         .position(|c| !c.is_ascii_whitespace())
         .unwrap_or(text.len());
     let text = &text[start..];
+    // The first words of statements that may change session state, by first letter.
     match text.first().map(u8::to_ascii_lowercase) {
         Some(b'/' | b'-' | b'(') => true,
-        Some(b's' | b'r' | b'p' | b'd' | b'c') => {
-            FIRST_WORDS.iter().any(|w| starts_with_word(text, w))
-        }
+        Some(b's') => starts_with_word(text, b"set"),
+        Some(b'r') => starts_with_word(text, b"reset"),
+        Some(b'p') => starts_with_word(text, b"prepare"),
+        Some(b'd') => starts_with_word(text, b"declare") || starts_with_word(text, b"discard"),
+        Some(b'c') => starts_with_word(text, b"create"),
         _ => false,
     }
 }
 
 /// A cheap test that SQL may change session state: false for almost every query, without
-/// lexing it. False negatives are not allowed: [`changes_session`] only looks at what passes.
+/// lexing it. False negatives are not allowed: [`scan`] only looks at what passes.
 pub(crate) fn may_change_session(sql: &[u8]) -> bool {
     if statement_may(sql) {
         return true;
@@ -89,32 +123,22 @@ fn is(word: &str, keyword: &str) -> bool {
     word.eq_ignore_ascii_case(keyword)
 }
 
-/// Whether SQL (one statement or several) changes session state that the proxy must follow:
-/// see the module comment. Names of custom parameters (`app.tenant`) it sets go to `custom`:
-/// the server lists those only when asked by name.
-pub(crate) fn changes_session(sql: &str, custom: &mut Vec<String>) -> bool {
+/// Reads SQL (one statement or several) into `found`: see the module comment.
+pub(crate) fn scan(sql: &str, found: &mut Found) {
     let mut lexer = Lexer::new(sql);
-    let mut changes = false;
-    loop {
-        let (statement_changes, more) = statement(&mut lexer, custom);
-        changes |= statement_changes;
-        if !more {
-            return changes;
-        }
-    }
+    while statement(&mut lexer, found) {}
 }
 
 /// The first tokens of a statement that decide its kind.
 const HEAD: usize = 8;
 
-/// Reads one statement; returns whether it changes session state and whether a `;` followed.
-fn statement<'a>(lexer: &mut Lexer<'a>, custom: &mut Vec<String>) -> (bool, bool) {
+/// Reads one statement into `found`; returns whether a `;` followed.
+fn statement<'a>(lexer: &mut Lexer<'a>, found: &mut Found) -> bool {
     let mut head: [Option<Token<'a>>; HEAD] = [None; HEAD];
     let mut n = 0;
     let mut depth = 0i32;
     let mut prev: Option<Token<'a>> = None;
     let mut prev2: Option<Token<'a>> = None;
-    let mut changes = false;
     let mut with_hold = false;
     let mut on_commit_drop = false;
     let mut more = false;
@@ -131,9 +155,9 @@ fn statement<'a>(lexer: &mut Lexer<'a>, custom: &mut Vec<String>) -> (bool, bool
             Token::Symbol(b'(') => {
                 if let Some(Token::Word(f)) = prev {
                     if SESSION_LOCKS.iter().any(|l| is(f, l)) {
-                        changes = true;
+                        found.kept |= kept::ADVISORY_LOCK;
                     } else if is(f, "set_config") {
-                        changes |= session_set_config(lexer, custom);
+                        set_config_call(lexer, found);
                         prev = Some(Token::Symbol(b')'));
                         continue;
                     }
@@ -160,73 +184,83 @@ fn statement<'a>(lexer: &mut Lexer<'a>, custom: &mut Vec<String>) -> (bool, bool
         _ => None,
     };
     let Some(first) = word(0) else {
-        return (changes, more);
+        return more;
     };
-    let by_head = if is(first, "set") || is(first, "reset") {
-        setting_changes(head, custom)
+    if is(first, "set") || is(first, "reset") {
+        setting(head, is(first, "reset"), found);
     } else if is(first, "prepare") {
-        !word(1).is_some_and(|w| is(w, "transaction"))
+        if !word(1).is_some_and(|w| is(w, "transaction")) {
+            found.kept |= kept::PREPARED;
+        }
     } else if is(first, "declare") {
-        with_hold
+        if with_hold {
+            found.kept |= kept::CURSOR;
+        }
     } else if is(first, "create") {
         let temp = (1..5).any(|i| word(i).is_some_and(|w| is(w, "temp") || is(w, "temporary")));
-        temp && !on_commit_drop
-    } else {
-        is(first, "discard")
-    };
-    (changes || by_head, more)
+        if temp && !on_commit_drop {
+            found.kept |= kept::TEMPORARY;
+        }
+    } else if is(first, "discard") {
+        found.all = true;
+    }
+    more
 }
 
-/// `SET ...` or `RESET ...` (the head of the statement): whether it changes a session-level
-/// parameter the server does not report.
-fn setting_changes(head: &[Option<Token<'_>>], custom: &mut Vec<String>) -> bool {
+/// `SET ...` or `RESET ...` (the head of the statement): the session-level parameter it
+/// changes, unless the server reports that one.
+fn setting(head: &[Option<Token<'_>>], reset: bool, found: &mut Found) {
     let word = |i: usize| match head.get(i) {
         Some(Some(Token::Word(w))) => Some(*w),
         _ => None,
     };
     let mut at = 1;
     if word(1).is_some_and(|w| is(w, "local")) {
-        return false;
+        return;
     }
     if word(1).is_some_and(|w| is(w, "session")) {
         at = 2;
     }
     let Some(name) = word(at) else {
-        // A quoted name, or nothing: assume it does.
-        return true;
+        // A quoted name, or nothing.
+        found.all = true;
+        return;
     };
     if at == 1 && ["transaction", "constraints"].iter().any(|k| is(name, k)) {
-        return false;
+        return;
     }
-    // `SET TIME ZONE` and `SET NAMES` set reported parameters.
-    if ["time", "names"].iter().any(|k| is(name, k)) {
-        return false;
+    // `SET TIME ZONE` and `SET NAMES` set reported parameters, and `SET SESSION
+    // AUTHORIZATION` is seen in the `ParameterStatus` it causes.
+    if ["time", "names", "authorization"]
+        .iter()
+        .any(|k| is(name, k))
+    {
+        return;
+    }
+    // A `RESET` goes back to the startup value, which only a full read tells apart.
+    if reset || is(name, "all") || is(name, "characteristics") {
+        found.all = true;
+        return;
     }
     if let (Some(Some(Token::Symbol(b'.'))), Some(part)) = (head.get(at + 1), word(at + 2)) {
-        custom.push(format!(
-            "{}.{}",
-            name.to_ascii_lowercase(),
-            part.to_ascii_lowercase()
-        ));
-        return true;
+        found.name(&format!("{name}.{part}"));
+    } else if is(name, "schema") {
+        found.name("search_path");
+    } else if TrackedParams::index(name).is_none() {
+        found.name(name);
     }
-    TrackedParams::index(name).is_none()
 }
 
-/// A `set_config(name, value, is_local)` call, read up to its closing parenthesis: whether it
-/// may set a session-level value (`is_local` is not the literal `true`). A literal custom
-/// name goes to `custom`.
-fn session_set_config(lexer: &mut Lexer<'_>, custom: &mut Vec<String>) -> bool {
+/// A `set_config(name, value, is_local)` call, read up to its closing parenthesis. Unless
+/// `is_local` is the literal `true` it may set a session-level value: its literal name is
+/// noted, or, computed, every setting is to be read back.
+fn set_config_call(lexer: &mut Lexer<'_>, found: &mut Found) {
     let rest = lexer.rest().trim_start();
-    if let Some(name) = rest
+    let name = rest
         .strip_prefix('\'')
         .and_then(|r| r.split_once('\''))
         .map(|(name, _)| name)
-    {
-        if name.contains('.') && super::params::valid_name(name) {
-            custom.push(name.to_ascii_lowercase());
-        }
-    }
+        .filter(|name| super::params::valid_name(name));
     let mut depth = 1;
     let mut commas = 0;
     let mut third: Option<Token<'_>> = None;
@@ -244,20 +278,34 @@ fn session_set_config(lexer: &mut Lexer<'_>, custom: &mut Vec<String>) -> bool {
             _ => {}
         }
     }
-    !matches!(third, Some(Token::Word(w)) if is(w, "true"))
+    if matches!(third, Some(Token::Word(w)) if is(w, "true")) {
+        return;
+    }
+    match name {
+        Some(name) if TrackedParams::index(name).is_some() => {}
+        Some(name) => found.name(name),
+        None => found.all = true,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn changes(sql: &str) -> bool {
-        let found = changes_session(sql, &mut Vec::new());
+    fn found(sql: &str) -> Found {
+        let mut found = Found::default();
+        scan(sql, &mut found);
         assert!(
-            !found || may_change_session(sql.as_bytes()),
+            found == Found::default() || may_change_session(sql.as_bytes()),
             "the quick test must let through what changes the session: {sql}"
         );
         found
+    }
+
+    fn names(sql: &str) -> Vec<String> {
+        let f = found(sql);
+        assert!(f.kept == 0 && !f.all, "{sql}: {f:?}");
+        f.names
     }
 
     #[test]
@@ -272,37 +320,62 @@ mod tests {
             "COMMIT",
         ] {
             assert!(!may_change_session(sql.as_bytes()), "{sql}");
-            assert!(!changes(sql), "{sql}");
+            assert_eq!(found(sql), Found::default(), "{sql}");
         }
     }
 
     #[test]
-    fn session_level_settings_change_the_session() {
+    fn session_level_settings_are_named() {
+        assert_eq!(names("SET work_mem = '64MB'"), ["work_mem"]);
+        assert_eq!(names("set search_path to a, public"), ["search_path"]);
+        assert_eq!(
+            names("SET SESSION Statement_Timeout = 5"),
+            ["statement_timeout"]
+        );
+        assert_eq!(names("SET SCHEMA 'a'"), ["search_path"]);
+        assert_eq!(names("SET ROLE r1"), ["role"]);
+        assert_eq!(names("SELECT 1; SET lock_timeout = 1"), ["lock_timeout"]);
+        assert_eq!(
+            names("/* hint */ SET work_mem = 1; SET work_mem = 2"),
+            ["work_mem"]
+        );
+        assert_eq!(
+            names("SELECT set_config('search_path', 'a', false)"),
+            ["search_path"]
+        );
+        assert_eq!(
+            names("SELECT pg_catalog.set_config('work_mem', '1MB', $1)"),
+            ["work_mem"]
+        );
+        assert_eq!(
+            names("SELECT set_config('work_mem', '1MB', is_local => false)"),
+            ["work_mem"]
+        );
+        assert_eq!(
+            names("SET app.tenant = '42'; SELECT set_config('Request.Claims', 'x', false)"),
+            ["app.tenant", "request.claims"]
+        );
+    }
+
+    #[test]
+    fn resets_and_unnamed_changes_read_everything() {
         for sql in [
-            "SET work_mem = '64MB'",
-            "set search_path to a, public",
-            "SET SESSION statement_timeout = 5",
-            "SET SCHEMA 'a'",
-            "SET ROLE r1",
-            "SET SESSION AUTHORIZATION bob",
-            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
             "RESET work_mem",
             "RESET ALL",
             "RESET ROLE",
+            "SET work_mem TO DEFAULT; RESET search_path",
             "DISCARD ALL",
-            "SELECT 1; SET lock_timeout = 1",
-            "/* hint */ SET work_mem = 1",
-            "SELECT set_config('search_path', 'a', false)",
-            "SELECT pg_catalog.set_config('search_path', 'a', $1)",
-            "SELECT set_config('work_mem', '1MB', is_local => false)",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
             "SET \"work_mem\" = 1",
+            "SELECT set_config(current_setting('x.name'), 'v', false)",
         ] {
-            assert!(changes(sql), "{sql}");
+            let f = found(sql);
+            assert!(f.all && f.kept == 0, "{sql}: {f:?}");
         }
     }
 
     #[test]
-    fn local_and_reported_settings_do_not() {
+    fn local_and_reported_settings_are_not_followed() {
         for sql in [
             "SET LOCAL work_mem = '64MB'",
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
@@ -312,32 +385,39 @@ mod tests {
             "SET timezone = 'UTC'",
             "SET NAMES 'UTF8'",
             "SET SESSION DateStyle = ISO",
-            "RESET application_name",
+            "SET SESSION AUTHORIZATION bob",
+            "SELECT set_config('application_name', 'x', false)",
             "SELECT set_config('work_mem', '1MB', true)",
             "SELECT set_config('work_mem', coalesce(null, '1MB'), TRUE), 1",
             "SELECT 'SET work_mem = 1'",
         ] {
-            assert!(!changes(sql), "{sql}");
+            assert_eq!(found(sql), Found::default(), "{sql}");
         }
     }
 
     #[test]
-    fn objects_that_cannot_move_change_the_session() {
-        for sql in [
-            "PREPARE q AS SELECT 1",
-            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            "declare c scroll cursor with hold for select 1",
-            "CREATE TEMP TABLE t (x int)",
-            "CREATE TEMPORARY TABLE t AS SELECT 1",
-            "CREATE GLOBAL TEMPORARY TABLE t (x int)",
-            "create or replace temp view v as select 1",
-            "CREATE TEMP SEQUENCE s",
-            "SELECT pg_advisory_lock(1)",
-            "SELECT PG_TRY_ADVISORY_LOCK(1, 2)",
-            "select pg_advisory_lock_shared(7), 1",
-            "SELECT 1; PREPARE q AS SELECT 2",
+    fn objects_that_cannot_move_are_kept() {
+        use kept::*;
+        for (sql, kind) in [
+            ("PREPARE q AS SELECT 1", PREPARED),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", CURSOR),
+            ("declare c scroll cursor with hold for select 1", CURSOR),
+            ("CREATE TEMP TABLE t (x int)", TEMPORARY),
+            ("CREATE TEMPORARY TABLE t AS SELECT 1", TEMPORARY),
+            ("CREATE GLOBAL TEMPORARY TABLE t (x int)", TEMPORARY),
+            ("create or replace temp view v as select 1", TEMPORARY),
+            ("CREATE TEMP SEQUENCE s", TEMPORARY),
+            ("SELECT pg_advisory_lock(1)", ADVISORY_LOCK),
+            ("SELECT PG_TRY_ADVISORY_LOCK(1, 2)", ADVISORY_LOCK),
+            ("select pg_advisory_lock_shared(7), 1", ADVISORY_LOCK),
+            ("SELECT 1; PREPARE q AS SELECT 2", PREPARED),
+            (
+                "PREPARE q AS SELECT pg_advisory_lock(1)",
+                PREPARED | ADVISORY_LOCK,
+            ),
         ] {
-            assert!(changes(sql), "{sql}");
+            let f = found(sql);
+            assert!(f.kept == kind && !f.settings_changed(), "{sql}: {f:?}");
         }
         for sql in [
             "PREPARE TRANSACTION 'x'",
@@ -347,18 +427,7 @@ mod tests {
             "CREATE TEMP TABLE t (x int) ON COMMIT DROP",
             "CREATE INDEX ON t (temp)",
         ] {
-            assert!(!changes(sql), "{sql}");
+            assert_eq!(found(sql), Found::default(), "{sql}");
         }
-    }
-
-    #[test]
-    fn custom_parameter_names_are_collected() {
-        let mut custom = Vec::new();
-        assert!(changes_session(
-            "SET app.tenant = '42'; SELECT set_config('Request.Claims', 'x', false); \
-             SELECT set_config('bad name.x', 'y', false)",
-            &mut custom
-        ));
-        assert_eq!(custom, ["app.tenant", "request.claims"]);
     }
 }

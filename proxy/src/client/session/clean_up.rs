@@ -10,6 +10,7 @@ impl Session<'_> {
     pub(super) async fn detach_at_end(&mut self) {
         if let Some(att) = self.server.take() {
             self.clean_up(att).await;
+            self.found = Found::default();
         }
         while let Some(att) = self.parked.pop() {
             // Parked servers are idle, outside a transaction: only the reset is due.
@@ -37,10 +38,12 @@ impl Session<'_> {
             statements.push("ROLLBACK");
         }
         let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
+        // Transaction mode: the server holds state of this session that could not move, or
+        // settings the session changed that were not read back yet.
+        let discard = self.transaction_mode() && (att.keeps || self.found != Found::default());
         if reset {
             statements.push(&self.pool.reset_query);
-        } else if att.keeps {
-            // Transaction mode: the server held state of this session that could not move.
+        } else if discard {
             statements.push("DISCARD ALL");
         } else if self.responses.listened && self.transaction_mode() {
             // Transaction mode: the server was this session's for its LISTEN; nothing else of
@@ -54,7 +57,7 @@ impl Session<'_> {
         let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
         match Box::pin(maintenance::run(&mut conn, &statements, timeout, |_, _| {})).await {
             Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
-                if reset || att.keeps {
+                if reset || discard {
                     conn.applied_extras = ParamList::new();
                 }
                 server.checkin(conn);

@@ -121,8 +121,9 @@ impl Session<'_> {
     ///   unanswered: an error earlier in that batch makes the server skip it, and then the
     ///   name is free, or still taken (a duplicate within one batch is still refused at once,
     ///   as there);
-    /// - a Bind or Describe of a statement whose Close, followed by a Sync, is unanswered: if
-    ///   the server skipped that Close, the statement is still there;
+    /// - a Bind or Describe of a statement whose Parse or Close, followed by a Sync, is
+    ///   unanswered: if the server skipped that Parse, the statement does not exist; if it
+    ///   skipped that Close, the statement is still there;
     /// - a simple-query `DEALLOCATE`: PostgreSQL refuses it in a failed transaction, and a
     ///   skipped Parse leaves nothing to deallocate.
     pub(super) fn waits_for_answers(&self, tag: u8, msg: &[u8]) -> bool {
@@ -140,7 +141,7 @@ impl Session<'_> {
                     _ => body.strip_prefix(b"S").and_then(frame::cstr),
                 };
                 self.responses.ready_coming()
-                    && statement.is_some_and(|(name, _)| self.pending_names.closing(name))
+                    && statement.is_some_and(|(name, _)| self.pending_names.contains(name))
             }
             b'Q' if self.per_transaction && self.server.is_some() => {
                 statements::deallocate_target(msg).is_some() && self.responses.ready_coming()
@@ -167,9 +168,13 @@ impl Session<'_> {
         if self.server.is_none() {
             let status = self.idle_status();
             statements::write_deallocate_answer(&mut self.to_client, all, status);
+            // A Query drops the unnamed statement (see `unnamed_key`).
+            self.queries = self.queries.wrapping_add(1);
         } else {
+            // The server runs a stand-in, or skips it as it would the DEALLOCATE.
+            self.to_server.extend_from_slice(responses::EMPTY_QUERY);
+            self.responses.sent();
             self.responses.push(Owed::Deallocated { all });
-            self.responses.emit_synthetic(&mut self.to_client);
         }
         true
     }
@@ -200,7 +205,6 @@ impl Session<'_> {
             // gets the Sync, and its ReadyForQuery ends the client's batch.
         }
         if tag == b'Q' && self.per_transaction && self.answer_deallocate(msg) {
-            self.queries = self.queries.wrapping_add(1);
             return Ok(());
         }
         if self.server.is_none() {

@@ -24,6 +24,7 @@ use super::handshake::Login;
 use super::pending_names::PendingNames;
 use super::queued;
 use super::responses::{self, Owed, Responses, Verdict};
+use super::session_sql::Found;
 use super::statements::{self, Deallocate, Statements};
 use super::transaction_block::{deferrable_begin, lone_end, may_begin};
 use super::ClientParams;
@@ -126,19 +127,16 @@ pub(crate) struct Session<'p> {
     violation: Option<String>,
     /// The type of the message that broke the protocol, when it was one of unknown type.
     violation_tag: u8,
-    /// The simple Queries the proxy answered itself. PostgreSQL drops the unnamed statement
+    /// The simple Queries the proxy answered itself, without a server. PostgreSQL drops the unnamed statement
     /// at each Query it runs: a server does so for the Queries it gets, and this count stands
     /// for the others (see `unnamed_key`).
     queries: u32,
     /// The client's unhandled messages wait for the server's answers (see the holds in
     /// `handle_client_messages`): its socket is not read meanwhile, so they cannot pile up.
     held: bool,
-    /// Transaction mode: the attached server ran statements that may have changed the
-    /// session's state; it is asked what the session holds before it is released (see
-    /// `state_probe`).
-    probe_due: bool,
-    /// Custom parameters (`app.tenant`) the client set: the probe asks for them by name.
-    custom_settings: Vec<String>,
+    /// Transaction mode: the session state that statements sent to the attached server
+    /// left, as far as their SQL tells (see `state_probe`).
+    found: Found,
 }
 
 /// Why a message got no server.
@@ -213,8 +211,7 @@ impl<'p> Session<'p> {
             violation_tag: 0,
             held: false,
             queries: 0,
-            probe_due: false,
-            custom_settings: Vec::new(),
+            found: Found::default(),
         }
     }
 
@@ -303,8 +300,8 @@ impl<'p> Session<'p> {
                 let message = self.violation.take().unwrap_or_default();
                 return End::Fatal(sqlstate::PROTOCOL_VIOLATION, message);
             }
-            if self.probe_due && self.server.is_some() && self.responses.releasable() {
-                if let Err(end) = Box::pin(self.probe_session_state()).await {
+            if self.found.probe_due() && self.server.is_some() && self.responses.releasable() {
+                if let Err(end) = Box::pin(self.probe_session()).await {
                     return end;
                 }
             }

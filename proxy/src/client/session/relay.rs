@@ -6,6 +6,7 @@ use super::*;
 impl Session<'_> {
     /// Forwards what the server sent, accounting for every complete message header in it.
     pub(super) async fn relay(&mut self) -> Result<(), End> {
+        let transaction_mode = self.transaction_mode();
         let att = self.server.as_mut().expect("relay needs a server");
         let conn = &mut *att.conn;
         let r = &mut self.responses;
@@ -42,6 +43,9 @@ impl Session<'_> {
                     conn.reported.set(name, value);
                     conn.tracked.set(name, value);
                     self.params.tracked.set(name, value);
+                    // `SET SESSION AUTHORIZATION`: the session is another user's now, which
+                    // only that server connection can carry.
+                    att.keeps |= transaction_mode && name == "session_authorization";
                 }
             }
             if f.tag == b'E' {
@@ -69,6 +73,11 @@ impl Session<'_> {
                     r.take_refusal(out);
                     from = pos + f.total;
                 }
+                Verdict::Complete(command) => {
+                    out.extend_from_slice(&buf[from..pos]);
+                    backend::command_complete(out, command);
+                    from = pos + f.total;
+                }
             }
             if !complete {
                 r.partial = f.total - avail;
@@ -94,10 +103,9 @@ impl Session<'_> {
         if stale {
             conn.replace_when_released();
         }
-        if std::mem::take(&mut r.discarded) && self.per_transaction {
+        if let Some(answered) = r.discarded.take().filter(|_| self.per_transaction) {
             // The client's own names go too, as in its own session, except those it parsed
-            // after (the pending ones whose outcome has not come).
-            let answered = r.name_outcomes.len();
+            // after (the pending ones whose outcome came after it).
             self.pending_names.discard(answered, &mut self.statements);
         }
         conn.rbuf.advance(pos);
@@ -130,10 +138,10 @@ impl Session<'_> {
     /// the session ends: the notifications are the client's, and another client given that
     /// server must not receive them (the session then behaves as in session mode). A server
     /// that holds other session state that cannot move (`Attached::keeps`) is parked. A server
-    /// to be asked about the session's state (`probe_due`) is released after that.
+    /// whose session may have changed is released once it was asked about it (`state_probe`).
     pub(super) fn release_if_idle(&mut self) {
         if !self.per_transaction
-            || self.probe_due
+            || self.found.probe_due()
             || !self
                 .server
                 .as_ref()
@@ -160,6 +168,8 @@ impl Session<'_> {
         };
         self.cancel.clear();
         self.fail_pending_names();
+        // What the statements left went with the server.
+        self.found = Found::default();
         tracing::warn!(
             server = %self.pool.servers[att.index].name,
             pid = self.pid,

@@ -1,18 +1,17 @@
-//! Transaction mode: session state the client leaves on a server, followed or kept. Statements
-//! that may change it are spotted as they are forwarded (`session_sql`); after their
-//! transaction the server is asked what the session holds (`server::session_probe`) before it
-//! goes back to the pool.
+//! Transaction mode (and session mode with per-statement routing): session state the client
+//! leaves on a server, followed or kept. Statements that may change it are spotted as they
+//! are forwarded (`session_sql`); after their transaction, before the server is released, the
+//! server is asked what the session holds (`server::session_probe`).
 
 use super::*;
 use crate::client::session_sql;
 use crate::server::session_probe;
 
 impl Session<'_> {
-    /// Notes SQL on its way to the server: if it may change the session's state, the server
-    /// is asked about it before it is released. For almost every query this is a first-word
-    /// test and a byte scan (see [`session_sql::may_change_session`]).
+    /// Notes SQL on its way to the server (see [`session_sql`]). For almost every query this
+    /// is a first-word test and a byte scan ([`session_sql::may_change_session`]).
     pub(super) fn note_sql(&mut self, tag: u8, msg: &[u8]) {
-        if self.probe_due || !self.transaction_mode() {
+        if !self.per_transaction {
             return;
         }
         let body = &msg[5..];
@@ -37,45 +36,70 @@ impl Session<'_> {
         if !session_sql::may_change_session(sql) {
             return;
         }
-        let Ok(sql) = std::str::from_utf8(sql) else {
-            return;
-        };
-        self.probe_due = session_sql::changes_session(sql, &mut self.custom_settings);
+        if let Ok(sql) = std::str::from_utf8(sql) {
+            session_sql::scan(sql, &mut self.found);
+        }
     }
 
-    /// Asks the attached server, idle and outside a transaction, what the session holds now:
-    /// the client's settings follow it from here on, and state that cannot move keeps the
-    /// server with the client. If the server cannot answer it is treated as lost.
-    pub(super) async fn probe_session_state(&mut self) -> Result<(), End> {
-        self.probe_due = false;
-        let mut custom = std::mem::take(&mut self.custom_settings);
-        for (name, _) in self.params.extras.iter() {
-            if name.contains('.') && !custom.iter().any(|c| c.eq_ignore_ascii_case(name)) {
-                custom.push(name.to_owned());
+    /// Asks the attached server, idle and outside a transaction, what the client's statements
+    /// left (see `Found`): the settings follow the client from here on, and objects that
+    /// cannot move keep the server with it. A server that refuses to answer stays with the
+    /// client (its state is unknown); one that cannot answer is treated as lost.
+    pub(super) async fn probe_session(&mut self) -> Result<(), End> {
+        let found = std::mem::take(&mut self.found);
+        let att = self.server.as_mut().expect("probed while attached");
+        let kept = if att.keeps { 0 } else { found.kept };
+        let mut names = found.names;
+        if found.all {
+            // The server does not list custom parameters: ask for the client's by name.
+            for (name, _) in self.params.extras.iter() {
+                if name.contains('.') && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                    names.push(name.to_ascii_lowercase());
+                }
             }
         }
-        custom.sort_unstable();
-        custom.dedup();
+        let questions = session_probe::Questions {
+            names: &names,
+            all: found.all,
+            kept,
+        };
+        if !found.all && names.is_empty() && kept == 0 {
+            return Ok(());
+        }
         let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
-        let att = self.server.as_mut().expect("probed while attached");
-        match session_probe::probe(&mut att.conn, &custom, timeout).await {
-            Ok(snapshot) => {
-                att.conn.applied_extras = self.params.adopt_session_settings(&snapshot.settings);
-                if let Some(what) = snapshot.kept {
-                    if !att.keeps {
-                        tracing::debug!(
-                            pid = self.pid,
-                            server = %self.pool.servers[att.index].name,
-                            kept = %what,
-                            "the session keeps state on this server connection: it stays with \
-                             the client until the client leaves"
-                        );
-                        att.keeps = true;
-                    }
+        match session_probe::probe(&mut att.conn, &questions, timeout).await {
+            Ok(Ok(snapshot)) => {
+                if !names.is_empty() || found.all {
+                    self.params.adopt_settings(
+                        &snapshot.settings,
+                        found.all,
+                        &mut att.conn.applied_extras,
+                    );
+                }
+                if !snapshot.kept.is_empty() {
+                    tracing::debug!(
+                        pid = self.pid,
+                        server = %self.pool.servers[att.index].name,
+                        kept = %snapshot.kept.join(", "),
+                        "the session keeps objects on this server connection: it stays with \
+                         the client until the client leaves"
+                    );
+                    att.keeps = true;
                 }
                 Ok(())
             }
-            Err(e) => self.server_lost(&e.to_string(), true),
+            Ok(Err(refused)) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    server = %self.pool.servers[att.index].name,
+                    error = %refused,
+                    "could not read the session's state after statements that change it: \
+                     the server stays with the client until the client leaves"
+                );
+                att.keeps = true;
+                Ok(())
+            }
+            Err(e) => self.server_lost(&format!("session probe: {e}"), true),
         }
     }
 }
