@@ -120,7 +120,8 @@ impl Session<'_> {
     /// - a named Parse of a name whose earlier Parse or Close, followed by a Sync, is
     ///   unanswered: an error earlier in that batch makes the server skip it, and then the
     ///   name is free, or still taken (a duplicate within one batch is still refused at once,
-    ///   as there);
+    ///   as there); and of a name in use while a Query or Sync is unanswered: a `DISCARD ALL`
+    ///   there frees it;
     /// - a Bind or Describe of a statement whose Parse or Close, followed by a Sync, is
     ///   unanswered: if the server skipped that Parse, the statement does not exist; if it
     ///   skipped that Close, the statement is still there;
@@ -128,11 +129,12 @@ impl Session<'_> {
     ///   skipped Parse leaves nothing to deallocate.
     pub(super) fn waits_for_answers(&self, tag: u8, msg: &[u8]) -> bool {
         match tag {
-            b'P' if !self.pending_names.is_empty() => {
-                self.responses.ready_coming()
-                    && frame::cstr(&msg[5..]).is_some_and(|(name, _)| {
-                        !name.is_empty() && self.pending_names.contains(name)
-                    })
+            b'P' => {
+                frame::cstr(&msg[5..]).is_some_and(|(name, _)| {
+                    !name.is_empty()
+                        && (self.pending_names.contains(name)
+                            || (self.per_transaction && self.statements.get(name).is_some()))
+                }) && self.responses.ready_coming()
             }
             b'B' | b'D' if !self.pending_names.is_empty() => {
                 let body = &msg[5..];
