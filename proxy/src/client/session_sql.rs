@@ -16,7 +16,7 @@
 //! `ParameterStatus`.
 //!
 //! Every Query, Parse and named Bind of a transaction-mode client passes [`may_change_session`]:
-//! a first-word test and a scan for `_` and `;`, with no allocation. Only what passes it is
+//! a first-word test and a scan for `(` and `;`, with no allocation. Only what passes it is
 //! lexed ([`scan`]). Not seen: `SELECT ... INTO TEMP`, and state set inside functions,
 //! procedures and `DO` blocks.
 
@@ -95,28 +95,29 @@ fn statement_may(text: &[u8]) -> bool {
 }
 
 /// A cheap test that SQL may change session state: false for almost every query, without
-/// lexing it. False negatives are not allowed: [`scan`] only looks at what passes.
+/// lexing it. False negatives are not allowed: [`scan`] only looks at what passes. Besides
+/// the first word, it looks only at the text before each `(` (a function call) and after each
+/// `;` (another statement): two `memchr` passes for a plain query.
 pub(crate) fn may_change_session(sql: &[u8]) -> bool {
     if statement_may(sql) {
         return true;
     }
-    for i in memchr::memchr2_iter(b'_', b';', sql) {
-        let may = if sql[i] == b';' {
+    memchr::memchr2_iter(b'(', b';', sql).any(|i| {
+        if sql[i] == b';' {
             statement_may(&sql[i + 1..])
         } else {
-            let (before, after) = (&sql[..i], &sql[i + 1..]);
-            let ends = |w: &[u8]| {
-                before.len() >= w.len() && before[before.len() - w.len()..].eq_ignore_ascii_case(w)
-            };
-            let starts =
-                |w: &[u8]| after.len() >= w.len() && after[..w.len()].eq_ignore_ascii_case(w);
-            (ends(b"advisory") && starts(b"lock")) || (ends(b"set") && starts(b"config"))
-        };
-        if may {
-            return true;
+            calls_session_function(&sql[..i])
         }
-    }
-    false
+    })
+}
+
+/// Whether the text before a `(` ends with the name of a function that may change session
+/// state (a session advisory lock, `set_config`).
+fn calls_session_function(before: &[u8]) -> bool {
+    let name = before.trim_ascii_end();
+    let ends =
+        |w: &[u8]| name.len() >= w.len() && name[name.len() - w.len()..].eq_ignore_ascii_case(w);
+    ends(b"advisory_lock") || ends(b"advisory_lock_shared") || ends(b"set_config")
 }
 
 fn is(word: &str, keyword: &str) -> bool {
@@ -316,6 +317,8 @@ mod tests {
             "INSERT INTO t VALUES (1); SELECT 1",
             "select pg_advisory_xact_lock(1)",
             "select pg_advisory_unlock(1)",
+            "select pg_advisory_unlock_shared(1), lower('SET x')",
+            "SELECT count(*) FROM t WHERE a IN (1, 2)",
             "BEGIN",
             "COMMIT",
         ] {
@@ -410,6 +413,7 @@ mod tests {
             ("SELECT pg_advisory_lock(1)", ADVISORY_LOCK),
             ("SELECT PG_TRY_ADVISORY_LOCK(1, 2)", ADVISORY_LOCK),
             ("select pg_advisory_lock_shared(7), 1", ADVISORY_LOCK),
+            ("SELECT pg_advisory_lock (1)", ADVISORY_LOCK),
             ("SELECT 1; PREPARE q AS SELECT 2", PREPARED),
             (
                 "PREPARE q AS SELECT pg_advisory_lock(1)",

@@ -16,7 +16,7 @@ impl Session<'_> {
         }
         let body = &msg[5..];
         let sql = match tag {
-            b'Q' => frame::cstr(body).map(|(sql, _)| sql),
+            b'Q' => Some(body.strip_suffix(b"\0").unwrap_or(body)),
             b'P' => frame::cstr(body)
                 .and_then(|(_, rest)| frame::cstr(rest))
                 .map(|(sql, _)| sql),
