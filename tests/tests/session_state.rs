@@ -304,3 +304,17 @@ async fn a_client_whose_kept_server_dies_is_closed() {
     let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     assert_eq!(text(&b, "SELECT 1").await, "1");
 }
+
+#[tokio::test]
+async fn without_tracking_session_state_stays_on_the_server_as_in_pgbouncer() {
+    let (db, proxy) =
+        setup("pool_mode = \"transaction\"\npool_size = 1\ntrack_session_state = false");
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.batch_execute("SET work_mem = '64MB'; PREPARE q AS SELECT 42")
+        .await
+        .unwrap();
+    // The one server went back to the pool with A's state on it: B sees it.
+    assert_eq!(text(&b, "SHOW work_mem").await, "64MB");
+    assert_eq!(text(&b, "EXECUTE q").await, "42");
+}

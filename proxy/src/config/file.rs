@@ -116,6 +116,11 @@ pub struct PoolConfig {
     /// Run on a server connection before it goes back to the pool in session mode ("" = none).
     #[serde(default = "default_reset_query")]
     pub reset_query: String,
+    /// Transaction mode: make a client's session state follow it (settings) or keep its
+    /// server (objects that cannot move). `false`: PgBouncer's behaviour, where such state
+    /// stays on whichever server connection it was made on.
+    #[serde(default = "default_true")]
+    pub track_session_state: bool,
     /// Default server connections per user and server.
     #[serde(default = "default_pool_size")]
     pub pool_size: u32,
@@ -257,6 +262,10 @@ impl UserConfig {
 fn default_pool_mode() -> PoolMode {
     PoolMode::Transaction
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_reset_query() -> String {
     "DISCARD ALL".into()
 }

@@ -90,6 +90,7 @@ mod tests {
         let pool = &c.pools["app"];
         assert_eq!(pool.pool_mode, PoolMode::Transaction);
         assert_eq!(pool.reset_query, "DISCARD ALL");
+        assert!(pool.track_session_state);
         assert_eq!(pool.users["alice"].pool_size, None);
     }
 

@@ -15,6 +15,8 @@ pub struct UserPool {
     pub user: String,
     pub mode: PoolMode,
     pub reset_query: String,
+    /// Transaction mode: session state follows the client (`track_session_state`).
+    pub track_session_state: bool,
     pub auth: AuthMethod,
     pub secret: Option<ClientSecret>,
     /// One pool per configured server, in config order (the router's backend indexes).
@@ -95,6 +97,7 @@ impl UserPool {
             user: user.to_owned(),
             mode: pool.pool_mode,
             reset_query: pool.reset_query.clone(),
+            track_session_state: pool.track_session_state,
             auth,
             secret,
             servers,

@@ -45,7 +45,9 @@ impl Session<'_> {
                     self.params.tracked.set(name, value);
                     // `SET SESSION AUTHORIZATION`: the session is another user's now, which
                     // only that server connection can carry.
-                    att.keeps |= transaction_mode && name == "session_authorization";
+                    att.keeps |= transaction_mode
+                        && name == "session_authorization"
+                        && self.pool.track_session_state;
                 }
             }
             if f.tag == b'E' {
