@@ -191,20 +191,25 @@ fn random_message(r: &mut Rng) -> Vec<u8> {
     }
 }
 
+/// The complete backend messages in `bytes`, as (type, body).
+fn messages(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let len = i32::from_be_bytes(rest.get(1..5)?.try_into().ok()?) as usize;
+        let body = rest.get(5..len + 1)?;
+        let tag = rest[0];
+        rest = &rest[len + 1..];
+        Some((tag, body))
+    })
+}
+
 /// What a client got, as comparable text: message types in order, with the SQLSTATE of
 /// errors, the transaction status of ReadyForQuery and the command of CommandComplete, and
 /// how the stream ended. Rows and COPY data are left out (the shared table grows), and so are
 /// notices, parameter changes and notifications.
 fn summary(bytes: &[u8], end: &str) -> String {
     let mut out = String::new();
-    let mut rest = bytes;
-    while rest.len() >= 5 {
-        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        if rest.len() < len + 1 {
-            break;
-        }
-        let (tag, body) = (rest[0], &rest[5..len + 1]);
-        rest = &rest[len + 1..];
+    for (tag, body) in messages(bytes) {
         if matches!(tag, b'N' | b'S' | b'A' | b'K' | b'D' | b'd') {
             continue;
         }
@@ -289,18 +294,9 @@ fn run(port: u16, db: &str, stream: &[Vec<u8>]) -> String {
 /// ReadyForQuery, with any notifications, notices or parameter changes in between (another
 /// client's `NOTIFY` may arrive there).
 fn answered_42(got: &[u8]) -> bool {
-    let mut messages = Vec::new();
-    let mut rest = got;
-    while rest.len() >= 5 {
-        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        if rest.len() < len + 1 {
-            break;
-        }
-        if !matches!(rest[0], b'A' | b'N' | b'S') {
-            messages.push((rest[0], &rest[5..len + 1]));
-        }
-        rest = &rest[len + 1..];
-    }
+    let messages: Vec<(u8, &[u8])> = messages(got)
+        .filter(|(tag, _)| !matches!(tag, b'A' | b'N' | b'S'))
+        .collect();
     messages.windows(3).any(|w| {
         w[0] == (b'D', &b"\0\x01\0\0\0\x0242"[..])
             && w[1] == (b'C', &b"SELECT 1\0"[..])
