@@ -40,7 +40,7 @@ impl Session<'_> {
         let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
         // Transaction mode: the server holds state of this session that could not move, or
         // settings the session changed that were not read back yet.
-        let discard = self.transaction_mode() && (att.keeps || self.found != Found::default());
+        let discard = self.transaction_mode() && (att.keeps || self.found.probe_due());
         if reset {
             statements.push(&self.pool.reset_query);
         } else if discard {

@@ -58,14 +58,14 @@ impl Session<'_> {
                 }
             }
         }
+        if !found.all && names.is_empty() && kept == 0 {
+            return Ok(());
+        }
         let questions = session_probe::Questions {
             names: &names,
             all: found.all,
             kept,
         };
-        if !found.all && names.is_empty() && kept == 0 {
-            return Ok(());
-        }
         let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
         match session_probe::probe(&mut att.conn, &questions, timeout).await {
             Ok(Ok(snapshot)) => {
