@@ -7,8 +7,9 @@
 //! COPY messages in and out of a COPY, function calls, malformed bodies and unknown message
 //! types. Several clients run at once on a small pool, so in transaction mode they share
 //! server connections: whatever one leaves behind on a server shows up as a difference for the
-//! next. That includes session state: settings, SQL `PREPARE`, temporary tables, `WITH HOLD`
-//! cursors and advisory locks, which transaction mode must follow or keep with the client.
+//! next. That includes session state: settings (also set in a `DO` block), SQL `PREPARE`,
+//! temporary tables, `WITH HOLD` cursors and advisory locks,
+//! which transaction mode must follow or keep with the client.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -103,6 +104,8 @@ const SQL: &[&str] = &[
     "SET work_mem = '3MB'",
     "RESET work_mem",
     "SELECT pg_try_advisory_lock(7)",
+    "SHOW work_mem",
+    "DO $$ BEGIN PERFORM set_config('work_mem', '5MB', false); END $$",
 ];
 const NAMES: &[&str] = &["", "s1", "s2"];
 const PORTALS: &[&str] = &["", "p1"];

@@ -318,3 +318,96 @@ async fn without_tracking_session_state_stays_on_the_server_as_in_pgbouncer() {
     assert_eq!(text(&b, "SHOW work_mem").await, "64MB");
     assert_eq!(text(&b, "EXECUTE q").await, "42");
 }
+
+#[tokio::test]
+async fn settings_made_in_do_blocks_and_procedures_follow_the_client() {
+    // One server connection: both clients run every transaction on it.
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let plain = direct(&db).await;
+    plain
+        .batch_execute(
+            "CREATE PROCEDURE set_tenant(t text) LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM set_config('app.tenant', t, false); END $$",
+        )
+        .await
+        .unwrap();
+    let default_work_mem = text(&plain, "SHOW work_mem").await;
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.batch_execute("DO $$ BEGIN PERFORM set_config('work_mem', '48MB', false); END $$")
+        .await
+        .unwrap();
+    b.batch_execute("CALL set_tenant('b')").await.unwrap();
+    let tenant = "SELECT nullif(current_setting('app.tenant', true), '')";
+    assert_eq!(value(&b, tenant).await.as_deref(), Some("b"));
+    assert_eq!(
+        text(&b, "SHOW work_mem").await,
+        default_work_mem,
+        "B does not see A's setting"
+    );
+    // A's setting was read back (pg_settings lists it) and follows A. B's is a custom
+    // parameter set under a name the SQL does not show, which PostgreSQL does not list: it
+    // cannot follow B, and the server is reset before another client uses it.
+    assert_eq!(text(&a, "SHOW work_mem").await, "48MB");
+    assert_eq!(value(&a, tenant).await, None, "A does not see B's setting");
+    let pid = "SELECT pg_backend_pid()";
+    assert_eq!(
+        value(&a, pid).await,
+        value(&b, pid).await,
+        "one server for both"
+    );
+}
+
+#[tokio::test]
+async fn temporary_tables_made_by_procedures_and_do_blocks_keep_the_server() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 2");
+    direct(&db)
+        .await
+        .batch_execute(
+            "CREATE PROCEDURE make_temp() LANGUAGE plpgsql AS \
+             $$ BEGIN CREATE TEMP TABLE made_by_call (x int); END $$",
+        )
+        .await
+        .unwrap();
+    let pid = "SELECT pg_backend_pid()";
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.batch_execute("CREATE TEMP TABLE made_by_create AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    b.batch_execute("CALL make_temp()").await.unwrap();
+    assert_ne!(text(&a, pid).await, text(&b, pid).await);
+    // Both servers are kept: a third client waits for one until its checkout timeout.
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"), "{e}");
+    assert_eq!(text(&a, "SELECT count(*) FROM made_by_create").await, "1");
+    assert_eq!(text(&b, "SELECT count(*) FROM made_by_call").await, "0");
+
+    // A leaves: its server is reset and goes back to the pool, where C gets it.
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let made = c
+            .simple_query("DO $$ BEGIN CREATE TEMP TABLE made_by_do (x int); END $$")
+            .await;
+        match made {
+            Ok(_) => break,
+            Err(e) if sqlstate(&e) == Some("53300") => {}
+            Err(e) => panic!("DO block: {e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's server did not come back"
+        );
+    }
+    let d = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let e = d.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"), "C keeps A's old server: {e}");
+    assert_eq!(text(&c, "SELECT count(*) FROM made_by_do").await, "0");
+    let e = c
+        .simple_query("SELECT count(*) FROM made_by_create")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("42P01"), "A's table left with A: {e}");
+}

@@ -488,7 +488,7 @@ pub fn bench() -> Result<(), String> {
     // RSS first, while every proxy is fresh: after pgbench, memory the allocator keeps from
     // the runs would absorb the idle clients' and hide their cost.
     let mut rss_rows = Vec::new();
-    for t in &targets[1..] {
+    for t in targets[1..].iter().filter(|_| idle > 0) {
         let pid = t.pid.expect("proxy pid");
         let before = rss_kib(pid).ok_or("no RSS")?;
         let socks = idle_clients(t.port, idle)?;
@@ -582,11 +582,13 @@ pub fn bench() -> Result<(), String> {
         }
     }
 
-    println!("\nRSS per idle client ({idle} clients logged in and idle, measured before any pgbench run):\n");
-    println!("| proxy | RSS before | RSS with clients | per client |");
-    println!("|---|---|---|---|");
-    for row in &rss_rows {
-        println!("{row}");
+    if !rss_rows.is_empty() {
+        println!("\nRSS per idle client ({idle} clients logged in and idle, measured before any pgbench run):\n");
+        println!("| proxy | RSS before | RSS with clients | per client |");
+        println!("|---|---|---|---|");
+        for row in &rss_rows {
+            println!("{row}");
+        }
     }
     drop(switchyard);
     drop(switchyard_policies);

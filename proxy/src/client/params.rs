@@ -163,11 +163,15 @@ impl ClientParams {
         TrackedParams::index(name).map(|i| self.tracked.get(i))
     }
 
+    /// Whether `conn` has this client's parameters: one byte-string comparison and one list
+    /// comparison.
+    pub fn in_sync(&self, conn: &ServerConn) -> bool {
+        self.tracked == conn.tracked && self.extras == conn.applied_extras
+    }
+
     /// The SQL that makes `conn` match this client, or `None` when it already does.
-    /// On the fast path this is one byte-string comparison and one list comparison.
     pub fn sync_sql(&self, conn: &ServerConn) -> Option<String> {
-        let tracked_same = self.tracked == conn.tracked;
-        if tracked_same && self.extras == conn.applied_extras {
+        if self.in_sync(conn) {
             return None;
         }
         // `set_config` takes a value as a startup packet gives it: `SET search_path TO 'a,b'`

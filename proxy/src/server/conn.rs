@@ -39,6 +39,10 @@ pub struct ServerConn {
     pub tracked: TrackedParams,
     /// Startup parameters without `ParameterStatus` (search_path, ...) the proxy has SET here.
     pub applied_extras: ParamList,
+    /// The client (by proxy-issued pid) that may have set custom parameters here under names
+    /// the proxy could not read back (`client::session_sql::Found::opaque`). Before another
+    /// client uses the connection it gets `RESET ALL`, so that client never sees them.
+    pub hidden_settings_of: Option<i32>,
     /// The proxy-named prepared statements that exist on this connection.
     pub prepared: PreparedSet,
     /// Whose Parse last set the unnamed statement here (a client's proxy-issued process id

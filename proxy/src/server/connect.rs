@@ -205,6 +205,7 @@ async fn login(
                     tracked: TrackedParams::from_list(&reported),
                     reported,
                     applied_extras: ParamList::new(),
+                    hidden_settings_of: None,
                     prepared: Default::default(),
                     unnamed_owner: u64::MAX,
                     retire_at_ms: lifetime.map(|l| now + jitter(l).as_millis() as u64),

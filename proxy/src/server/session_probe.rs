@@ -21,6 +21,8 @@ pub mod kept {
     pub const CURSOR: u8 = 2;
     pub const TEMPORARY: u8 = 4;
     pub const ADVISORY_LOCK: u8 = 8;
+    /// Every kind (after a `DO` block or a `CALL`, which may make any).
+    pub const ALL: u8 = PREPARED | CURSOR | TEMPORARY | ADVISORY_LOCK;
 }
 
 /// One parameter's value as read back; `None`: not set.

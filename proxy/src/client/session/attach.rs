@@ -71,41 +71,17 @@ impl Session<'_> {
         };
         let server = &pool.servers[index];
         self.cancel.set(&conn.key);
-        if let Some(sql) = self.params.sync_sql(&conn) {
+        let hidden = conn.hidden_settings_of.is_some_and(|pid| pid != self.pid);
+        if hidden || !self.params.in_sync(&conn) {
             let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
-            let tracked = &mut self.params.tracked;
             // Rare (parameters differ): boxed to keep the session future small.
-            let outcome = Box::pin(maintenance::run(
-                &mut conn,
-                &[&sql],
-                timeout,
-                |name, value| {
-                    tracked.set(name, value);
-                },
-            ))
-            .await;
-            match outcome {
-                Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
-                    conn.applied_extras = self.params.extras.clone();
+            let applied = Box::pin(apply_params(&mut conn, &mut self.params, hidden, timeout));
+            if let Err((idle, code, message)) = applied.await {
+                self.cancel.clear();
+                if idle {
+                    server.checkin(conn);
                 }
-                Ok(o) => {
-                    self.cancel.clear();
-                    let detail = o.error.as_deref().map(error_message).unwrap_or_default();
-                    if o.tx_status == b'I' {
-                        server.checkin(conn);
-                    }
-                    return Err(NoServer::Refused(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        format!("cannot apply the session's startup parameters: {detail}"),
-                    ));
-                }
-                Err(e) => {
-                    self.cancel.clear();
-                    return Err(NoServer::Refused(
-                        sqlstate::CONNECTION_FAILURE,
-                        format!("server connection failed while applying session parameters: {e}"),
-                    ));
-                }
+                return Err(NoServer::Refused(code, message));
             }
         }
         self.responses.reset();
@@ -113,6 +89,62 @@ impl Session<'_> {
         conn.prepared.start_batch();
         self.server = Some(Attached { conn, index, keeps });
         Ok(())
+    }
+}
+
+/// Gives a server connection the client's session parameters with `set_config`. With
+/// `hidden` (another client may have left custom parameters there that could not be read
+/// back, `Found::opaque`), `RESET ALL` first; it leaves `role`, which the proxy knows. On
+/// failure: whether the server is still idle (back to the pool) or not (closed), and the
+/// SQLSTATE and message for the client.
+async fn apply_params(
+    conn: &mut ServerConn,
+    params: &mut ClientParams,
+    hidden: bool,
+    timeout: Duration,
+) -> Result<(), (bool, &'static str, String)> {
+    if hidden {
+        let outcome = maintenance::run(conn, &["RESET ALL"], timeout, |_, _| {}).await;
+        settled(outcome, "reset the server's settings")?;
+        let role = conn.applied_extras.get("role").map(str::to_owned);
+        conn.applied_extras = ParamList::new();
+        if let Some(role) = role {
+            conn.applied_extras.set("role", &role);
+        }
+        conn.hidden_settings_of = None;
+    }
+    if let Some(sql) = params.sync_sql(conn) {
+        let tracked = &mut params.tracked;
+        let outcome = maintenance::run(conn, &[&sql], timeout, |name, value| {
+            tracked.set(name, value);
+        })
+        .await;
+        settled(outcome, "apply the session's startup parameters")?;
+        conn.applied_extras = params.extras.clone();
+    }
+    Ok(())
+}
+
+/// A query the proxy ran at checkout, as [`apply_params`] reports it.
+fn settled(
+    outcome: std::io::Result<maintenance::Outcome>,
+    what: &str,
+) -> Result<(), (bool, &'static str, String)> {
+    match outcome {
+        Ok(o) if o.error.is_none() && o.tx_status == b'I' => Ok(()),
+        Ok(o) => {
+            let detail = o.error.as_deref().map(error_message).unwrap_or_default();
+            Err((
+                o.tx_status == b'I',
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("cannot {what}: {detail}"),
+            ))
+        }
+        Err(e) => Err((
+            false,
+            sqlstate::CONNECTION_FAILURE,
+            format!("server connection failed while trying to {what}: {e}"),
+        )),
     }
 }
 

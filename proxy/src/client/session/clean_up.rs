@@ -59,6 +59,7 @@ impl Session<'_> {
             Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
                 if reset || discard {
                     conn.applied_extras = ParamList::new();
+                    conn.hidden_settings_of = None;
                 }
                 server.checkin(conn);
             }

@@ -48,6 +48,9 @@ impl Session<'_> {
     pub(super) async fn probe_session(&mut self) -> Result<(), End> {
         let found = std::mem::take(&mut self.found);
         let att = self.server.as_mut().expect("probed while attached");
+        if found.opaque {
+            att.conn.hidden_settings_of = Some(self.pid);
+        }
         let kept = if att.keeps { 0 } else { found.kept };
         let mut names = found.names;
         if found.all {
