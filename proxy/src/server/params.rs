@@ -143,8 +143,13 @@ impl TrackedParams {
 
     /// The value of [`TRACKED`]`[i]` (empty until the server reports it).
     pub fn get(&self, i: usize) -> &str {
-        // Only whole `&str`s without NUL are stored, so every span is valid UTF-8.
-        std::str::from_utf8(&self.0[self.span(i)]).unwrap_or_default()
+        let value = &self.0[self.span(i)];
+        debug_assert!(std::str::from_utf8(value).is_ok());
+        // SAFETY: the buffer is private, and only `set_at` writes it: whole `&str` values
+        // (cut at a NUL, which is ASCII) between NUL separators, so every span is valid
+        // UTF-8. Routing reads `application_name` for every query, and validating it again
+        // measured about 70 instructions per query.
+        unsafe { std::str::from_utf8_unchecked(value) }
     }
 
     /// Sets the value of [`TRACKED`]`[i]`; a value with a NUL (which no server reports) is

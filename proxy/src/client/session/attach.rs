@@ -15,7 +15,7 @@ impl Session<'_> {
             _ => return None,
         };
         let (_, parse_rest) = self.statements.get(statement)?;
-        std::str::from_utf8(frame::cstr(parse_rest)?.0).ok()
+        crate::router::classify::text_of(frame::cstr(parse_rest)?.0)
     }
 
     /// Routes and checks out a server connection, and gives it this client's parameters.

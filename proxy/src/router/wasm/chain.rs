@@ -200,13 +200,16 @@ fn wit_hint(h: Hint) -> RouteHint {
 impl Router for PolicyChain {
     fn route(&self, request: &RouteRequest<'_>) -> Route {
         let sql = request.sql.unwrap_or("");
-        let class = match request.sql {
-            Some(sql) => self.classifier.classify(sql),
+        let (class, plain) = match request.sql {
+            Some(sql) => self.classifier.classify_noting_plain(sql),
             // No text (not UTF-8, or a statement the proxy does not know): not surely a read.
-            None => Classification {
-                kind: StatementKind::Other,
-                read_only_begin: false,
-            },
+            None => {
+                let unknown = Classification {
+                    kind: StatementKind::Other,
+                    read_only_begin: false,
+                };
+                (unknown, false)
+            }
         };
         let mut flags = QueryFlags::empty();
         if request.in_transaction {
@@ -219,7 +222,8 @@ impl Router for PolicyChain {
             flags |= QueryFlags::BEGINS_READ_ONLY;
         }
         let mut hint = None;
-        if sql.contains("/*") {
+        // Plain text has no comment (see `classify_noting_plain`).
+        if !plain && sql.contains("/*") {
             flags |= QueryFlags::HAS_COMMENT;
             hint = hints::comment_hint(sql);
         }
