@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 
 /// The sockets clients connect to, bound but not yet registered with any thread's reactor, so
 /// that the accept loop can run on whichever thread it is spawned on.
@@ -45,20 +45,37 @@ impl Listeners {
     /// Binds `listen_addr` and, if configured, the Unix socket. A socket file left by a proxy
     /// that died is replaced; one that a live process still accepts on is an error.
     pub async fn bind(general: &General) -> Result<Listeners, String> {
-        // tokio's bind: SO_REUSEADDR and a backlog of 1024, for bursts of new clients.
-        let tcp = TcpListener::bind(&general.listen_addr)
-            .await
-            .and_then(|l| l.into_std())
-            .map_err(|e| format!("cannot listen on {}: {e}", general.listen_addr))?;
+        let shown = |e: std::io::Error| format!("cannot listen on {}: {e}", general.listen_addr);
+        let addr: SocketAddr = general.listen_addr.parse().map_err(|e| {
+            format!(
+                "general.listen_addr: \"{}\" is not an address: {e}",
+                general.listen_addr
+            )
+        })?;
+        // Bound first, listening last: whoever can connect over TCP finds the Unix socket too
+        // (its name needs the port, which `listen_addr` may leave to the system).
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(shown)?;
+        socket.set_reuseaddr(true).map_err(shown)?;
+        socket.bind(addr).map_err(shown)?;
         let unix = match &general.unix_socket_dir {
             None => None,
             Some(dir) => {
-                let port = tcp.local_addr().map_err(|e| e.to_string())?.port();
+                let port = socket.local_addr().map_err(shown)?.port();
                 let path = socket_path(dir, port);
                 let listener = bind_unix(&path).await?;
                 Some((listener, SocketFile(path)))
             }
         };
+        // A backlog of 1024, as tokio's `bind` gives, for bursts of new clients.
+        let tcp = socket
+            .listen(1024)
+            .and_then(|l| l.into_std())
+            .map_err(shown)?;
         Ok(Listeners { tcp, unix })
     }
 
