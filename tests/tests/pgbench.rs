@@ -74,6 +74,19 @@ fn transaction_mode_simple_and_extended() {
 }
 
 #[test]
+fn statement_mode_select_only() {
+    let (db, proxy) = setup("pool_mode = \"statement\"\npool_size = 4");
+    for mode in ["simple", "extended"] {
+        let (done, failed) = pgbench(
+            &proxy,
+            &db,
+            &["-S", "-M", mode, "-c", "10", "-j", "2", "-t", "300"],
+        );
+        assert_eq!((done, failed), (3000, 0), "{mode}");
+    }
+}
+
+#[test]
 fn session_mode_prepared() {
     let (db, proxy) = setup("pool_mode = \"session\"\npool_size = 10");
     let (done, failed) = pgbench(

@@ -711,3 +711,92 @@ async fn begin_takes_no_server_until_the_transactions_first_statement() {
     a.batch_execute("COMMIT").await.unwrap();
     a.batch_execute("SELECT 1").await.unwrap();
 }
+
+/// Statement mode's refusal of a transaction block: FATAL 08P01 in PgBouncer's words, and the
+/// client's connection closed.
+async fn refused_as_a_transaction_block(
+    c: &tokio_postgres::Client,
+    result: Result<u64, tokio_postgres::Error>,
+) {
+    let err = result.expect_err("a transaction block is refused in statement mode");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.code().code(), "08P01");
+    assert_eq!(db.severity(), "FATAL");
+    assert_eq!(
+        db.message(),
+        "transaction blocks not allowed in statement pooling mode"
+    );
+    let after = c.simple_query("SELECT 1").await;
+    assert!(after.is_err(), "the refused client is closed");
+}
+
+#[tokio::test]
+async fn statement_mode_shares_servers_per_statement_and_refuses_transaction_blocks() {
+    let (db, proxy) = setup("", "pool_mode = \"statement\"\npool_size = 1");
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    // One server for both clients, statement by statement, in both protocols.
+    for i in 0..5i32 {
+        a.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
+        let n: i64 = b
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, i64::from(i) + 1);
+    }
+    // A whole transaction in one Query ends idle, as one statement does: it runs.
+    b.batch_execute("BEGIN; INSERT INTO t VALUES (100); COMMIT")
+        .await
+        .unwrap();
+
+    // A lone BEGIN is refused before it reaches a server.
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let r = c.batch_execute("BEGIN").await.map(|()| 0);
+    refused_as_a_transaction_block(&c, r).await;
+    // A transaction left open inside a longer string, with the simple protocol...
+    let d = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let r = d
+        .batch_execute("BEGIN; INSERT INTO t VALUES (99)")
+        .await
+        .map(|()| 0);
+    refused_as_a_transaction_block(&d, r).await;
+    // ... with the extended protocol, and with modes the proxy leaves to the server.
+    let e = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let r = e.execute("BEGIN", &[]).await;
+    refused_as_a_transaction_block(&e, r).await;
+    let f = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let r = f
+        .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .map(|()| 0);
+    refused_as_a_transaction_block(&f, r).await;
+
+    // What ran inside the refused block was rolled back, and the pool of one still serves.
+    let rows: Vec<i32> = a
+        .query("SELECT x FROM t WHERE x >= 99 ORDER BY x", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec![100]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open: Vec<_> = activity(&db)
+            .into_iter()
+            .filter(|(state, _)| state.starts_with("idle in transaction"))
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transactions left open: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: i32 = b.query_one("SELECT 7::int", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+}

@@ -88,6 +88,18 @@ pub enum PoolMode {
     Session,
     /// From the first message of a transaction until ReadyForQuery reports idle.
     Transaction,
+    /// Transaction mode for autocommit clients (PL/Proxy, PgBouncer's `statement`): each
+    /// statement is its own transaction, and a transaction block is refused. A `BEGIN`, or a
+    /// ReadyForQuery that reports one open, ends the session with FATAL `08P01` (the server's
+    /// transaction is rolled back), so nothing a client meant to run in one runs on its own.
+    Statement,
+}
+
+impl PoolMode {
+    /// Whether a server is held per transaction, not per session.
+    pub fn per_transaction(self) -> bool {
+        matches!(self, PoolMode::Transaction | PoolMode::Statement)
+    }
 }
 
 /// Where a query goes when its routing policy fails (traps or cannot be instantiated).

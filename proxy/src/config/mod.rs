@@ -95,6 +95,26 @@ mod tests {
     }
 
     #[test]
+    fn pool_modes_are_named_as_in_pgbouncer() {
+        for (name, mode, per_transaction) in [
+            ("session", PoolMode::Session, false),
+            ("transaction", PoolMode::Transaction, true),
+            ("statement", PoolMode::Statement, true),
+        ] {
+            let text = MINIMAL.replace(
+                "[pools.app]",
+                &format!("[pools.app]\npool_mode = \"{name}\""),
+            );
+            let c = parse_str(&text).unwrap();
+            assert_eq!(c.pools["app"].pool_mode, mode);
+            assert_eq!(mode.per_transaction(), per_transaction);
+        }
+        let text = MINIMAL.replace("[pools.app]", "[pools.app]\npool_mode = \"statements\"");
+        let e = parse_str(&text).unwrap_err();
+        assert!(e.contains("pools.app.pool_mode"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let e = parse_str(&format!("{MINIMAL}\n[general]\nlisten = \"x\"\n")).unwrap_err();
         assert!(e.contains("test.toml"), "{e}");

@@ -20,6 +20,12 @@ impl Session<'_> {
             let Some(begin) = deferrable_begin(sql) else {
                 return false;
             };
+            if self.statement_mode() {
+                // Refused before it runs. FATAL, as PgBouncer does: the statements the client
+                // sent behind it must not run one by one, outside the transaction it meant.
+                self.violated(NO_TRANSACTION_BLOCKS.to_string());
+                return true;
+            }
             self.deferred.extend_from_slice(msg);
             self.deferred_read_only = begin.read_only;
             self.deferred_failed = false;
@@ -271,6 +277,11 @@ impl Session<'_> {
         self.forward(tag, msg)
     }
 }
+
+/// Statement mode's answer to a transaction block, in PgBouncer's words (with its SQLSTATE,
+/// `08P01`), which clients such as PostgREST recognize.
+pub(super) const NO_TRANSACTION_BLOCKS: &str =
+    "transaction blocks not allowed in statement pooling mode";
 
 /// A simple-query `DEALLOCATE` of the client's own statement names (or of all of them) is the
 /// proxy's to answer: those names exist only in the session, and the statements stay prepared

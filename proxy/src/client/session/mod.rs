@@ -171,8 +171,8 @@ impl<'p> Session<'p> {
         registration: &Registration<'_>,
     ) -> Self {
         let shutdown = proxy.shutdown.clone();
-        let per_transaction = login.pool.mode == PoolMode::Transaction
-            || login.pool.router.per_statement_in_session();
+        let per_transaction =
+            login.pool.mode.per_transaction() || login.pool.router.per_statement_in_session();
         let route_hint = std::cell::Cell::new(hints::startup_hint(&login.params.startup));
         Session {
             proxy,
@@ -215,8 +215,13 @@ impl<'p> Session<'p> {
         }
     }
 
+    /// Transaction mode, or statement mode (transaction mode that refuses transaction blocks).
     fn transaction_mode(&self) -> bool {
-        self.pool.mode == PoolMode::Transaction
+        self.pool.mode.per_transaction()
+    }
+
+    fn statement_mode(&self) -> bool {
+        self.pool.mode == PoolMode::Statement
     }
 
     /// The transaction status to report while no server is attached.

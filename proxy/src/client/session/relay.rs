@@ -7,6 +7,7 @@ impl Session<'_> {
     /// Forwards what the server sent, accounting for every complete message header in it.
     pub(super) async fn relay(&mut self) -> Result<(), End> {
         let transaction_mode = self.transaction_mode();
+        let statement_mode = self.statement_mode();
         let att = self.server.as_mut().expect("relay needs a server");
         let conn = &mut *att.conn;
         let r = &mut self.responses;
@@ -17,6 +18,8 @@ impl Session<'_> {
         // A FATAL error from the server; true when it blames the client's protocol.
         let mut fatal = None;
         let mut stale = false;
+        // Statement mode: the server reported a transaction block open (see below).
+        let mut block_opened = false;
         // Bytes from `from` to `pos` are still to be forwarded.
         let mut from = 0;
         while pos < buf.len() {
@@ -63,6 +66,13 @@ impl Session<'_> {
                     );
                     stale = true;
                 }
+            }
+            if statement_mode && f.tag == b'Z' && body.first() != Some(&b'I') {
+                // A transaction block the proxy did not see coming (`BEGIN` inside a longer
+                // string, or sent with the extended protocol). The client gets what came
+                // before this ReadyForQuery, then FATAL; closing the server rolls it back.
+                block_opened = true;
+                break;
             }
             match r.on_server_message(f.tag, body, &mut conn.prepared) {
                 Verdict::Forward => {}
@@ -112,6 +122,16 @@ impl Session<'_> {
         }
         conn.rbuf.advance(pos);
         written.map_err(|_| End::ClientGone)?;
+        if block_opened {
+            if let Some(att) = self.server.take() {
+                self.cancel.clear();
+                drop(att.conn);
+            }
+            return Err(End::Fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                super::client_messages::NO_TRANSACTION_BLOCKS.into(),
+            ));
+        }
         match fatal {
             // The server ended the session over the client's own protocol error (a message
             // it cannot take during COPY FROM STDIN): the client's stream is out of step with
