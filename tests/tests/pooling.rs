@@ -800,3 +800,136 @@ async fn statement_mode_shares_servers_per_statement_and_refuses_transaction_blo
     let v: i32 = b.query_one("SELECT 7::int", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
 }
+
+/// Connects through the proxy and returns the client with its connection task, whose result
+/// carries an error the proxy sends between queries (a FATAL when it closes the client).
+async fn connect_watched(
+    proxy: &Proxy,
+    db: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, conn) = tokio_postgres::connect(
+        &proxy.conn_str(roles::TRUST, None, db),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// The FATAL error a watched connection ended with (within 5 s).
+async fn closed_with(
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> (String, String) {
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the proxy closes the idle client")
+        .unwrap();
+    let err = ended.expect_err("closed with an error");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(db.severity(), "FATAL");
+    (db.code().code().to_string(), db.message().to_string())
+}
+
+#[tokio::test]
+async fn idle_transaction_timeout_closes_the_client_and_frees_its_server() {
+    let (db, proxy) = setup(
+        "idle_transaction_timeout_ms = 400",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let setup_client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    setup_client
+        .batch_execute("CREATE TABLE t (x int)")
+        .await
+        .unwrap();
+    // A client that keeps working inside its transaction is not idle: 1.2 s of statements
+    // 100 ms apart.
+    let (busy, busy_conn) = connect_watched(&proxy, &db).await;
+    busy.batch_execute("BEGIN").await.unwrap();
+    for i in 0..12 {
+        busy.execute("INSERT INTO t VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    busy.batch_execute("COMMIT").await.unwrap();
+    // Outside a transaction, idling costs nothing here (client_idle_timeout_ms is 0).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    busy.batch_execute("SELECT 1").await.unwrap();
+    assert!(!busy_conn.is_finished());
+
+    // One that stops inside its transaction holds the only server, then is closed.
+    let (stuck, stuck_conn) = connect_watched(&proxy, &db).await;
+    stuck
+        .batch_execute("BEGIN; INSERT INTO t VALUES (100)")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (code, message) = closed_with(stuck_conn).await;
+    let waited = started.elapsed();
+    assert_eq!(code, "25P03");
+    assert_eq!(
+        message,
+        "terminating connection due to idle-in-transaction timeout"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // Its transaction was rolled back and the server went back to the pool of one.
+    let n: i64 = busy
+        .query_one("SELECT count(*) FROM t WHERE x = 100", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    let open = activity(&db)
+        .into_iter()
+        .filter(|(state, _)| state.starts_with("idle in transaction"))
+        .count();
+    assert_eq!(open, 0);
+    // A BEGIN the proxy answered itself counts too, though it holds no server yet.
+    let (deferred, deferred_conn) = connect_watched(&proxy, &db).await;
+    deferred.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(closed_with(deferred_conn).await.0, "25P03");
+}
+
+#[tokio::test]
+async fn client_idle_timeout_closes_clients_idle_between_transactions() {
+    for mode in ["transaction", "session"] {
+        let (db, proxy) = setup(
+            "client_idle_timeout_ms = 400",
+            &format!("pool_mode = \"{mode}\"\npool_size = 1"),
+        );
+        // Working clients are not idle, and a long query is the server's time, not the
+        // client's: it outlasts the limit.
+        let (busy, busy_conn) = connect_watched(&proxy, &db).await;
+        for _ in 0..6 {
+            busy.batch_execute("SELECT 1").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        busy.batch_execute("SELECT pg_sleep(0.8)").await.unwrap();
+        // Inside a transaction the other limit applies (here: none).
+        busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        busy.batch_execute("COMMIT").await.unwrap();
+        assert!(!busy_conn.is_finished(), "{mode}");
+        // Then it idles, and is closed.
+        let started = Instant::now();
+        let (code, message) = closed_with(busy_conn).await;
+        assert_eq!(code, "57P05", "{mode}");
+        assert_eq!(
+            message,
+            "terminating connection due to idle-session timeout"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{mode}");
+        // A client that never sent a query is closed too, and the server is free for others.
+        let (_never, never_conn) = connect_watched(&proxy, &db).await;
+        assert_eq!(closed_with(never_conn).await.0, "57P05", "{mode}");
+        let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        let v: i32 = c.query_one("SELECT 3::int", &[]).await.unwrap().get(0);
+        assert_eq!(v, 3, "{mode}");
+    }
+}

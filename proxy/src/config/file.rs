@@ -45,6 +45,13 @@ pub struct General {
     pub shutdown_timeout_ms: u64,
     /// How long a forwarded cancel request may take.
     pub cancel_timeout_ms: u64,
+    /// A client idle inside a transaction this long (nothing in flight) is closed with FATAL
+    /// `25P03`, and its transaction rolled back, so it cannot hold a server and its locks
+    /// forever (0 = never; PgBouncer's `idle_transaction_timeout`).
+    pub idle_transaction_timeout_ms: u64,
+    /// A client idle outside a transaction this long is closed with FATAL `57P05`
+    /// (0 = never; PgBouncer's `client_idle_timeout`).
+    pub client_idle_timeout_ms: u64,
     /// Proxy-named prepared statements kept per server connection in transaction mode; past
     /// it the least recently used is closed (0 = no limit).
     pub max_prepared_statements: usize,
@@ -72,6 +79,8 @@ impl Default for General {
             server_lifetime_ms: 3_600_000,
             shutdown_timeout_ms: 30_000,
             cancel_timeout_ms: 5000,
+            idle_transaction_timeout_ms: 0,
+            client_idle_timeout_ms: 0,
             server_login_retry_ms: 5000,
             max_prepared_statements: 200,
             plugin_deadline_ms: 5,

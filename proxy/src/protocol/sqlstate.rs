@@ -21,6 +21,10 @@ pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 pub const IN_FAILED_TRANSACTION: &str = "25P02";
 /// `57P01` admin_shutdown: the proxy is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `25P03` idle_in_transaction_session_timeout: `idle_transaction_timeout_ms` passed.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+/// `57P05` idle_session_timeout: `client_idle_timeout_ms` passed.
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 /// `0A000` feature_not_supported: unsupported protocol version or request.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// `P0001` raise_exception: a routing policy rejected the query (the policy's message follows).

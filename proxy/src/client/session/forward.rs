@@ -12,6 +12,7 @@ impl Session<'_> {
             self.note_sql(tag, msg);
         }
         let map_names = self.per_transaction;
+        let max_prepared = self.max_prepared();
         let att = self.server.as_mut().expect("attached before forwarding");
         let out = &mut self.to_server;
         let r = &mut self.responses;
@@ -56,7 +57,7 @@ impl Session<'_> {
                     // it checks the text as PostgreSQL would (syntax, a failed transaction,
                     // analysis), and then finds the name taken (42P05, reworded for the
                     // client's name).
-                    if prepare_here(&mut att.conn, out, r, self.max_prepared, old) {
+                    if prepare_here(&mut att.conn, out, r, max_prepared, old) {
                         statements::write_parse(out, old, old_rest);
                         r.push(Owed::InjectedParse(old));
                     }
@@ -71,7 +72,7 @@ impl Session<'_> {
                 } else {
                     self.pending_names.parse(name);
                     let h = self.statements.insert(name, rest);
-                    if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
+                    if prepare_here(&mut att.conn, out, r, max_prepared, h) {
                         statements::write_parse(out, h, rest);
                         r.push(Owed::Parse { named: Some(h) });
                     } else {
@@ -99,7 +100,7 @@ impl Session<'_> {
                     .filter(|_| map_names && !skipping && !stmt.is_empty())
                 {
                     Some((h, parse_rest)) => {
-                        if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
+                        if prepare_here(&mut att.conn, out, r, max_prepared, h) {
                             statements::write_parse(out, h, parse_rest);
                             r.push(Owed::InjectedParse(h));
                         }
@@ -132,7 +133,7 @@ impl Session<'_> {
                     .flatten();
                 match known {
                     Some((h, parse_rest)) => {
-                        if prepare_here(&mut att.conn, out, r, self.max_prepared, h) {
+                        if prepare_here(&mut att.conn, out, r, max_prepared, h) {
                             statements::write_parse(out, h, parse_rest);
                             r.push(Owed::InjectedParse(h));
                         }

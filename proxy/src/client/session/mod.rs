@@ -15,6 +15,7 @@ mod attach;
 mod clean_up;
 mod client_messages;
 mod forward;
+mod idle;
 mod relay;
 mod state_probe;
 
@@ -113,8 +114,6 @@ pub(crate) struct Session<'p> {
     /// The proxy answered an extended-protocol message with an error: drop messages to Sync.
     skip_until_sync: bool,
     max_message: usize,
-    /// `max_prepared_statements`: the cap per server connection.
-    max_prepared: usize,
     /// The client's named Parses and Closes whose outcome is not known yet.
     pending_names: PendingNames,
     /// The session's routing hint (`SET switchyard.route`, or the startup option).
@@ -137,6 +136,8 @@ pub(crate) struct Session<'p> {
     /// Transaction mode: the session state that statements sent to the attached server
     /// left, as far as their SQL tells (see `state_probe`).
     found: Found,
+    /// `idle_transaction_timeout_ms` and `client_idle_timeout_ms` (see `idle`).
+    idle_timer: idle::IdleTimer,
 }
 
 /// Why a message got no server.
@@ -159,6 +160,8 @@ enum Event {
     ClientReadable,
     ServerData(std::io::Result<usize>),
     Phase(Phase),
+    /// The client stayed idle past its limit.
+    Idle(idle::Idle),
 }
 
 impl<'p> Session<'p> {
@@ -203,7 +206,6 @@ impl<'p> Session<'p> {
             shutdown,
             skip_until_sync: false,
             max_message: proxy.config.general.max_message_size,
-            max_prepared: proxy.config.general.max_prepared_statements,
             pending_names: PendingNames::default(),
             route_hint,
             more_buffered: false,
@@ -212,12 +214,18 @@ impl<'p> Session<'p> {
             held: false,
             queries: 0,
             found: Found::default(),
+            idle_timer: idle::IdleTimer::default(),
         }
     }
 
     /// Transaction mode, or statement mode (transaction mode that refuses transaction blocks).
     fn transaction_mode(&self) -> bool {
         self.pool.mode.per_transaction()
+    }
+
+    /// `max_prepared_statements`: the cap per server connection.
+    fn max_prepared(&self) -> usize {
+        self.proxy.config.general.max_prepared_statements
     }
 
     fn statement_mode(&self) -> bool {
@@ -354,6 +362,7 @@ impl<'p> Session<'p> {
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection because switchyard is shutting down".into(),
                 )),
+                Event::Idle(idle) => Err(idle.end()),
                 Event::Phase(p) => {
                     self.seen_phase = p;
                     self.phase_waker = None;
@@ -369,16 +378,24 @@ impl<'p> Session<'p> {
 
     /// Waits for client bytes, server bytes or a shutdown phase change.
     async fn wait(&mut self) -> Event {
+        let limit = self.idle_limit();
+        let idle_timer = &mut self.idle_timer;
+        let armed = idle_timer.arm(limit);
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
         // Shutdown: one atomic load per poll; the session's waker sits in its registry slot,
         // which shutdown wakes. No lock, no allocation.
         let (shutdown, slot, seen) = (&self.shutdown, &self.cancel, self.seen_phase);
         let registered = &mut self.phase_waker;
-        let phase_change = std::future::poll_fn(|cx| {
+        // The shutdown phase and the idle timer share one branch of each `select!` below: a
+        // branch costs every wait a poll, and the idle timer is off by default.
+        let phase_or_idle = std::future::poll_fn(|cx| {
             let p = shutdown.phase();
             if p != seen {
-                return std::task::Poll::Ready(p);
+                return std::task::Poll::Ready(Event::Phase(p));
+            }
+            if let std::task::Poll::Ready(idle) = idle_timer.poll(armed, cx) {
+                return std::task::Poll::Ready(Event::Idle(idle));
             }
             // The slot keeps the waker until shutdown wakes it, which only follows a phase
             // change: register again only when the waker differs from the one left there.
@@ -387,7 +404,7 @@ impl<'p> Session<'p> {
                 *registered = Some(cx.waker().clone());
             }
             match shutdown.phase() {
-                p if p != seen => std::task::Poll::Ready(p),
+                p if p != seen => std::task::Poll::Ready(Event::Phase(p)),
                 _ => std::task::Poll::Pending,
             }
         });
@@ -401,19 +418,19 @@ impl<'p> Session<'p> {
                 if held {
                     // The client's messages wait for the server: its socket is not read.
                     return tokio::select! {
-                        biased;
-                        r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
-                        p = phase_change => Event::Phase(p),
-                    };
+                    biased;
+                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
+                    e = phase_or_idle => e,
+                        };
                 }
                 if cbuf.capacity() - cbuf.len() < 1024 {
                     cbuf.reserve(8192);
                 }
                 tokio::select! {
-                    biased;
-                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
-                    r = client.read_buf(cbuf) => Event::ClientData(r),
-                    p = phase_change => Event::Phase(p),
+                biased;
+                r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
+                r = client.read_buf(cbuf) => Event::ClientData(r),
+                e = phase_or_idle => e,
                 }
             }
             // A client that has not sent a query yet waits without a read buffer, so idle
@@ -425,16 +442,16 @@ impl<'p> Session<'p> {
                     Ok(()) => Event::ClientReadable,
                     Err(e) => Event::ClientData(Err(e)),
                 },
-                p = phase_change => Event::Phase(p),
+                e = phase_or_idle => e,
             },
             None => {
                 if cbuf.capacity() - cbuf.len() < 1024 {
                     cbuf.reserve(8192);
                 }
                 tokio::select! {
-                    biased;
-                    r = client.read_buf(cbuf) => Event::ClientData(r),
-                    p = phase_change => Event::Phase(p),
+                biased;
+                r = client.read_buf(cbuf) => Event::ClientData(r),
+                e = phase_or_idle => e,
                 }
             }
         }
