@@ -16,8 +16,38 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+
+/// TCP keepalive for a connection (`general.tcp_keepalive*`): how the kernel notices a peer
+/// that vanished without a word on a connection that is idle. `None` keeps the system's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe.
+    pub idle: Option<Duration>,
+    /// Time between probes.
+    pub interval: Option<Duration>,
+    /// Unanswered probes before the connection is dropped.
+    pub count: Option<u32>,
+}
+
+impl Keepalive {
+    /// Turns keepalive on for `socket` with these settings.
+    pub fn apply(&self, socket: &TcpStream) -> io::Result<()> {
+        let mut k = socket2::TcpKeepalive::new();
+        if let Some(idle) = self.idle {
+            k = k.with_time(idle);
+        }
+        if let Some(interval) = self.interval {
+            k = k.with_interval(interval);
+        }
+        if let Some(count) = self.count {
+            k = k.with_retries(count);
+        }
+        socket2::SockRef::from(socket).set_tcp_keepalive(&k)
+    }
+}
 
 /// A Terminate message: what a client that says goodbye sends before it closes.
 pub const TERMINATE: &[u8] = b"X\0\0\0\x04";
@@ -63,8 +93,13 @@ pub enum Stream {
 
 impl Stream {
     /// Connects to `host:port`, or to the socket file in directory `host` when it starts with
-    /// `/`. TCP sockets get `TCP_NODELAY`: every message the proxy writes is complete.
-    pub async fn connect(host: &str, port: u16) -> io::Result<(Stream, Endpoint)> {
+    /// `/`. TCP sockets get `TCP_NODELAY` (every message the proxy writes is complete) and
+    /// `keepalive`.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        keepalive: Option<Keepalive>,
+    ) -> io::Result<(Stream, Endpoint)> {
         if host.starts_with('/') {
             let path = socket_path(host, port);
             let s = UnixStream::connect(&path).await?;
@@ -72,6 +107,9 @@ impl Stream {
         }
         let s = TcpStream::connect((host, port)).await?;
         s.set_nodelay(true)?;
+        if let Some(k) = keepalive {
+            k.apply(&s)?;
+        }
         let peer = s.peer_addr()?;
         Ok((Stream::Tcp(s), Endpoint::Tcp(peer)))
     }
@@ -282,7 +320,9 @@ mod tests {
         let path = socket_path(dir.to_str().unwrap(), 7);
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let (client, endpoint) = Stream::connect(dir.to_str().unwrap(), 7).await.unwrap();
+        let (client, endpoint) = Stream::connect(dir.to_str().unwrap(), 7, None)
+            .await
+            .unwrap();
         assert_eq!(endpoint, Endpoint::Unix(path.clone()));
         let (server, _) = listener.accept().await.unwrap();
         server.writable().await.unwrap();

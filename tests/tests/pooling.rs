@@ -933,3 +933,78 @@ async fn client_idle_timeout_closes_clients_idle_between_transactions() {
         assert_eq!(v, 3, "{mode}");
     }
 }
+
+/// The established TCP sockets of process `pid`, from `/proc/net/tcp`: (local port, remote
+/// port, the timer running (0 none, 1 retransmit, 2 keepalive, ...), ticks until it fires in
+/// 1/100 s).
+fn tcp_sockets_of(pid: u32) -> Vec<(u16, u16, u8, u64)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local remote st tx:rx tr:when retrnsmt uid timeout inode
+            if f[3] != "01" || !inodes.contains(f[9]) {
+                return None;
+            }
+            let (timer, when) = f[5].split_once(':').unwrap();
+            Some((
+                port(f[1]),
+                port(f[2]),
+                timer.parse().unwrap(),
+                u64::from_str_radix(when, 16).unwrap(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tcp_keepalive_is_set_on_client_and_server_connections() {
+    let primary = shared_cluster().primary.port;
+    for (general, on) in [
+        (
+            "tcp_keepalive_idle_s = 30\ntcp_keepalive_interval_s = 5",
+            true,
+        ),
+        ("tcp_keepalive = false", false),
+    ] {
+        let (db, proxy) = setup(general, "pool_mode = \"session\"\npool_size = 2");
+        let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        c.batch_execute("SELECT 1").await.unwrap();
+        // /proc shows one timer per socket: a retransmit timer, while data is not yet
+        // acknowledged, hides the keepalive timer. Wait for the idle sockets to settle.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (clients, servers) = loop {
+            let sockets = tcp_sockets_of(proxy.pid());
+            let clients: Vec<_> = sockets
+                .iter()
+                .filter(|s| s.0 == proxy.port)
+                .copied()
+                .collect();
+            let servers: Vec<_> = sockets.iter().filter(|s| s.1 == primary).copied().collect();
+            let settled = sockets.iter().all(|s| s.2 == 0 || s.2 == 2);
+            if settled || Instant::now() > deadline {
+                break (clients, servers);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(clients.len(), 1, "{general}: {clients:?}");
+        assert_eq!(servers.len(), 1, "{general}: {servers:?}");
+        for s in clients.iter().chain(&servers) {
+            assert_eq!(s.2, if on { 2 } else { 0 }, "{general}: the timer of {s:?}");
+            if on {
+                assert!(s.3 <= 30 * 100, "{general}: first probe due in {s:?}");
+            }
+        }
+    }
+}

@@ -58,11 +58,35 @@ pub struct General {
     /// After a failed connect, how long a server is reported unhealthy to routing policies
     /// (and left out of their candidates) before it is tried again.
     pub server_login_retry_ms: u64,
+    /// `SO_KEEPALIVE` on client and server TCP connections, so a peer that vanished without
+    /// a word (a crashed host, a dropped NAT or load-balancer entry) is noticed on an idle
+    /// connection and its server or client slot freed. On by default, as in PgBouncer.
+    pub tcp_keepalive: bool,
+    /// Seconds of silence before the first probe (`TCP_KEEPIDLE`); unset: the system's
+    /// (Linux: 7200).
+    pub tcp_keepalive_idle_s: Option<u64>,
+    /// Seconds between probes (`TCP_KEEPINTVL`); unset: the system's (Linux: 75).
+    pub tcp_keepalive_interval_s: Option<u64>,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`); unset: the
+    /// system's (Linux: 9).
+    pub tcp_keepalive_count: Option<u32>,
     /// Longest a routing policy call may run before it is stopped (and the query goes to the
     /// primary).
     pub plugin_deadline_ms: u64,
     /// Memory each routing policy instance may use, in MiB.
     pub plugin_memory_mb: u64,
+}
+
+impl General {
+    /// The keepalive settings for TCP connections; `None` with `tcp_keepalive = false`.
+    pub fn keepalive(&self) -> Option<crate::socket::Keepalive> {
+        let secs = |s: Option<u64>| s.map(std::time::Duration::from_secs);
+        self.tcp_keepalive.then(|| crate::socket::Keepalive {
+            idle: secs(self.tcp_keepalive_idle_s),
+            interval: secs(self.tcp_keepalive_interval_s),
+            count: self.tcp_keepalive_count,
+        })
+    }
 }
 
 impl Default for General {
@@ -83,6 +107,10 @@ impl Default for General {
             client_idle_timeout_ms: 0,
             server_login_retry_ms: 5000,
             max_prepared_statements: 200,
+            tcp_keepalive: true,
+            tcp_keepalive_idle_s: None,
+            tcp_keepalive_interval_s: None,
+            tcp_keepalive_count: None,
             plugin_deadline_ms: 5,
             plugin_memory_mb: 32,
         }

@@ -115,6 +115,39 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_is_on_by_default_and_its_settings_are_checked() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(
+            c.general.keepalive(),
+            Some(crate::socket::Keepalive::default())
+        );
+        let c = parse_str(&format!(
+            "[general]\ntcp_keepalive_idle_s = 60\ntcp_keepalive_count = 3\n{MINIMAL}"
+        ))
+        .unwrap();
+        let k = c.general.keepalive().unwrap();
+        assert_eq!(k.idle, Some(std::time::Duration::from_secs(60)));
+        assert_eq!((k.interval, k.count), (None, Some(3)));
+        let c = parse_str(&format!("[general]\ntcp_keepalive = false\n{MINIMAL}")).unwrap();
+        assert_eq!(c.general.keepalive(), None);
+        for (setting, key) in [
+            ("tcp_keepalive_idle_s = 0", "general.tcp_keepalive_idle_s"),
+            (
+                "tcp_keepalive_interval_s = 40000",
+                "general.tcp_keepalive_interval_s",
+            ),
+            ("tcp_keepalive_count = 200", "general.tcp_keepalive_count"),
+            (
+                "tcp_keepalive = false\ntcp_keepalive_idle_s = 10",
+                "general.tcp_keepalive_idle_s",
+            ),
+        ] {
+            let e = parse_str(&format!("[general]\n{setting}\n{MINIMAL}")).unwrap_err();
+            assert!(e.contains(key), "{setting}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
         let e = parse_str(&format!("{MINIMAL}\n[general]\nlisten = \"x\"\n")).unwrap_err();
         assert!(e.contains("test.toml"), "{e}");

@@ -29,6 +29,28 @@ pub fn check(config: &Config) -> Result<(), Failure> {
             "must be between 1024 and 1073741824 bytes".into(),
         ));
     }
+    for (key, value, max) in [
+        ("tcp_keepalive_idle_s", g.tcp_keepalive_idle_s, 32_767),
+        (
+            "tcp_keepalive_interval_s",
+            g.tcp_keepalive_interval_s,
+            32_767,
+        ),
+        (
+            "tcp_keepalive_count",
+            g.tcp_keepalive_count.map(u64::from),
+            127,
+        ),
+    ] {
+        let Some(value) = value else { continue };
+        let key = format!("general.{key}");
+        if !g.tcp_keepalive {
+            return Err((key, "is set, but general.tcp_keepalive is false".into()));
+        }
+        if value == 0 || value > max {
+            return Err((key, format!("must be between 1 and {max} (Linux's limit)")));
+        }
+    }
     if g.max_client_conn == 0 {
         return Err((
             "general.max_client_conn".into(),

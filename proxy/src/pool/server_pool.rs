@@ -29,6 +29,8 @@ pub struct PoolTimeouts {
     pub lifetime: Option<Duration>,
     /// How long a server that refused a connection stays unhealthy.
     pub login_retry: Duration,
+    /// When the kernel probes an idle server connection whose server may be gone.
+    pub keepalive: Option<crate::socket::Keepalive>,
 }
 
 impl PoolTimeouts {
@@ -40,6 +42,7 @@ impl PoolTimeouts {
             idle: opt(g.idle_timeout_ms),
             lifetime: opt(g.server_lifetime_ms),
             login_retry: Duration::from_millis(g.server_login_retry_ms),
+            keepalive: g.keepalive(),
         }
     }
 }
@@ -157,6 +160,7 @@ impl ServerPool {
             idle: None,
             lifetime: None,
             login_retry,
+            keepalive: None,
         };
         let target = ServerTarget {
             host: "127.0.0.1".into(),
@@ -165,6 +169,7 @@ impl ServerPool {
             user: "u".into(),
             database: "d".into(),
             password: None,
+            keepalive: None,
         };
         ServerPool::new(name.into(), role, target, 20, 0, timeouts, 1)
     }

@@ -4,7 +4,7 @@
 
 use crate::server::params::TrackedParams;
 use crate::server::{ParamList, ServerConn, ServerKey};
-use crate::socket::Stream;
+use crate::socket::{Keepalive, Stream};
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -27,6 +27,8 @@ pub struct ServerTarget {
     pub user: String,
     pub database: String,
     pub password: Option<String>,
+    /// TCP keepalive for its connections (`general.tcp_keepalive*`).
+    pub keepalive: Option<Keepalive>,
 }
 
 /// Why a server connection could not be opened.
@@ -88,7 +90,7 @@ async fn login(
         addr: addr.clone(),
         detail,
     };
-    let (mut stream, peer) = Stream::connect(&target.host, target.port)
+    let (mut stream, peer) = Stream::connect(&target.host, target.port, target.keepalive)
         .await
         .map_err(io)?;
 
