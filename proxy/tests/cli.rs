@@ -43,7 +43,7 @@ fn errors_name_the_file_and_the_key() {
     assert!(stderr.contains("FILE: pools.app"), "{stderr}");
     assert!(stderr.contains("pool_mod"), "{stderr}");
 
-    let (ok, _, stderr) = check(&GOOD.replace("\"transaction\"", "\"statement\""));
+    let (ok, _, stderr) = check(&GOOD.replace("\"transaction\"", "\"statements\""));
     assert!(!ok);
     assert!(stderr.contains("pools.app.pool_mode"), "{stderr}");
 

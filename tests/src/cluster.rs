@@ -222,6 +222,19 @@ impl Cluster {
         .map(|_| ())
     }
 
+    /// Restarts a node with `pg_ctl restart -m fast`: its sessions are ended with FATAL
+    /// `57P01`, as by an operator's restart, and it is back when this returns.
+    pub fn restart_node(&self, node: &Node) -> Result<(), String> {
+        run(self
+            .server_cmd("pg_ctl")
+            .arg("-D")
+            .arg(&node.datadir)
+            .arg("-l")
+            .arg(node.datadir.join("server.log"))
+            .args(["-m", "fast", "-w", "-t", "60", "restart"]))
+        .map(|_| ())
+    }
+
     fn wait_streaming(&self, want: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -134,10 +134,17 @@ pub(crate) async fn handshake(
     // The client's view of the session parameters starts from what a fresh server reports.
     if pool.defaults().is_none() {
         let primary = &pool.servers[pool.primary()];
-        let conn = primary.checkout().await.map_err(|e| match e {
-            crate::pool::CheckoutError::Connect(c) => Refusal::fatal(c.sqlstate(), c.to_string()),
-            other => Refusal::fatal(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
-        })?;
+        // A server that is restarting is waited for, within checkout_timeout_ms.
+        let until = std::time::Instant::now()
+            + std::time::Duration::from_millis(proxy.config.general.checkout_timeout_ms);
+        let conn = Box::pin(primary.checkout_riding_out(until))
+            .await
+            .map_err(|e| match e {
+                crate::pool::CheckoutError::Connect(c) => {
+                    Refusal::fatal(c.sqlstate(), c.to_string())
+                }
+                other => Refusal::fatal(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
+            })?;
         pool.learn_defaults(&conn.reported);
         primary.checkin(conn);
     }

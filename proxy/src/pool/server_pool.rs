@@ -13,12 +13,17 @@ use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Boxed connections: moving one in and out of the pool copies a pointer, not ~300 bytes.
 #[allow(clippy::vec_box)]
 type IdleStack = Vec<Box<ServerConn>>;
+
+/// How often a checkout that rides out a server's restart tries to connect again: often
+/// enough to add little to a restart of a second or two, and at most `pool_size` attempts per
+/// pool each time.
+pub const RIDE_OUT_RETRY: Duration = Duration::from_millis(200);
 
 /// The timeouts that govern every pool.
 #[derive(Debug, Clone, Copy)]
@@ -241,6 +246,25 @@ impl ServerPool {
                     tracing::warn!(server = %self.name, error = %e, "server marked unhealthy");
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// [`ServerPool::checkout`] for a client that no other server will do: a server that
+    /// cannot be reached for a passing reason ([`ConnectError::passing`]: a restart, say) is
+    /// tried again every [`RIDE_OUT_RETRY`] until `until`, so the client waits instead of
+    /// failing. Each try takes a slot as any checkout does, so at most `pool_size` clients of
+    /// a pool try at once.
+    pub async fn checkout_riding_out(&self, until: Instant) -> Result<Pooled, CheckoutError> {
+        loop {
+            match self.checkout().await {
+                Err(CheckoutError::Connect(e))
+                    if e.passing() && Instant::now() + RIDE_OUT_RETRY < until =>
+                {
+                    tracing::debug!(server = %self.name, error = %e, "waiting for the server");
+                    tokio::time::sleep(RIDE_OUT_RETRY).await;
+                }
+                done => return done,
             }
         }
     }

@@ -56,6 +56,20 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// Whether the failure may pass by itself soon: the server refuses connections or is
+    /// starting up, shutting down or full (a restart, a failover), as opposed to a
+    /// configuration fault (a password, a database) or a server too slow to answer.
+    pub fn passing(&self) -> bool {
+        match self {
+            ConnectError::Io { .. } => true,
+            ConnectError::Refused { code, .. } => {
+                // admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections
+                matches!(code.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+            }
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE to show a client.
     pub fn sqlstate(&self) -> &str {
         match self {

@@ -22,9 +22,13 @@ impl Session<'_> {
     pub(super) async fn attach(&mut self, msg: &[u8]) -> Result<(), NoServer> {
         let pool = self.pool.clone();
         // A server that refuses a connection is marked unhealthy, which takes it out of the
-        // policies' candidates: route again, until a route repeats a server that failed.
+        // policies' candidates: route again. When a route repeats a server that failed there
+        // is no other: if it failed for a passing reason (a restart), wait for it within
+        // checkout_timeout_ms, trying again (`ride_out`); else fail.
         let mut failed = 0u64;
         let mut last_error: Option<(&str, String)> = None;
+        // Every failure so far was a passing one.
+        let mut passing = true;
         let (sql, application_name) = if pool.router.reads_requests() {
             let app = self.params.tracked.get(TrackedParams::APPLICATION_NAME);
             (self.sql_of(msg), app)
@@ -48,7 +52,15 @@ impl Session<'_> {
             let index = pool.resolve(route)?;
             let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
             if failed & bit != 0 {
-                return Err(last_error.expect("set with the bit").into());
+                if !passing {
+                    return Err(last_error.expect("set with the bit").into());
+                }
+                let wait = Duration::from_millis(self.proxy.config.general.checkout_timeout_ms);
+                // Rare (a server restarting): boxed, to keep the session future small.
+                let until = std::time::Instant::now() + wait;
+                let waiting = ride_out(&pool, index, &self.client, !self.more_buffered, until);
+                let conn = Box::pin(waiting).await?;
+                break (index, conn, false);
             }
             if let Some(i) = self.parked.iter().position(|p| p.index == index) {
                 let parked = self.parked.swap_remove(i);
@@ -62,9 +74,10 @@ impl Session<'_> {
             };
             match checked_out {
                 Ok(conn) => break (index, conn, false),
-                Err(e @ CheckoutError::Connect(_)) if bit != 0 => {
+                Err(CheckoutError::Connect(e)) if bit != 0 => {
+                    passing &= e.passing();
                     failed |= bit;
-                    last_error = Some(checkout_error(&pool, e));
+                    last_error = Some(checkout_error(&pool, CheckoutError::Connect(e)));
                 }
                 Err(e) => return Err(checkout_error(&pool, e).into()),
             }
@@ -89,6 +102,23 @@ impl Session<'_> {
         conn.prepared.start_batch();
         self.server = Some(Attached { conn, index, keeps });
         Ok(())
+    }
+}
+
+/// Checks out the server at `index` for a client no other server will do, waiting for it
+/// while it cannot be reached for a passing reason (a restart), until `until`.
+async fn ride_out(
+    pool: &UserPool,
+    index: usize,
+    client: &Stream,
+    terminate_counts: bool,
+    until: std::time::Instant,
+) -> Result<crate::pool::Pooled, NoServer> {
+    let checkout = pool.servers[index].checkout_riding_out(until);
+    match queued::unless_client_leaves(client, terminate_counts, checkout).await {
+        None => Err(NoServer::ClientLeft),
+        Some(Ok(conn)) => Ok(conn),
+        Some(Err(e)) => Err(checkout_error(pool, e).into()),
     }
 }
 
