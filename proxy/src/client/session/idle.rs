@@ -4,9 +4,7 @@
 //! PgBouncer, and cost nothing then.
 
 use super::*;
-use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 /// Which idle limit a waiting session is under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +34,27 @@ impl Idle {
 }
 
 impl Session<'_> {
-    /// The idle limit that applies while the session waits now, if any: none while the server
-    /// still owes an answer, since then the client waits, not the proxy.
-    #[inline]
-    pub(super) fn idle_limit(&self) -> Option<(Duration, Idle)> {
+    /// Whether either idle limit is configured: when not (the default), a wait tests this one
+    /// flag and nothing else of this file runs.
+    pub(super) fn idle_limits_configured(g: &crate::config::General) -> bool {
+        g.idle_transaction_timeout_ms > 0 || g.client_idle_timeout_ms > 0
+    }
+
+    /// [`Session::wait`], or the idle limit that applies while the session waits now, if it
+    /// passes first. No limit applies while the server still owes an answer, since then the
+    /// client waits, not the proxy.
+    pub(super) async fn wait_or_idle(&mut self) -> Event {
+        let limit = self.idle_limit();
+        let armed = self.idle_timer.arm(limit);
+        // Out of the session while `wait` borrows it; put back after.
+        let mut timer = std::mem::take(&mut self.idle_timer);
+        let event = self.wait(timer.elapsed(armed)).await;
+        self.idle_timer = timer;
+        event
+    }
+
+    fn idle_limit(&self) -> Option<(Duration, Idle)> {
         let g = &self.proxy.config.general;
-        if g.idle_transaction_timeout_ms == 0 && g.client_idle_timeout_ms == 0 {
-            return None;
-        }
         let status = match &self.server {
             Some(_) if !self.responses.quiet() => return None,
             Some(_) => self.responses.tx_status,
@@ -65,30 +76,25 @@ impl Session<'_> {
 pub(super) struct IdleTimer(Option<Pin<Box<tokio::time::Sleep>>>);
 
 impl IdleTimer {
-    /// Arms the timer for `limit` from now, or leaves it unused without one. Returns what
-    /// [`IdleTimer::poll`] needs.
-    #[inline]
-    pub(super) fn arm(&mut self, limit: Option<(Duration, Idle)>) -> Option<Idle> {
+    /// Arms the timer for `limit` from now, or leaves it unused without one.
+    fn arm(&mut self, limit: Option<(Duration, Idle)>) -> Option<Idle> {
         let (after, idle) = limit?;
-        self.arm_for(after);
-        Some(idle)
-    }
-
-    #[inline(never)]
-    fn arm_for(&mut self, after: Duration) {
         let deadline = tokio::time::Instant::now() + after;
         match &mut self.0 {
             Some(sleep) => sleep.as_mut().reset(deadline),
             None => self.0 = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
+        Some(idle)
     }
 
-    /// Ready when the armed limit has passed; pending forever when none was armed.
-    #[inline]
-    pub(super) fn poll(&mut self, armed: Option<Idle>, cx: &mut Context<'_>) -> Poll<Idle> {
+    /// Waits until the limit `armed` has passed; forever without one.
+    async fn elapsed(&mut self, armed: Option<Idle>) -> Idle {
         match (armed, &mut self.0) {
-            (Some(idle), Some(sleep)) => sleep.as_mut().poll(cx).map(|()| idle),
-            _ => Poll::Pending,
+            (Some(idle), Some(sleep)) => {
+                sleep.as_mut().await;
+                idle
+            }
+            _ => std::future::pending().await,
         }
     }
 }

@@ -136,7 +136,9 @@ pub(crate) struct Session<'p> {
     /// Transaction mode: the session state that statements sent to the attached server
     /// left, as far as their SQL tells (see `state_probe`).
     found: Found,
-    /// `idle_transaction_timeout_ms` and `client_idle_timeout_ms` (see `idle`).
+    /// `idle_transaction_timeout_ms` and `client_idle_timeout_ms` (see `idle`): whether
+    /// either is set, and the timer.
+    idle_limits: bool,
     idle_timer: idle::IdleTimer,
 }
 
@@ -214,6 +216,7 @@ impl<'p> Session<'p> {
             held: false,
             queries: 0,
             found: Found::default(),
+            idle_limits: Self::idle_limits_configured(&proxy.config.general),
             idle_timer: idle::IdleTimer::default(),
         }
     }
@@ -331,7 +334,14 @@ impl<'p> Session<'p> {
                     "terminating connection because switchyard is shutting down".into(),
                 );
             }
-            let event = self.wait().await;
+            let event = if self.idle_limits {
+                // Only with an idle limit configured: boxed, so that the session future (and
+                // the default path) stays as it is without one.
+                Box::pin(self.wait_or_idle()).await
+            } else {
+                // No idle limit: a branch that never fires, which the compiler removes.
+                self.wait(std::future::pending()).await
+            };
             let step = match event {
                 Event::ClientData(Ok(0)) | Event::ClientData(Err(_)) => Err(End::ClientGone),
                 Event::ClientData(Ok(_)) => Ok(()),
@@ -376,26 +386,19 @@ impl<'p> Session<'p> {
         }
     }
 
-    /// Waits for client bytes, server bytes or a shutdown phase change.
-    async fn wait(&mut self) -> Event {
-        let limit = self.idle_limit();
-        let idle_timer = &mut self.idle_timer;
-        let armed = idle_timer.arm(limit);
+    /// Waits for client bytes, server bytes, a shutdown phase change or `idle` (see `idle`).
+    /// Generic, so that the default path, without an idle limit, is compiled on its own.
+    async fn wait<I: std::future::Future<Output = idle::Idle>>(&mut self, idle: I) -> Event {
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
         // Shutdown: one atomic load per poll; the session's waker sits in its registry slot,
         // which shutdown wakes. No lock, no allocation.
         let (shutdown, slot, seen) = (&self.shutdown, &self.cancel, self.seen_phase);
         let registered = &mut self.phase_waker;
-        // The shutdown phase and the idle timer share one branch of each `select!` below: a
-        // branch costs every wait a poll, and the idle timer is off by default.
-        let phase_or_idle = std::future::poll_fn(|cx| {
+        let phase_change = std::future::poll_fn(|cx| {
             let p = shutdown.phase();
             if p != seen {
-                return std::task::Poll::Ready(Event::Phase(p));
-            }
-            if let std::task::Poll::Ready(idle) = idle_timer.poll(armed, cx) {
-                return std::task::Poll::Ready(Event::Idle(idle));
+                return std::task::Poll::Ready(p);
             }
             // The slot keeps the waker until shutdown wakes it, which only follows a phase
             // change: register again only when the waker differs from the one left there.
@@ -404,7 +407,7 @@ impl<'p> Session<'p> {
                 *registered = Some(cx.waker().clone());
             }
             match shutdown.phase() {
-                p if p != seen => std::task::Poll::Ready(Event::Phase(p)),
+                p if p != seen => std::task::Poll::Ready(p),
                 _ => std::task::Poll::Pending,
             }
         });
@@ -418,19 +421,21 @@ impl<'p> Session<'p> {
                 if held {
                     // The client's messages wait for the server: its socket is not read.
                     return tokio::select! {
-                    biased;
-                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
-                    e = phase_or_idle => e,
-                        };
+                        biased;
+                        r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
+                        p = phase_change => Event::Phase(p),
+                        i = idle => Event::Idle(i),
+                    };
                 }
                 if cbuf.capacity() - cbuf.len() < 1024 {
                     cbuf.reserve(8192);
                 }
                 tokio::select! {
-                biased;
-                r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
-                r = client.read_buf(cbuf) => Event::ClientData(r),
-                e = phase_or_idle => e,
+                    biased;
+                    r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
+                    r = client.read_buf(cbuf) => Event::ClientData(r),
+                    p = phase_change => Event::Phase(p),
+                    i = idle => Event::Idle(i),
                 }
             }
             // A client that has not sent a query yet waits without a read buffer, so idle
@@ -442,16 +447,18 @@ impl<'p> Session<'p> {
                     Ok(()) => Event::ClientReadable,
                     Err(e) => Event::ClientData(Err(e)),
                 },
-                e = phase_or_idle => e,
+                p = phase_change => Event::Phase(p),
+                i = idle => Event::Idle(i),
             },
             None => {
                 if cbuf.capacity() - cbuf.len() < 1024 {
                     cbuf.reserve(8192);
                 }
                 tokio::select! {
-                biased;
-                r = client.read_buf(cbuf) => Event::ClientData(r),
-                e = phase_or_idle => e,
+                    biased;
+                    r = client.read_buf(cbuf) => Event::ClientData(r),
+                    p = phase_change => Event::Phase(p),
+                    i = idle => Event::Idle(i),
                 }
             }
         }
