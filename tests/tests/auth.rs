@@ -8,7 +8,8 @@ fn err_code(e: &tokio_postgres::Error) -> String {
 }
 
 /// A pool whose client users each use one auth method, logging in to the server with the
-/// trust role unless `server` says otherwise.
+/// trust role unless `server` says otherwise. `<db>` in `users` stands for the pool (a
+/// placeholder that base64, and so a SCRAM verifier, cannot contain).
 fn proxy_with_users(users: &str) -> (String, Proxy) {
     let cluster = shared_cluster();
     let db = unique_name("auth");
@@ -19,7 +20,7 @@ fn proxy_with_users(users: &str) -> (String, Proxy) {
             cluster,
             &db,
             "pool_mode = \"transaction\"",
-            &users.replace("DB", &db),
+            &users.replace("<db>", &db),
         ),
     );
     (db, proxy)
@@ -31,24 +32,24 @@ async fn client_auth_methods_and_failures() {
     let scram = postgres_protocol::password::scram_sha_256(b"bobpw");
     let users = format!(
         r#"
-[pools.DB.users.alice]
+[pools.<db>.users.alice]
 password = "{md5_hash}"
 server_user = "{t}"
-[pools.DB.users.bob]
+[pools.<db>.users.bob]
 password = "{scram}"
 server_user = "{t}"
-[pools.DB.users.carol]
+[pools.<db>.users.carol]
 password = "carolpw"
 auth = "md5"
 server_user = "{t}"
-[pools.DB.users.dave]
+[pools.<db>.users.dave]
 password = "davepw"
 server_user = "{t}"
-[pools.DB.users.erin]
+[pools.<db>.users.erin]
 password = "erinpw"
 auth = "password"
 server_user = "{t}"
-[pools.DB.users.{t}]
+[pools.<db>.users.{t}]
 "#,
         t = roles::TRUST
     );
@@ -107,14 +108,14 @@ server_user = "{t}"
 async fn proxy_logs_in_to_servers_with_md5_and_scram() {
     let users = format!(
         r#"
-[pools.DB.users.{m}]
+[pools.<db>.users.{m}]
 password = "{mp}"
-[pools.DB.users.{s}]
+[pools.<db>.users.{s}]
 password = "{sp}"
-[pools.DB.users.wrongpw]
+[pools.<db>.users.wrongpw]
 server_user = "{s}"
 server_password = "not-it"
-[pools.DB.users.nopw]
+[pools.<db>.users.nopw]
 server_user = "{m}"
 "#,
         m = roles::MD5,
