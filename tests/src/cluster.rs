@@ -212,26 +212,24 @@ impl Cluster {
     }
 
     fn start_node(&self, node: &Node) -> Result<(), String> {
-        run(self
-            .server_cmd("pg_ctl")
-            .arg("-D")
-            .arg(&node.datadir)
-            .arg("-l")
-            .arg(node.datadir.join("server.log"))
-            .args(["-w", "-t", "60", "start"]))
-        .map(|_| ())
+        self.pg_ctl(node, &["-w", "-t", "60", "start"])
     }
 
     /// Restarts a node with `pg_ctl restart -m fast`: its sessions are ended with FATAL
     /// `57P01`, as by an operator's restart, and it is back when this returns.
     pub fn restart_node(&self, node: &Node) -> Result<(), String> {
+        self.pg_ctl(node, &["-m", "fast", "-w", "-t", "60", "restart"])
+    }
+
+    /// Runs `pg_ctl` on a node, logging to its `server.log`.
+    fn pg_ctl(&self, node: &Node, args: &[&str]) -> Result<(), String> {
         run(self
             .server_cmd("pg_ctl")
             .arg("-D")
             .arg(&node.datadir)
             .arg("-l")
             .arg(node.datadir.join("server.log"))
-            .args(["-m", "fast", "-w", "-t", "60", "restart"]))
+            .args(args))
         .map(|_| ())
     }
 

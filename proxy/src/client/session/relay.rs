@@ -53,6 +53,19 @@ impl Session<'_> {
                         && self.pool.track_session_state;
                 }
             }
+            let unasked =
+                |r: &Responses| transaction_mode && r.quiet() && r.tx_status == b'I' && !r.listened;
+            if f.tag == b'E' && unasked(r) && !att.keeps && is_fatal(body) {
+                // Nothing was asked of this server, which holds nothing of the client's: its
+                // FATAL (a restart, `pg_terminate_backend`) ends the server's session, not the
+                // client's. Forwarded, it would reach a client that asked nothing, and a
+                // driver such as tokio-postgres closes on an unsolicited error.
+                out.extend_from_slice(&buf[from..pos]);
+                pos += f.total;
+                from = pos;
+                fatal = Some(false);
+                continue;
+            }
             if f.tag == b'E' {
                 if is_fatal(body) {
                     let code = backend::error_field(body, b'C');
