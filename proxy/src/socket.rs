@@ -49,6 +49,32 @@ impl Keepalive {
     }
 }
 
+/// How the kernel notices a TCP peer that is gone (`general.tcp_keepalive*` and
+/// `general.tcp_user_timeout_ms`), on client and server connections alike: keepalive probes
+/// find it on an idle connection, and the user timeout on one with data sent and not
+/// acknowledged (a server host that died mid-query, a cable pulled), which keepalive does not
+/// cover and retransmissions would otherwise stretch to about 15 minutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// `None`: no keepalive probes.
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT`; `None`: the system's.
+    pub user_timeout: Option<Duration>,
+}
+
+impl Liveness {
+    /// Sets these options on `socket`.
+    pub fn apply(&self, socket: &TcpStream) -> io::Result<()> {
+        if let Some(k) = &self.keepalive {
+            k.apply(socket)?;
+        }
+        if let Some(t) = self.user_timeout {
+            socket2::SockRef::from(socket).set_tcp_user_timeout(Some(t))?;
+        }
+        Ok(())
+    }
+}
+
 /// A Terminate message: what a client that says goodbye sends before it closes.
 pub const TERMINATE: &[u8] = b"X\0\0\0\x04";
 
@@ -94,11 +120,11 @@ pub enum Stream {
 impl Stream {
     /// Connects to `host:port`, or to the socket file in directory `host` when it starts with
     /// `/`. TCP sockets get `TCP_NODELAY` (every message the proxy writes is complete) and
-    /// `keepalive`.
+    /// `liveness`.
     pub async fn connect(
         host: &str,
         port: u16,
-        keepalive: Option<Keepalive>,
+        liveness: Liveness,
     ) -> io::Result<(Stream, Endpoint)> {
         if host.starts_with('/') {
             let path = socket_path(host, port);
@@ -107,9 +133,7 @@ impl Stream {
         }
         let s = TcpStream::connect((host, port)).await?;
         s.set_nodelay(true)?;
-        if let Some(k) = keepalive {
-            k.apply(&s)?;
-        }
+        liveness.apply(&s)?;
         let peer = s.peer_addr()?;
         Ok((Stream::Tcp(s), Endpoint::Tcp(peer)))
     }
@@ -265,6 +289,33 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn liveness_options_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (s, _) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let s = s.unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(!sock.keepalive().unwrap());
+        Liveness {
+            keepalive: Some(Keepalive {
+                idle: Some(Duration::from_secs(42)),
+                interval: None,
+                count: Some(4),
+            }),
+            user_timeout: Some(Duration::from_millis(2500)),
+        }
+        .apply(&s)
+        .unwrap();
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+    }
+
     /// Polls `poll_peek` once.
     fn peek_now(s: &Stream, terminate_counts: bool) -> Poll<Peeked> {
         let waker = std::task::Waker::noop();
@@ -320,7 +371,7 @@ mod tests {
         let path = socket_path(dir.to_str().unwrap(), 7);
         let _ = std::fs::remove_file(&path);
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let (client, endpoint) = Stream::connect(dir.to_str().unwrap(), 7, None)
+        let (client, endpoint) = Stream::connect(dir.to_str().unwrap(), 7, Liveness::default())
             .await
             .unwrap();
         assert_eq!(endpoint, Endpoint::Unix(path.clone()));

@@ -147,6 +147,26 @@ impl Cluster {
     }
 }
 
+/// Server-side sessions of `db` as seen by the primary: (state, query) for client backends.
+pub fn activity(db: &str) -> Vec<(String, String)> {
+    let c = shared_cluster();
+    let out = c
+        .psql(
+            c.primary.port,
+            "postgres",
+            &format!(
+                "select state, query from pg_stat_activity where datname = '{db}' and backend_type = 'client backend' and pid <> pg_backend_pid()"
+            ),
+        )
+        .unwrap();
+    out.lines()
+        .map(|l| {
+            let (s, q) = l.split_once('|').unwrap_or((l, ""));
+            (s.to_string(), q.to_string())
+        })
+        .collect()
+}
+
 /// The first column of the first row of a simple-protocol result, parsed.
 pub fn first_value<T: std::str::FromStr>(
     messages: &[tokio_postgres::SimpleQueryMessage],

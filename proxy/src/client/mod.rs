@@ -67,11 +67,9 @@ async fn log_in<'p>(
 ) -> Option<session::Session<'p>> {
     if let Stream::Tcp(s) = &stream {
         let _ = s.set_nodelay(true);
-        if let Some(k) = proxy.config.general.keepalive() {
-            // A client that vanished is noticed and its server, if it holds one, freed.
-            if let Err(e) = k.apply(s) {
-                tracing::warn!(error = %e, "cannot set TCP keepalive on a client connection");
-            }
+        // A client that vanished is noticed and its server, if it holds one, freed.
+        if let Err(e) = proxy.config.general.liveness().apply(s) {
+            tracing::warn!(error = %e, "cannot set TCP keepalive or user timeout on a client connection");
         }
     }
     let mut buf = BytesMut::new();

@@ -114,6 +114,10 @@ pub struct Responses {
     /// answer): PostgreSQL forgets the session's prepared statements. How many entries of
     /// `name_outcomes` came before it; the session acts on it.
     pub discarded: Option<usize>,
+    /// Counts the server's ReadyForQuery messages and the servers attached (wrapping): when
+    /// it moves, a request was answered in full or a new server took over. `query_timeout_ms`
+    /// gives each request its time from there.
+    pub progress: u16,
 }
 
 impl Default for Responses {
@@ -130,6 +134,7 @@ impl Default for Responses {
             name_outcomes: VecDeque::new(),
             listened: false,
             discarded: None,
+            progress: 0,
         }
     }
 }
@@ -148,6 +153,7 @@ impl Responses {
         self.name_outcomes.clear();
         self.listened = false;
         self.discarded = None;
+        self.progress = self.progress.wrapping_add(1);
     }
 
     /// Records a refusal: the proxy sent a stand-in in place of the client's message, and the
@@ -330,6 +336,7 @@ impl Responses {
                 self.at_sync = self.queue.iter().all(|o| matches!(o, Owed::Synthetic(_)));
                 self.server_skipping = false;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
+                self.progress = self.progress.wrapping_add(1);
             }
             b'E' => match self
                 .queue

@@ -52,6 +52,12 @@ pub struct General {
     /// A client idle outside a transaction this long is closed with FATAL `57P05`
     /// (0 = never; PgBouncer's `client_idle_timeout`).
     pub client_idle_timeout_ms: u64,
+    /// A request (a Query, or extended-protocol messages up to a Sync) that the server has not
+    /// answered this long after it got to it is cancelled and the server connection closed;
+    /// the client gets `57014` (0 = never; PgBouncer's `query_timeout`). A safety net for a
+    /// server that hangs or a network that drops packets; the server's own
+    /// `statement_timeout`, set a little lower, is the way to bound queries.
+    pub query_timeout_ms: u64,
     /// Proxy-named prepared statements kept per server connection in transaction mode; past
     /// it the least recently used is closed (0 = no limit).
     pub max_prepared_statements: usize,
@@ -70,6 +76,10 @@ pub struct General {
     /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`); unset: the
     /// system's (Linux: 9).
     pub tcp_keepalive_count: Option<u32>,
+    /// How long data sent on a TCP connection may stay unacknowledged before the connection
+    /// is dropped (`TCP_USER_TIMEOUT`, in ms; 0 = the system's, about 15 minutes of
+    /// retransmissions; PgBouncer's `tcp_user_timeout`).
+    pub tcp_user_timeout_ms: u64,
     /// Longest a routing policy call may run before it is stopped (and the query goes to the
     /// primary).
     pub plugin_deadline_ms: u64,
@@ -78,6 +88,15 @@ pub struct General {
 }
 
 impl General {
+    /// How client and server TCP connections notice a peer that is gone.
+    pub fn liveness(&self) -> crate::socket::Liveness {
+        crate::socket::Liveness {
+            keepalive: self.keepalive(),
+            user_timeout: (self.tcp_user_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.tcp_user_timeout_ms)),
+        }
+    }
+
     /// The keepalive settings for TCP connections; `None` with `tcp_keepalive = false`.
     pub fn keepalive(&self) -> Option<crate::socket::Keepalive> {
         let secs = |s: Option<u64>| s.map(std::time::Duration::from_secs);
@@ -105,12 +124,14 @@ impl Default for General {
             cancel_timeout_ms: 5000,
             idle_transaction_timeout_ms: 0,
             client_idle_timeout_ms: 0,
+            query_timeout_ms: 0,
             server_login_retry_ms: 5000,
             max_prepared_statements: 200,
             tcp_keepalive: true,
             tcp_keepalive_idle_s: None,
             tcp_keepalive_interval_s: None,
             tcp_keepalive_count: None,
+            tcp_user_timeout_ms: 0,
             plugin_deadline_ms: 5,
             plugin_memory_mb: 32,
         }

@@ -115,6 +115,24 @@ mod tests {
     }
 
     #[test]
+    fn tcp_user_timeout_is_the_systems_unless_set() {
+        let c = parse_str(MINIMAL).unwrap();
+        assert_eq!(c.general.liveness().user_timeout, None);
+        let c = parse_str(&format!(
+            "[general]\ntcp_user_timeout_ms = 30000\n{MINIMAL}"
+        ))
+        .unwrap();
+        let l = c.general.liveness();
+        assert_eq!(l.user_timeout, Some(std::time::Duration::from_secs(30)));
+        assert!(l.keepalive.is_some(), "keepalive stays on beside it");
+        let e = parse_str(&format!(
+            "[general]\ntcp_user_timeout_ms = 4000000000\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert!(e.contains("general.tcp_user_timeout_ms"), "{e}");
+    }
+
+    #[test]
     fn keepalive_is_on_by_default_and_its_settings_are_checked() {
         let c = parse_str(MINIMAL).unwrap();
         assert_eq!(

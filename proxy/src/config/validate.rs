@@ -51,6 +51,12 @@ pub fn check(config: &Config) -> Result<(), Failure> {
             return Err((key, format!("must be between 1 and {max} (Linux's limit)")));
         }
     }
+    if g.tcp_user_timeout_ms > i32::MAX as u64 {
+        return Err((
+            "general.tcp_user_timeout_ms".into(),
+            format!("must be at most {} (Linux's limit)", i32::MAX),
+        ));
+    }
     if g.max_client_conn == 0 {
         return Err((
             "general.max_client_conn".into(),

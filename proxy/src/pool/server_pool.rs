@@ -34,8 +34,8 @@ pub struct PoolTimeouts {
     pub lifetime: Option<Duration>,
     /// How long a server that refused a connection stays unhealthy.
     pub login_retry: Duration,
-    /// When the kernel probes an idle server connection whose server may be gone.
-    pub keepalive: Option<crate::socket::Keepalive>,
+    /// How the kernel notices a server that is gone.
+    pub liveness: crate::socket::Liveness,
 }
 
 impl PoolTimeouts {
@@ -47,7 +47,7 @@ impl PoolTimeouts {
             idle: opt(g.idle_timeout_ms),
             lifetime: opt(g.server_lifetime_ms),
             login_retry: Duration::from_millis(g.server_login_retry_ms),
-            keepalive: g.keepalive(),
+            liveness: g.liveness(),
         }
     }
 }
@@ -165,7 +165,7 @@ impl ServerPool {
             idle: None,
             lifetime: None,
             login_retry,
-            keepalive: None,
+            liveness: Default::default(),
         };
         let target = ServerTarget {
             host: "127.0.0.1".into(),
@@ -174,7 +174,7 @@ impl ServerPool {
             user: "u".into(),
             database: "d".into(),
             password: None,
-            keepalive: None,
+            liveness: Default::default(),
         };
         ServerPool::new(name.into(), role, target, 20, 0, timeouts, 1)
     }

@@ -74,7 +74,7 @@ impl UserPool {
                         .clone()
                         .unwrap_or_else(|| database.to_owned()),
                     password: server_password.clone(),
-                    keepalive: timeouts.keepalive,
+                    liveness: timeouts.liveness,
                 };
                 ServerPool::new(
                     s.name.clone().unwrap_or(addr),

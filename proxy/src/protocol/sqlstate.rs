@@ -25,6 +25,8 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 /// `57P05` idle_session_timeout: `client_idle_timeout_ms` passed.
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// `57014` query_canceled: the server did not answer within `query_timeout_ms`.
+pub const QUERY_CANCELED: &str = "57014";
 /// `0A000` feature_not_supported: unsupported protocol version or request.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 /// `P0001` raise_exception: a routing policy rejected the query (the policy's message follows).

@@ -4,7 +4,7 @@
 
 use crate::server::params::TrackedParams;
 use crate::server::{ParamList, ServerConn, ServerKey};
-use crate::socket::{Keepalive, Stream};
+use crate::socket::{Liveness, Stream};
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -27,8 +27,9 @@ pub struct ServerTarget {
     pub user: String,
     pub database: String,
     pub password: Option<String>,
-    /// TCP keepalive for its connections (`general.tcp_keepalive*`).
-    pub keepalive: Option<Keepalive>,
+    /// How its TCP connections notice a server that is gone (`general.tcp_keepalive*`,
+    /// `general.tcp_user_timeout_ms`).
+    pub liveness: Liveness,
 }
 
 /// Why a server connection could not be opened.
@@ -104,7 +105,7 @@ async fn login(
         addr: addr.clone(),
         detail,
     };
-    let (mut stream, peer) = Stream::connect(&target.host, target.port, target.keepalive)
+    let (mut stream, peer) = Stream::connect(&target.host, target.port, target.liveness)
         .await
         .map_err(io)?;
 

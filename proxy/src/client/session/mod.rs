@@ -15,9 +15,9 @@ mod attach;
 mod clean_up;
 mod client_messages;
 mod forward;
-mod idle;
 mod relay;
 mod state_probe;
+mod time_limits;
 
 use forward::named_statement;
 
@@ -136,10 +136,10 @@ pub(crate) struct Session<'p> {
     /// Transaction mode: the session state that statements sent to the attached server
     /// left, as far as their SQL tells (see `state_probe`).
     found: Found,
-    /// `idle_transaction_timeout_ms` and `client_idle_timeout_ms` (see `idle`): whether
-    /// either is set, and the timer.
-    idle_limits: bool,
-    idle_timer: idle::IdleTimer,
+    /// `idle_transaction_timeout_ms`, `client_idle_timeout_ms` and `query_timeout_ms` (see
+    /// `time_limits`): whether any is set, and the timer.
+    time_limits: bool,
+    limit_timer: time_limits::LimitTimer,
 }
 
 /// Why a message got no server.
@@ -162,8 +162,8 @@ enum Event {
     ClientReadable,
     ServerData(std::io::Result<usize>),
     Phase(Phase),
-    /// The client stayed idle past its limit.
-    Idle(idle::Idle),
+    /// A time limit passed: the client stayed idle, or the server did not answer.
+    Limit(time_limits::Limit),
 }
 
 impl<'p> Session<'p> {
@@ -216,8 +216,8 @@ impl<'p> Session<'p> {
             held: false,
             queries: 0,
             found: Found::default(),
-            idle_limits: Self::idle_limits_configured(&proxy.config.general),
-            idle_timer: idle::IdleTimer::default(),
+            time_limits: Self::time_limits_configured(&proxy.config.general),
+            limit_timer: time_limits::LimitTimer::default(),
         }
     }
 
@@ -334,12 +334,12 @@ impl<'p> Session<'p> {
                     "terminating connection because switchyard is shutting down".into(),
                 );
             }
-            let event = if self.idle_limits {
-                // Only with an idle limit configured: boxed, so that the session future (and
+            let event = if self.time_limits {
+                // Only with a time limit configured: boxed, so that the session future (and
                 // the default path) stays as it is without one.
-                Box::pin(self.wait_or_idle()).await
+                Box::pin(self.wait_limited()).await
             } else {
-                // No idle limit: a branch that never fires, which the compiler removes.
+                // No time limit: a branch that never fires, which the compiler removes.
                 self.wait(std::future::pending()).await
             };
             let step = match event {
@@ -372,7 +372,7 @@ impl<'p> Session<'p> {
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection because switchyard is shutting down".into(),
                 )),
-                Event::Idle(idle) => Err(idle.end()),
+                Event::Limit(limit) => self.limit_passed(limit),
                 Event::Phase(p) => {
                     self.seen_phase = p;
                     self.phase_waker = None;
@@ -386,9 +386,13 @@ impl<'p> Session<'p> {
         }
     }
 
-    /// Waits for client bytes, server bytes, a shutdown phase change or `idle` (see `idle`).
-    /// Generic, so that the default path, without an idle limit, is compiled on its own.
-    async fn wait<I: std::future::Future<Output = idle::Idle>>(&mut self, idle: I) -> Event {
+    /// Waits for client bytes, server bytes, a shutdown phase change or `limit` (see
+    /// `time_limits`). Generic, so that the default path, without a limit, is compiled on its
+    /// own.
+    async fn wait<L: std::future::Future<Output = time_limits::Limit>>(
+        &mut self,
+        limit: L,
+    ) -> Event {
         let client = &mut self.client;
         let cbuf = &mut self.cbuf;
         // Shutdown: one atomic load per poll; the session's waker sits in its registry slot,
@@ -424,7 +428,7 @@ impl<'p> Session<'p> {
                         biased;
                         r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
                         p = phase_change => Event::Phase(p),
-                        i = idle => Event::Idle(i),
+                        l = limit => Event::Limit(l),
                     };
                 }
                 if cbuf.capacity() - cbuf.len() < 1024 {
@@ -435,7 +439,7 @@ impl<'p> Session<'p> {
                     r = conn.stream.read_buf(&mut conn.rbuf) => Event::ServerData(r),
                     r = client.read_buf(cbuf) => Event::ClientData(r),
                     p = phase_change => Event::Phase(p),
-                    i = idle => Event::Idle(i),
+                    l = limit => Event::Limit(l),
                 }
             }
             // A client that has not sent a query yet waits without a read buffer, so idle
@@ -448,7 +452,7 @@ impl<'p> Session<'p> {
                     Err(e) => Event::ClientData(Err(e)),
                 },
                 p = phase_change => Event::Phase(p),
-                i = idle => Event::Idle(i),
+                l = limit => Event::Limit(l),
             },
             None => {
                 if cbuf.capacity() - cbuf.len() < 1024 {
@@ -458,7 +462,7 @@ impl<'p> Session<'p> {
                     biased;
                     r = client.read_buf(cbuf) => Event::ClientData(r),
                     p = phase_change => Event::Phase(p),
-                    i = idle => Event::Idle(i),
+                    l = limit => Event::Limit(l),
                 }
             }
         }

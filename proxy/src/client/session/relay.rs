@@ -198,13 +198,9 @@ impl Session<'_> {
     /// the session goes on, unless the client was inside a transaction or the session depends on
     /// that server (session mode): then, as PostgreSQL itself would, the client is closed.
     pub(super) fn server_lost(&mut self, why: &str, client_told: bool) -> Result<(), End> {
-        let Some(att) = self.server.take() else {
+        let Some(att) = &self.server else {
             return Ok(());
         };
-        self.cancel.clear();
-        self.fail_pending_names();
-        // What the statements left went with the server.
-        self.found = Found::default();
         tracing::warn!(
             server = %self.pool.servers[att.index].name,
             pid = self.pid,
@@ -212,6 +208,27 @@ impl Session<'_> {
             "server connection lost"
         );
         let message = format!("server connection lost: {why}");
+        self.give_up_server(sqlstate::CONNECTION_FAILURE, message, client_told)
+    }
+
+    /// Drops the attached server connection with what it owed. The client gets the error
+    /// `code`, `message` in place of each answer it was owed and the session goes on, unless
+    /// that loses more than those answers (see [`Session::server_lost`]); then the same error
+    /// ends it. `client_told`: the request being answered already got the server's own
+    /// FATAL error.
+    pub(super) fn give_up_server(
+        &mut self,
+        code: &'static str,
+        message: String,
+        client_told: bool,
+    ) -> Result<(), End> {
+        let Some(att) = self.server.take() else {
+            return Ok(());
+        };
+        self.cancel.clear();
+        self.fail_pending_names();
+        // What the statements left went with the server.
+        self.found = Found::default();
         let r = &self.responses;
         drop(att.conn);
         // A server holding the client's LISTEN, or other state that could not move, is session
@@ -221,17 +238,11 @@ impl Session<'_> {
             if owed > 0 {
                 if r.partial > 0 {
                     // A message was cut in the middle: the client's stream cannot be repaired.
-                    return Err(End::Fatal(sqlstate::CONNECTION_FAILURE, message));
+                    return Err(End::Fatal(code, message));
                 }
                 for i in 0..owed {
-                    // The request being answered already got the server's own FATAL error.
                     if i > 0 || !client_told {
-                        backend::error(
-                            &mut self.to_client,
-                            Severity::Error,
-                            sqlstate::CONNECTION_FAILURE,
-                            &message,
-                        );
+                        backend::error(&mut self.to_client, Severity::Error, code, &message);
                     }
                     backend::ready_for_query(&mut self.to_client, b'I');
                 }
@@ -241,7 +252,7 @@ impl Session<'_> {
                 return Ok(());
             }
         }
-        Err(End::Fatal(sqlstate::CONNECTION_FAILURE, message))
+        Err(End::Fatal(code, message))
     }
 }
 
