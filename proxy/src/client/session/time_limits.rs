@@ -106,13 +106,19 @@ impl Session<'_> {
 }
 
 /// The session's limit timer: allocated the first time a limit applies (never, with all
-/// limits off), then re-armed for each wait, so a session without limits pays one test per
-/// wait. One pointer in the session, whose future every connected client keeps.
+/// limits off). One pointer in the session, whose future every connected client keeps.
+///
+/// Deadlines move later with every request or wait, and moving a tokio timer means a trip to
+/// the timer wheel under its lock. So the timer is moved only when a deadline comes earlier
+/// than it is set for; set too early, it fires, finds the deadline later, and is moved then, at
+/// most once per limit's length.
 #[derive(Default)]
 pub(super) struct LimitTimer(Option<Box<Armed>>);
 
 struct Armed {
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// When the armed limit passes (the sleep may be set earlier).
+    deadline: tokio::time::Instant,
     /// The limit the deadline was set for.
     limit: Option<Limit>,
     /// `Responses::progress` when the query limit was armed: the deadline stands while the
@@ -135,6 +141,7 @@ impl LimitTimer {
         let a = self.0.get_or_insert_with(|| {
             Box::new(Armed {
                 sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                deadline,
                 limit: None,
                 progress,
             })
@@ -142,9 +149,12 @@ impl LimitTimer {
         let same_request =
             limit == Limit::Query && a.limit == Some(Limit::Query) && a.progress == progress;
         if !same_request {
-            a.sleep.as_mut().reset(deadline);
+            a.deadline = deadline;
             a.limit = Some(limit);
             a.progress = progress;
+            if a.sleep.deadline() > deadline {
+                a.sleep.as_mut().reset(deadline);
+            }
         }
         Some(limit)
     }
@@ -154,7 +164,15 @@ impl LimitTimer {
     async fn elapsed(&mut self, armed: Option<Limit>) -> Limit {
         match (armed, &mut self.0) {
             (Some(limit), Some(a)) => {
-                a.sleep.as_mut().await;
+                loop {
+                    a.sleep.as_mut().await;
+                    if a.sleep.deadline() >= a.deadline {
+                        break;
+                    }
+                    // Set early (see above): on to the deadline.
+                    let deadline = a.deadline;
+                    a.sleep.as_mut().reset(deadline);
+                }
                 a.limit = None;
                 limit
             }
