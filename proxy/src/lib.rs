@@ -14,6 +14,7 @@ pub mod config;
 pub mod listener;
 pub mod pool;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod shutdown;
@@ -52,6 +53,7 @@ pub async fn run(
     config: Config,
     listeners: listener::Listeners,
     stop: impl Future<Output = ()>,
+    reload_from: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let n = config
         .general
@@ -74,6 +76,8 @@ pub async fn run(
         "switchyard listening"
     );
     clock::spawn_ticker(shutdown.clone());
+    // SIGHUP reloads the routing policies from the config file.
+    let reloader = reload_from.map(|path| tokio::spawn(reload::on_sighup(path, pools.clone())));
     // On a worker, so that min_pool_size connections live on a worker's reactor.
     workers.get(0).spawn(pool::reaper(
         pools.clone(),
@@ -108,6 +112,9 @@ pub async fn run(
         grace_ms = grace.as_millis() as u64,
         "shutting down: no new connections; transactions in flight may finish"
     );
+    if let Some(r) = &reloader {
+        r.abort();
+    }
     controller.enter(Phase::Draining);
     proxy.cancels.wake_all();
     let _ = accept.await;

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match switchyard::run(config, listeners, stop_signal()).await {
+        match switchyard::run(config, listeners, stop_signal(), Some(cli.config)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: cannot start: {e}");

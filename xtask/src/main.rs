@@ -173,12 +173,14 @@ fn demo() -> Result<(), String> {
         "\nSwitchyard is running in front of a primary (127.0.0.1:{}) and 2 streaming replicas (ports {}).\n\
          Config: {}\n\nConnect with:\n\n    psql \"host=127.0.0.1 port=6432 user=demo password=demo dbname=demo\"\n\n\
          Try: pgbench -i -h 127.0.0.1 -p {} -U {} demo, then pgbench -h 127.0.0.1 -p 6432 -U demo -S -c 10 -T 10 demo\n\
-         (password demo). Press Ctrl-C to stop everything.\n",
+         (password demo). To swap the routing policies live, edit the config and run: kill -HUP {}\n\
+         Press Ctrl-C to stop everything.\n",
         cluster.primary.port,
         ports.join(", "),
         config_path.display(),
         cluster.primary.port,
         roles::TRUST,
+        child.id(),
     );
     loop {
         if let Ok(Some(status)) = child.try_wait() {

@@ -4,7 +4,7 @@
 use crate::auth::{AuthMethod, ClientSecret};
 use crate::config::{PoolConfig, PoolMode, Role, UserConfig};
 use crate::pool::{PoolTimeouts, ServerPool};
-use crate::router::{Route, Router};
+use crate::router::{Route, Router, SwappableRouter};
 use crate::server::{ParamList, ServerTarget};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,7 +22,8 @@ pub struct UserPool {
     /// One pool per configured server, in config order (the router's backend indexes).
     pub servers: Arc<Vec<ServerPool>>,
     primary: usize,
-    pub router: Arc<dyn Router>,
+    /// Its routing policies, replaced by a reload while clients are served.
+    pub router: SwappableRouter,
     /// ParameterStatus of a fresh server connection, learnt from the first one.
     defaults: OnceLock<ParamList>,
     next_replica: AtomicUsize,
@@ -88,7 +89,7 @@ impl UserPool {
             })
             .collect();
         let servers = Arc::new(servers);
-        let router = make_router(&servers);
+        let router = SwappableRouter::new(make_router(&servers));
         let primary = servers
             .iter()
             .position(|s| s.role == Role::Primary)

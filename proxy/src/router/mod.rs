@@ -8,11 +8,13 @@ pub mod classify;
 pub mod hints;
 mod plain_select;
 mod primary;
+mod swap;
 pub mod wasm;
 
 pub use classify::{Classification, Classifier, StatementKind};
 pub use hints::Hint;
 pub use primary::PrimaryOnly;
+pub use swap::SwappableRouter;
 
 /// What a router sees when a client needs a server.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ pub struct ParamList(Vec<(String, String)>);
 
 impl ParamList {
     /// An empty list.
-    pub fn new() -> Self {
+    pub const fn new() -> Self {
         ParamList(Vec::new())
     }
 

@@ -34,7 +34,7 @@ use crate::config::PoolMode;
 use crate::pool::{CheckoutError, Pooled, UserPool};
 use crate::protocol::backend::{self, error_message, Severity};
 use crate::protocol::{frame, sqlstate};
-use crate::router::{hints, Hint, RouteRequest};
+use crate::router::{hints, Hint, RouteRequest, Router};
 use crate::server::maintenance;
 use crate::server::params::parse_parameter_status;
 use crate::server::params::TrackedParams;

@@ -21,7 +21,7 @@ use super::bindings::switchyard::policy::types::{
     StatementKind as WitKind, Topology,
 };
 use super::engine::{deadline_ticks, LoadedPlugin};
-use super::instance::{new_slot, with_live, InstanceError, Live};
+use super::instance::{new_slot, retire, with_live, InstanceError, Live};
 use crate::config::{FallbackReads, Role};
 use crate::pool::ServerPool;
 use crate::router::classify::{Classification, Classifier, StatementKind};
@@ -56,6 +56,14 @@ pub struct PolicyChain {
     next: AtomicUsize,
     /// Calls that trapped or failed, since start.
     pub traps: AtomicU64,
+}
+
+impl Drop for PolicyChain {
+    /// A reload replaced the chain and its last call has returned: every worker drops its
+    /// instances of it at its next call.
+    fn drop(&mut self) {
+        retire(self.links.iter().map(|l| l.slot));
+    }
 }
 
 impl PolicyChain {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use thiserror::Error;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 /// How often the epoch advances. Each wake-up of the ticker thread costs CPU (measured: a 1 ms
@@ -111,10 +111,11 @@ impl LoadedPlugin {
         let engine = &PluginEngine::get().engine;
         let p = || path.to_owned();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: p(), source })?;
-        let component = Component::new(engine, &bytes).map_err(|e| LoadError::Compile {
-            path: p(),
-            message: format!("{e:#}"),
-        })?;
+        let component =
+            super::compiled::component(engine, path, bytes).map_err(|e| LoadError::Compile {
+                path: p(),
+                message: format!("{e:#}"),
+            })?;
         for (import, _) in component.component_type().imports(engine) {
             let allowed = ALLOWED_IMPORT_PREFIXES
                 .iter()

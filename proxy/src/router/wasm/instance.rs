@@ -17,7 +17,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use wasmtime::{Store, UpdateDeadline};
 
 /// Why an instance could not be made or used.
@@ -200,13 +200,54 @@ fn arm(store: &mut Store<HostState>, deadline_ticks: u64) {
 
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 
-/// A number for one (pool, plugin) pair, naming its instance on every worker thread.
+/// A number for one (pool, plugin) pair, naming its instance on every worker thread. Never
+/// reused, so a retired slot cannot be mistaken for a live one.
 pub fn new_slot() -> usize {
     NEXT_SLOT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The slots of chains that are gone (a reload replaced them), in order of retirement. Each
+/// worker drops its instances in them at its next call; instances hold up to
+/// `plugin_memory_mb` each, so they must not outlive their chain.
+static RETIRED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// `RETIRED.len()`, read without the lock on every call.
+static RETIRED_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Retires `slots`: their instances are dropped on every worker thread at its next call.
+pub fn retire(slots: impl IntoIterator<Item = usize>) {
+    let mut retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+    retired.extend(slots);
+    RETIRED_LEN.store(retired.len(), Ordering::Release);
+}
+
+/// One worker thread's instances, by slot.
+struct Table {
+    live: Vec<Option<Live>>,
+    /// How much of `RETIRED` this thread has acted on.
+    retired_seen: usize,
+}
+
+impl Table {
+    /// Drops the instances of slots retired since the last look: one atomic load when none
+    /// were (a lock only after a reload).
+    fn drop_retired(&mut self) {
+        if RETIRED_LEN.load(Ordering::Acquire) == self.retired_seen {
+            return;
+        }
+        let retired = RETIRED.lock().unwrap_or_else(|e| e.into_inner());
+        for &slot in &retired[self.retired_seen..] {
+            if let Some(entry) = self.live.get_mut(slot) {
+                *entry = None;
+            }
+        }
+        self.retired_seen = retired.len();
+    }
+}
+
 thread_local! {
-    static LIVE: RefCell<Vec<Option<Live>>> = const { RefCell::new(Vec::new()) };
+    static LIVE: RefCell<Table> = const {
+        RefCell::new(Table { live: Vec::new(), retired_seen: 0 })
+    };
 }
 
 /// Runs `f` with this thread's instance in `slot`, creating it with `make` if there is none.
@@ -218,20 +259,28 @@ pub fn with_live<R>(
 ) -> Result<R, InstanceError> {
     LIVE.with(|table| {
         let mut table = table.borrow_mut();
-        if table.len() <= slot {
-            table.resize_with(slot + 1, || None);
+        table.drop_retired();
+        let live = &mut table.live;
+        if live.len() <= slot {
+            live.resize_with(slot + 1, || None);
         }
-        let entry = &mut table[slot];
+        let entry = &mut live[slot];
         if entry.is_none() {
             *entry = Some(make()?);
         }
-        let live = entry.as_mut().expect("just made");
-        let r = f(live);
+        let instance = entry.as_mut().expect("just made");
+        let r = f(instance);
         if r.is_err() {
             *entry = None;
         }
         r
     })
+}
+
+/// How many instances this thread holds (for tests of retirement).
+#[cfg(test)]
+fn live_here() -> usize {
+    LIVE.with(|t| t.borrow().live.iter().filter(|e| e.is_some()).count())
 }
 
 #[cfg(test)]
@@ -290,6 +339,28 @@ mod tests {
             live.store.data().deadline.overran(),
             "the epoch jumped after the call ended: the fixture's work is too short"
         );
+    }
+
+    #[test]
+    fn retired_slots_lose_their_instances_at_the_next_call() {
+        let plugin = LoadedPlugin::load(&fixture("evil_policy"), "flip".into(), 16 << 20)
+            .expect("load the fixture");
+        let make = || Live::new(&plugin, Arc::new(Vec::new()), None);
+        let (a, b) = (new_slot(), new_slot());
+        with_live(a, make, |_| Ok(())).unwrap();
+        with_live(b, make, |_| Ok(())).unwrap();
+        assert_eq!(live_here(), 2);
+        retire([a]);
+        assert_eq!(
+            live_here(),
+            2,
+            "dropped at the next call, not from another thread"
+        );
+        with_live(b, make, |_| Ok(())).unwrap();
+        assert_eq!(live_here(), 1);
+        retire([b]);
+        with_live(new_slot(), make, |_| Ok(())).unwrap();
+        assert_eq!(live_here(), 1, "only the new one is left");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! * [`engine`]: one Engine per process, an epoch ticker for call deadlines, and loading: a
 //!   component is compiled once, its imports checked against an allow-list, `init` run on a
 //!   scratch instance so that a bad config is refused with the plugin's own message.
+//! * [`compiled`]: compiled components by file, so a reload compiles only what changed.
 //! * [`cpu_deadline`]: a call is stopped for the CPU it used, not for time it spent waiting
 //!   for a CPU.
 //! * [`host`]: what a plugin may call (`log`, `now-ms`, `in-flight`); nothing else.
@@ -14,6 +15,7 @@
 
 mod bindings;
 pub mod chain;
+mod compiled;
 pub mod cpu_deadline;
 pub mod engine;
 pub mod host;
