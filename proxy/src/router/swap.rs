@@ -9,23 +9,36 @@
 
 use super::{Route, RouteRequest, Router};
 use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The router of one pool, swappable at runtime. Calls go to whichever router was current
 /// when they began.
+///
+/// Cost per routed transaction: one `arc-swap` load (measured with callgrind: about 100
+/// instructions of the ~5,900 a transaction costs the proxy in user space, with
+/// `reads_requests` answered from a copy so that it needs no load of its own).
 pub struct SwappableRouter {
     current: ArcSwap<Arc<dyn Router>>,
+    /// The current router's `reads_requests()`, stored before it is published. A call that
+    /// reads it just before a swap may build a request the new router does not need, or,
+    /// for that one call, one without the SQL text: a policy chain treats a statement without
+    /// text as one of unknown kind, which is never surely a read (the primary is safe).
+    reads_requests: AtomicBool,
 }
 
 impl SwappableRouter {
     pub fn new(router: Arc<dyn Router>) -> Self {
         SwappableRouter {
+            reads_requests: AtomicBool::new(router.reads_requests()),
             current: ArcSwap::from_pointee(router),
         }
     }
 
     /// Publishes `router`: every call that starts from now on uses it.
     pub fn replace(&self, router: Arc<dyn Router>) {
+        self.reads_requests
+            .store(router.reads_requests(), Ordering::Relaxed);
         self.current.store(Arc::new(router));
     }
 
@@ -47,7 +60,7 @@ impl Router for SwappableRouter {
 
     #[inline]
     fn reads_requests(&self) -> bool {
-        self.current.load().reads_requests()
+        self.reads_requests.load(Ordering::Relaxed)
     }
 
     fn session_closed(&self, session_id: i32) {
