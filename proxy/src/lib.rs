@@ -53,7 +53,7 @@ pub async fn run(
     config: Config,
     listeners: listener::Listeners,
     stop: impl Future<Output = ()>,
-    reload_from: Option<std::path::PathBuf>,
+    reloads: Option<reload::Reloads>,
 ) -> std::io::Result<()> {
     let n = config
         .general
@@ -77,7 +77,7 @@ pub async fn run(
     );
     clock::spawn_ticker(shutdown.clone());
     // SIGHUP reloads the routing policies from the config file.
-    let reloader = reload_from.map(|path| tokio::spawn(reload::on_sighup(path, pools.clone())));
+    let reloader = reloads.map(|r| tokio::spawn(r.serve(pools.clone())));
     // On a worker, so that min_pool_size connections live on a worker's reactor.
     workers.get(0).spawn(pool::reaper(
         pools.clone(),

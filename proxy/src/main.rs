@@ -63,6 +63,14 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before binding: a SIGHUP from someone who saw the port open is caught, not fatal.
+        let reloads = match switchyard::reload::Reloads::catch(cli.config.clone()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot catch SIGHUP; policies will not reload");
+                None
+            }
+        };
         let listeners = match switchyard::listener::Listeners::bind(&config.general).await {
             Ok(l) => l,
             Err(e) => {
@@ -70,7 +78,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match switchyard::run(config, listeners, stop_signal(), Some(cli.config)).await {
+        match switchyard::run(config, listeners, stop_signal(), reloads).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: cannot start: {e}");

@@ -35,35 +35,47 @@ pub fn reload_policies(path: &Path, pools: &Pools) -> Outcome {
     }
 }
 
-/// Reloads the routing policies from `path` at each `SIGHUP`, until the process ends. Runs
-/// on the main thread's runtime; the loading runs on a blocking thread.
-pub async fn on_sighup(path: PathBuf, pools: Arc<Pools>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; policies will not reload");
-            return;
-        }
-    };
-    while hangups.recv().await.is_some() {
-        tracing::info!(config = %path.display(), "SIGHUP: reloading the routing policies");
-        let (p, pools) = (path.clone(), pools.clone());
-        let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || reload_policies(&p, &pools)).await {
-            Ok(Outcome::Reloaded { notes }) => {
-                for note in &notes {
-                    tracing::warn!(%note, "reload");
+/// `SIGHUP`s caught from the moment this is made, and the config file they reload: made
+/// before the proxy binds its port, so that a `SIGHUP` sent while it starts (policies may
+/// take seconds to compile) is kept for later, not the default action that ends the process.
+pub struct Reloads {
+    path: PathBuf,
+    hangups: tokio::signal::unix::Signal,
+}
+
+impl Reloads {
+    /// Starts catching `SIGHUP` (inside a tokio runtime).
+    pub fn catch(path: PathBuf) -> std::io::Result<Reloads> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Reloads {
+            path,
+            hangups: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Reloads the routing policies of `pools` at each `SIGHUP`, until the process ends. Runs
+    /// on the main thread's runtime; the loading runs on a blocking thread.
+    pub async fn serve(mut self, pools: Arc<Pools>) {
+        let path = self.path;
+        while self.hangups.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the routing policies");
+            let (p, pools) = (path.clone(), pools.clone());
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || reload_policies(&p, &pools)).await {
+                Ok(Outcome::Reloaded { notes }) => {
+                    for note in &notes {
+                        tracing::warn!(%note, "reload");
+                    }
+                    tracing::info!(
+                        ms = started.elapsed().as_millis() as u64,
+                        "routing policies reloaded; other settings take effect at the next start"
+                    );
                 }
-                tracing::info!(
-                    ms = started.elapsed().as_millis() as u64,
-                    "routing policies reloaded; other settings take effect at the next start"
-                );
+                Ok(Outcome::Refused(why)) => {
+                    tracing::error!(error = %why, "reload refused; the running policies stay");
+                }
+                Err(e) => tracing::error!(error = %e, "reload failed; the running policies stay"),
             }
-            Ok(Outcome::Refused(why)) => {
-                tracing::error!(error = %why, "reload refused; the running policies stay");
-            }
-            Err(e) => tracing::error!(error = %e, "reload failed; the running policies stay"),
         }
     }
 }

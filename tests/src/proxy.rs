@@ -137,6 +137,39 @@ impl Proxy {
         }
     }
 
+    /// Runs pgbench through the proxy as the trust role and returns (processed, failed)
+    /// transactions; a pgbench that fails shows its output and the proxy's log.
+    pub fn pgbench(&self, db: &str, args: &[&str]) -> (u64, u64) {
+        let c = crate::shared_cluster();
+        let out = Command::new(c.bindir.join("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U"])
+            .arg(crate::roles::TRUST)
+            .args(args)
+            .arg(db)
+            .output()
+            .expect("run pgbench");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "pgbench {args:?} failed:\n{stdout}\n{stderr}\n{}",
+            self.log()
+        );
+        let number = |label: &str| -> u64 {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(label))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.split('/').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no '{label}' in pgbench output:\n{stdout}"))
+        };
+        (
+            number("number of transactions actually processed: "),
+            number("number of failed transactions: "),
+        )
+    }
+
     /// Everything the proxy logged so far.
     pub fn log(&self) -> String {
         let mut s = String::new();
