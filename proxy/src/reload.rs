@@ -10,6 +10,7 @@
 //! servers' `weight`, `plugin_deadline_ms`, `plugin_memory_mb`); other settings take effect
 //! at the next start.
 
+use crate::config::diff;
 use crate::pool::Pools;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,21 +18,54 @@ use std::sync::Arc;
 /// What a reload did, for the log and for tests.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The policies were published; the notes name pools left as they were.
-    Reloaded { notes: Vec<String> },
+    /// The policies were published. `notes` name pools left as they were; `unapplied`, the
+    /// keys that differ from the running config and wait for a restart.
+    Reloaded {
+        notes: Vec<String>,
+        unapplied: Vec<String>,
+    },
     /// Nothing changed: the config or a policy was refused.
     Refused(String),
 }
 
-/// Reads `path` and publishes its routing policies in `pools`. Blocking: it compiles.
-pub fn reload_policies(path: &Path, pools: &Pools) -> Outcome {
+/// Reads `path` and publishes its routing policies in `pools`. `running` is the config file
+/// the proxy started with, as a TOML tree: the keys that differ from it and do not reload are
+/// reported. Blocking: it compiles.
+pub fn reload_policies(path: &Path, pools: &Pools, running: Option<&toml::Value>) -> Outcome {
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => return Outcome::Refused(format!("invalid config: {e}")),
     };
-    match pools.reload_policies(&config) {
-        Ok(notes) => Outcome::Reloaded { notes },
-        Err(e) => Outcome::Refused(format!("{}: {e}", path.display())),
+    let notes = match pools.reload_policies(&config) {
+        Ok(notes) => notes,
+        Err(e) => return Outcome::Refused(format!("{}: {e}", path.display())),
+    };
+    let unapplied = match (running, read_tree(path)) {
+        (Some(old), Some(new)) => diff::changed_keys(old, &new)
+            .into_iter()
+            .filter(|key| !reloads(key))
+            .map(|key| diff::display(&key))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Outcome::Reloaded { notes, unapplied }
+}
+
+/// The config file as a TOML tree, if it reads and parses.
+fn read_tree(path: &Path) -> Option<toml::Value> {
+    toml::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Whether a reload applies a change to this key: the routing policies and what only they use.
+fn reloads(key: &[String]) -> bool {
+    let k: Vec<&str> = key.iter().map(String::as_str).collect();
+    match k.as_slice() {
+        ["general", "plugin_deadline_ms" | "plugin_memory_mb"] => true,
+        ["pools", _, "policies", ..] | ["pools", _, "write_functions" | "fallback_reads", ..] => {
+            true
+        }
+        ["pools", _, "servers", server, "weight"] => server.starts_with('['),
+        _ => false,
     }
 }
 
@@ -41,6 +75,8 @@ pub fn reload_policies(path: &Path, pools: &Pools) -> Outcome {
 pub struct Reloads {
     path: PathBuf,
     hangups: tokio::signal::unix::Signal,
+    /// The file as it was at startup: what the running settings came from.
+    running: Option<toml::Value>,
 }
 
 impl Reloads {
@@ -48,8 +84,9 @@ impl Reloads {
     pub fn catch(path: PathBuf) -> std::io::Result<Reloads> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Reloads {
-            path,
             hangups: signal(SignalKind::hangup())?,
+            running: read_tree(&path),
+            path,
         })
     }
 
@@ -57,14 +94,19 @@ impl Reloads {
     /// on the main thread's runtime; the loading runs on a blocking thread.
     pub async fn serve(mut self, pools: Arc<Pools>) {
         let path = self.path;
+        let running = Arc::new(self.running);
         while self.hangups.recv().await.is_some() {
             tracing::info!(config = %path.display(), "SIGHUP: reloading the routing policies");
-            let (p, pools) = (path.clone(), pools.clone());
+            let (p, pools, running) = (path.clone(), pools.clone(), running.clone());
             let started = std::time::Instant::now();
-            match tokio::task::spawn_blocking(move || reload_policies(&p, &pools)).await {
-                Ok(Outcome::Reloaded { notes }) => {
+            let reload = move || reload_policies(&p, &pools, running.as_ref().as_ref());
+            match tokio::task::spawn_blocking(reload).await {
+                Ok(Outcome::Reloaded { notes, unapplied }) => {
                     for note in &notes {
                         tracing::warn!(%note, "reload");
+                    }
+                    for key in &unapplied {
+                        tracing::warn!(%key, "changed in the config file; takes effect at the next start");
                     }
                     tracing::info!(
                         ms = started.elapsed().as_millis() as u64,
@@ -76,6 +118,44 @@ impl Reloads {
                 }
                 Err(e) => tracing::error!(error = %e, "reload failed; the running policies stay"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(path: &str) -> Vec<String> {
+        path.split('.')
+            .flat_map(|s| match s.split_once('[') {
+                Some((name, index)) => vec![name.to_string(), format!("[{index}")],
+                None => vec![s.to_string()],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_policy_keys_reload() {
+        for k in [
+            "pools.app.policies",
+            "pools.app.policies[0].config",
+            "pools.app.write_functions",
+            "pools.app.fallback_reads",
+            "pools.app.servers[1].weight",
+            "general.plugin_deadline_ms",
+        ] {
+            assert!(reloads(&key(k)), "{k}");
+        }
+        for k in [
+            "pools.app",
+            "pools.app.servers",
+            "pools.app.servers[1].port",
+            "pools.app.pool_size",
+            "pools.app.users.alice.password",
+            "general.query_timeout_ms",
+        ] {
+            assert!(!reloads(&key(k)), "{k}");
         }
     }
 }

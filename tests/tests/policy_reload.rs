@@ -184,6 +184,21 @@ async fn sighup_swaps_policies_while_clients_run() {
         "reads after refused reloads: {kept:?}"
     );
 
+    // A change that does not reload is named, and the policies reload regardless.
+    let log = proxy.log();
+    assert!(
+        !log.contains("takes effect at the next start key="),
+        "{log}"
+    );
+    let resized = pool_with(&db, &[]).replace("pool_size = 6", "pool_size = 7");
+    let log = reload(&proxy, &resized, "routing policies reloaded");
+    assert!(
+        log.contains(&format!(
+            "changed in the config file; takes effect at the next start key=pools.{db}.pool_size"
+        )),
+        "{log}"
+    );
+
     // And back, many times over while the readers run: every swap is clean.
     for i in 0..6 {
         let policies: &[(&str, &str)] = if i % 2 == 0 { &split } else { &[] };

@@ -3,6 +3,7 @@
 //! Unknown keys are errors. Every error names the file and the key (`pools.app.users.alice.auth`),
 //! so `switchyard check --config FILE` tells the operator exactly what to fix.
 
+pub mod diff;
 mod file;
 mod validate;
 
