@@ -242,6 +242,24 @@ async fn no_sleeper_left(db: &str) {
     }
 }
 
+/// A `pg_sleep(30)` sent on `c` is cut by the query timeout with FATAL `57014`: the client is
+/// closed and the server's query cancelled.
+async fn cut_fatally(
+    c: &tokio_postgres::Client,
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    db: &str,
+) {
+    let e = c.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    let (code, _, fatal) = db_error(&e);
+    assert_eq!((code.as_str(), fatal), ("57014", true));
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the client is closed")
+        .unwrap()
+        .ok();
+    no_sleeper_left(db).await;
+}
+
 #[tokio::test]
 async fn query_timeout_cancels_an_unanswered_request_and_the_client_goes_on() {
     let (db, proxy) = setup(
@@ -284,15 +302,7 @@ async fn query_timeout_cancels_an_unanswered_request_and_the_client_goes_on() {
     t.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
         .await
         .unwrap();
-    let e = t.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
-    let (code, _, fatal) = db_error(&e);
-    assert_eq!((code.as_str(), fatal), ("57014", true));
-    tokio::time::timeout(Duration::from_secs(5), t_conn)
-        .await
-        .expect("the client is closed")
-        .unwrap()
-        .ok();
-    no_sleeper_left(&db).await;
+    cut_fatally(&t, t_conn, &db).await;
     let n: i64 = c
         .query_one("SELECT count(*) FROM t", &[])
         .await
@@ -311,15 +321,7 @@ async fn query_timeout_in_session_mode_closes_the_client() {
     c.batch_execute("SET application_name = 'kept'; SELECT pg_sleep(0.2)")
         .await
         .unwrap();
-    let e = c.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
-    let (code, _, fatal) = db_error(&e);
-    assert_eq!((code.as_str(), fatal), ("57014", true));
-    tokio::time::timeout(Duration::from_secs(5), conn)
-        .await
-        .expect("the client is closed")
-        .unwrap()
-        .ok();
-    no_sleeper_left(&db).await;
+    cut_fatally(&c, conn, &db).await;
     // The pool of one has its server back (a new one).
     let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     let v: i32 = c.query_one("SELECT 6::int", &[]).await.unwrap().get(0);
