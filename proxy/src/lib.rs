@@ -77,7 +77,7 @@ pub async fn run(
     );
     clock::spawn_ticker(shutdown.clone());
     // SIGHUP reloads the routing policies from the config file.
-    let reloader = reloads.map(|r| tokio::spawn(r.serve(pools.clone())));
+    let reloader = reloads.map(|r| tokio::spawn(r.serve(pools.clone(), workers.clone())));
     // On a worker, so that min_pool_size connections live on a worker's reactor.
     workers.get(0).spawn(pool::reaper(
         pools.clone(),
@@ -112,8 +112,10 @@ pub async fn run(
         grace_ms = grace.as_millis() as u64,
         "shutting down: no new connections; transactions in flight may finish"
     );
-    if let Some(r) = &reloader {
+    if let Some(r) = reloader {
+        // Awaited, so that its hold on the workers is gone before they are stopped.
         r.abort();
+        let _ = r.await;
     }
     controller.enter(Phase::Draining);
     proxy.cancels.wake_all();

@@ -12,6 +12,7 @@
 
 use crate::config::diff;
 use crate::pool::Pools;
+use crate::workers::Workers;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,6 +50,17 @@ pub fn reload_policies(path: &Path, pools: &Pools, running: Option<&toml::Value>
         _ => Vec::new(),
     };
     Outcome::Reloaded { notes, unapplied }
+}
+
+/// Has every worker drop its instances of replaced policies, once the calls that had loaded
+/// them (each a few microseconds, synchronous) have returned and the chains are gone.
+fn sweep(workers: &Workers) {
+    for i in 0..workers.count() {
+        workers.get(i).spawn(async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            crate::router::wasm::sweep_retired();
+        });
+    }
 }
 
 /// The config file as a TOML tree, if it reads and parses.
@@ -91,8 +103,9 @@ impl Reloads {
     }
 
     /// Reloads the routing policies of `pools` at each `SIGHUP`, until the process ends. Runs
-    /// on the main thread's runtime; the loading runs on a blocking thread.
-    pub async fn serve(mut self, pools: Arc<Pools>) {
+    /// on the main thread's runtime; the loading runs on a blocking thread. After a reload each
+    /// of the `workers` drops its instances of the replaced policies.
+    pub async fn serve(mut self, pools: Arc<Pools>, workers: Arc<Workers>) {
         let path = self.path;
         let running = Arc::new(self.running);
         while self.hangups.recv().await.is_some() {
@@ -112,6 +125,7 @@ impl Reloads {
                         ms = started.elapsed().as_millis() as u64,
                         "routing policies reloaded; other settings take effect at the next start"
                     );
+                    sweep(&workers);
                 }
                 Ok(Outcome::Refused(why)) => {
                     tracing::error!(error = %why, "reload refused; the running policies stay");

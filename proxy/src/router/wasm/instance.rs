@@ -277,6 +277,17 @@ pub fn with_live<R>(
     })
 }
 
+/// Drops this thread's instances of retired slots now, rather than at its next call: a reload
+/// asks each worker to, so that instances of a replaced chain do not stay on a worker that
+/// makes no more policy calls (one whose pools now route without policies).
+pub fn sweep_retired() {
+    LIVE.with(|table| {
+        if let Ok(mut table) = table.try_borrow_mut() {
+            table.drop_retired();
+        }
+    });
+}
+
 /// How many instances this thread holds (for tests of retirement).
 #[cfg(test)]
 fn live_here() -> usize {
@@ -361,6 +372,11 @@ mod tests {
         retire([b]);
         with_live(new_slot(), make, |_| Ok(())).unwrap();
         assert_eq!(live_here(), 1, "only the new one is left");
+        let c = new_slot();
+        with_live(c, make, |_| Ok(())).unwrap();
+        retire([c]);
+        sweep_retired();
+        assert_eq!(live_here(), 1, "swept without a call");
     }
 
     #[test]

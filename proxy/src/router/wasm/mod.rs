@@ -24,6 +24,7 @@ mod memo;
 
 pub use chain::PolicyChain;
 pub use engine::{LoadError, LoadedPlugin, PluginEngine};
+pub use instance::sweep_retired;
 
 /// A component that `cargo xtask test` built (it builds them before the tests), found from the
 /// running test or bench binary: target/<profile>/deps/<binary> ->
