@@ -105,10 +105,10 @@ impl Readers {
         std::mem::take(&mut *self.ports.lock().unwrap())
     }
 
-    /// Where reads ran during 300 ms, starting 200 ms from now (reads routed before a swap
-    /// may still be answered just after it).
+    /// Where reads ran during 300 ms, starting 500 ms from now (reads routed before a swap
+    /// may still be answered just after it, later on a busy machine).
     async fn next_reads(&self) -> HashMap<u16, u64> {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         self.take();
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.take()

@@ -268,9 +268,9 @@ async fn query_timeout_cancels_an_unanswered_request_and_the_client_goes_on() {
     );
     let (c, conn) = connect_watched(&proxy, &db).await;
     c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
-    // Each request has its own time: eight of 300 ms sent in one pipeline take 2.4 s, and
+    // Each request has its own time: eight of 200 ms sent in one pipeline take 1.6 s, and
     // none is cut. Idle time is not the server's: the client waits 900 ms between requests.
-    let sleep = c.prepare("SELECT pg_sleep(0.3)").await.unwrap();
+    let sleep = c.prepare("SELECT pg_sleep(0.2)").await.unwrap();
     let pipeline = (0..8).map(|_| c.query(&sleep, &[]));
     for r in futures_util::future::join_all(pipeline).await {
         r.unwrap();
