@@ -33,7 +33,12 @@ pub enum Outcome {
 /// the proxy started with, as a TOML tree: the keys that differ from it and do not reload are
 /// reported. Blocking: it compiles.
 pub fn reload_policies(path: &Path, pools: &Pools, running: Option<&toml::Value>) -> Outcome {
-    let config = match crate::config::load(path) {
+    // Read once: the policies and the list of unapplied keys come from the same text.
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Refused(format!("cannot read {}: {e}", path.display())),
+    };
+    let config = match crate::config::parse(&text, path) {
         Ok(c) => c,
         Err(e) => return Outcome::Refused(format!("invalid config: {e}")),
     };
@@ -41,7 +46,7 @@ pub fn reload_policies(path: &Path, pools: &Pools, running: Option<&toml::Value>
         Ok(notes) => notes,
         Err(e) => return Outcome::Refused(format!("{}: {e}", path.display())),
     };
-    let unapplied = match (running, read_tree(path)) {
+    let unapplied = match (running, toml::from_str::<toml::Value>(&text).ok()) {
         (Some(old), Some(new)) => diff::changed_keys(old, &new)
             .into_iter()
             .filter(|key| !reloads(key))
@@ -61,11 +66,6 @@ fn sweep(workers: &Workers) {
             crate::router::wasm::sweep_retired();
         });
     }
-}
-
-/// The config file as a TOML tree, if it reads and parses.
-fn read_tree(path: &Path) -> Option<toml::Value> {
-    toml::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
 /// Whether a reload applies a change to this key: the routing policies and what only they use.
@@ -97,7 +97,9 @@ impl Reloads {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Reloads {
             hangups: signal(SignalKind::hangup())?,
-            running: read_tree(&path),
+            running: std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| toml::from_str(&text).ok()),
             path,
         })
     }

@@ -1,6 +1,6 @@
 //! A pool's router, replaced while traffic flows.
 //!
-//! `SIGHUP` reloads the routing policies (see `pool::reload`): the new chain is compiled and
+//! `SIGHUP` reloads the routing policies (see `crate::reload`): the new chain is compiled and
 //! checked first, then published here in one atomic store. A route call loads the current
 //! router (an `arc-swap` load: no lock, no allocation) and holds it only for that call, so
 //! a client's next transaction uses the new policy while the transaction in flight keeps the
