@@ -6,6 +6,7 @@
 //! wire format; [`auth`] checks client passwords; [`cancel`] and [`shutdown`] are the two
 //! cross-cutting concerns.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod client;
@@ -37,6 +38,9 @@ pub struct Proxy {
     pub cancels: CancelRegistry,
     pub clients: Arc<ClientCounter>,
     pub shutdown: Shutdown,
+    /// Reloads the routing policies (the admin console's `RELOAD`); `None` when the proxy
+    /// runs without a config file to reload from.
+    pub reloader: Option<Arc<reload::Reloader>>,
 }
 
 /// Half the CPUs, at least one. Most of a pooler's CPU is the kernel's TCP work charged to it;
@@ -62,12 +66,20 @@ pub async fn run(
     let workers = Arc::new(workers::Workers::start(n)?);
     let (controller, shutdown) = ShutdownController::new();
     let pools = Arc::new(Pools::from_config(&config, n).map_err(std::io::Error::other)?);
+    let (reloader, hangups) = match reloads {
+        Some(r) => {
+            let (reloader, hangups) = r.into_parts(pools.clone(), &workers);
+            (Some(reloader), Some(hangups))
+        }
+        None => (None, None),
+    };
     let proxy = Arc::new(Proxy {
         config,
         pools: pools.clone(),
         cancels: CancelRegistry::default(),
         clients: Arc::new(ClientCounter::default()),
         shutdown: shutdown.clone(),
+        reloader: reloader.clone(),
     });
     tracing::info!(
         addr = %proxy.config.general.listen_addr,
@@ -77,7 +89,9 @@ pub async fn run(
     );
     clock::spawn_ticker(shutdown.clone());
     // SIGHUP reloads the routing policies from the config file.
-    let reloader = reloads.map(|r| tokio::spawn(r.serve(pools.clone(), workers.clone())));
+    let hangups = hangups
+        .zip(reloader)
+        .map(|(h, reloader)| tokio::spawn(h.serve(reloader)));
     // On a worker, so that min_pool_size connections live on a worker's reactor.
     workers.get(0).spawn(pool::reaper(
         pools.clone(),
@@ -112,10 +126,10 @@ pub async fn run(
         grace_ms = grace.as_millis() as u64,
         "shutting down: no new connections; transactions in flight may finish"
     );
-    if let Some(r) = reloader {
-        // Awaited, so that its hold on the workers is gone before they are stopped.
-        r.abort();
-        let _ = r.await;
+    if let Some(h) = hangups {
+        // Awaited, so that a reload in progress is over before the workers are stopped.
+        h.abort();
+        let _ = h.await;
     }
     controller.enter(Phase::Draining);
     proxy.cancels.wake_all();

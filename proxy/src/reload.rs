@@ -1,4 +1,5 @@
-//! `SIGHUP`: reload the routing policies while clients are served.
+//! `SIGHUP` or the admin console's `RELOAD`: reload the routing policies while clients are
+//! served.
 //!
 //! The config file is read and validated again; each pool's policies are compiled and checked
 //! (imports, `init` on a canary) off the tokio workers; only when all of them load are they
@@ -14,7 +15,7 @@ use crate::config::diff;
 use crate::pool::Pools;
 use crate::workers::Workers;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// What a reload did, for the log and for tests.
 #[derive(Debug)]
@@ -104,37 +105,87 @@ impl Reloads {
         })
     }
 
-    /// Reloads the routing policies of `pools` at each `SIGHUP`, until the process ends. Runs
-    /// on the main thread's runtime; the loading runs on a blocking thread. After a reload each
-    /// of the `workers` drops its instances of the replaced policies.
-    pub async fn serve(mut self, pools: Arc<Pools>, workers: Arc<Workers>) {
-        let path = self.path;
-        let running = Arc::new(self.running);
-        while self.hangups.recv().await.is_some() {
-            tracing::info!(config = %path.display(), "SIGHUP: reloading the routing policies");
-            let (p, pools, running) = (path.clone(), pools.clone(), running.clone());
-            let started = std::time::Instant::now();
-            let reload = move || reload_policies(&p, &pools, running.as_ref().as_ref());
-            match tokio::task::spawn_blocking(reload).await {
-                Ok(Outcome::Reloaded { notes, unapplied }) => {
-                    for note in &notes {
-                        tracing::warn!(%note, "reload");
-                    }
-                    for key in &unapplied {
-                        tracing::warn!(%key, "changed in the config file; takes effect at the next start");
-                    }
-                    tracing::info!(
-                        ms = started.elapsed().as_millis() as u64,
-                        "routing policies reloaded; other settings take effect at the next start"
-                    );
+    /// The reloader of `pools` for this config file, and the signals that will trigger it
+    /// (see [`Hangups::serve`]).
+    pub fn into_parts(self, pools: Arc<Pools>, workers: &Arc<Workers>) -> (Arc<Reloader>, Hangups) {
+        let reloader = Arc::new(Reloader {
+            path: self.path,
+            running: self.running,
+            pools,
+            workers: Arc::downgrade(workers),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        });
+        (reloader, Hangups(self.hangups))
+    }
+}
+
+/// The `SIGHUP`s still to act on.
+pub struct Hangups(tokio::signal::unix::Signal);
+
+impl Hangups {
+    /// Reloads at each `SIGHUP`, until the process ends.
+    pub async fn serve(mut self, reloader: Arc<Reloader>) {
+        while self.0.recv().await.is_some() {
+            reloader.reload("SIGHUP").await;
+        }
+    }
+}
+
+/// Reloads the routing policies from the config file the proxy started with: at `SIGHUP`,
+/// and at the admin console's `RELOAD`. One reload runs at a time.
+pub struct Reloader {
+    path: PathBuf,
+    /// The file as it was at startup: what the running settings came from.
+    running: Option<toml::Value>,
+    pools: Arc<Pools>,
+    /// Weak: the workers are stopped at shutdown, which needs the last strong reference.
+    workers: Weak<Workers>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// Reloads and logs the outcome; `why` says who asked. The loading runs on a blocking
+    /// thread. After a reload each worker drops its instances of the replaced policies.
+    pub async fn reload(&self, why: &str) -> Outcome {
+        let _one = self.one_at_a_time.lock().await;
+        let path = self.path.clone();
+        tracing::info!(config = %path.display(), "{why}: reloading the routing policies");
+        let started = std::time::Instant::now();
+        let pools = self.pools.clone();
+        let running = self.running.clone();
+        let reload = move || reload_policies(&path, &pools, running.as_ref());
+        let outcome = tokio::task::spawn_blocking(reload)
+            .await
+            .unwrap_or_else(|e| Outcome::Refused(format!("the reload failed: {e}")));
+        match &outcome {
+            Outcome::Reloaded { notes, unapplied } => {
+                for note in notes {
+                    tracing::warn!(%note, "reload");
+                }
+                for key in unapplied {
+                    tracing::warn!(%key, "changed in the config file; takes effect at the next start");
+                }
+                tracing::info!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "routing policies reloaded; other settings take effect at the next start"
+                );
+                if let Some(workers) = self.workers.upgrade() {
                     sweep(&workers);
                 }
-                Ok(Outcome::Refused(why)) => {
-                    tracing::error!(error = %why, "reload refused; the running policies stay");
-                }
-                Err(e) => tracing::error!(error = %e, "reload failed; the running policies stay"),
+            }
+            Outcome::Refused(why) => {
+                tracing::error!(error = %why, "reload refused; the running policies stay");
             }
         }
+        outcome
     }
 }
 

@@ -170,6 +170,38 @@ impl Proxy {
         )
     }
 
+    /// Runs `sql` with psql through the proxy (unaligned, tuples only, stop at the first
+    /// error): (success, stdout, stderr, where psql prints notices and errors).
+    pub fn psql(
+        &self,
+        user: &str,
+        password: Option<&str>,
+        db: &str,
+        sql: &str,
+    ) -> (bool, String, String) {
+        let mut psql = Command::new(crate::shared_cluster().bindir.join("psql"));
+        psql.args(["-X", "-At", "-h", "127.0.0.1", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                db,
+                "-c",
+                sql,
+            ]);
+        if let Some(p) = password {
+            psql.env("PGPASSWORD", p);
+        }
+        let out = psql.output().expect("run psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Everything the proxy logged so far.
     pub fn log(&self) -> String {
         let mut s = String::new();

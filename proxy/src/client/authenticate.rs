@@ -6,7 +6,6 @@ use super::Refusal;
 use crate::auth::md5::{constant_time_eq, expected_response, stored_hash};
 use crate::auth::scram::{ScramError, ScramExchange};
 use crate::auth::{AuthMethod, ClientSecret};
-use crate::pool::UserPool;
 use crate::protocol::{backend, frame, sqlstate};
 use crate::socket::Stream;
 use bytes::{Buf, BytesMut};
@@ -54,17 +53,16 @@ async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), Refusal> {
     r
 }
 
-/// Runs the configured exchange for the pool's user.
+/// Runs the configured exchange for `user`: `auth` with its stored `secret`.
 pub(crate) async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    pool: &UserPool,
+    user: &str,
+    (auth, secret): (AuthMethod, Option<&ClientSecret>),
     max: usize,
 ) -> Result<(), Refusal> {
-    let user = pool.user.as_str();
     let mut out = BytesMut::new();
-    let secret = pool.secret.as_ref();
-    match (pool.auth, secret) {
+    match (auth, secret) {
         (AuthMethod::Trust, _) => Ok(()),
         (AuthMethod::Password, Some(ClientSecret::Plain { password, .. })) => {
             backend::auth_cleartext(&mut out);

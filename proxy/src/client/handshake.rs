@@ -16,8 +16,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the first packets asked for.
 pub(crate) enum Hello {
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
     Login(Login),
+    /// A user of the admin console, logged in and greeted.
+    Console {
+        user: String,
+    },
 }
 
 /// A logged-in client, ready for its session.
@@ -114,6 +121,31 @@ pub(crate) async fn handshake(
             "replication connections are not supported by switchyard",
         ));
     }
+    if let Some(admin) = proxy
+        .config
+        .admin
+        .as_ref()
+        .filter(|a| a.database == database)
+    {
+        let Some(u) = admin.users.get(user) else {
+            return Err(Refusal::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("role \"{user}\" does not exist"),
+            ));
+        };
+        let (auth, secret) = u.client_auth().expect("config was validated");
+        let max = proxy.config.general.max_message_size;
+        authenticate(stream, buf, user, (auth, secret.as_ref()), max).await?;
+        crate::admin::greet(
+            &mut out,
+            get("application_name").unwrap_or(""),
+            registration,
+        );
+        write(stream, &out).await?;
+        return Ok(Hello::Console {
+            user: user.to_owned(),
+        });
+    }
     let pool = match proxy.pools.get(database, user) {
         Some(p) => p.clone(),
         None if !proxy.pools.has_database(database) => {
@@ -129,7 +161,14 @@ pub(crate) async fn handshake(
             ))
         }
     };
-    authenticate(stream, buf, &pool, proxy.config.general.max_message_size).await?;
+    authenticate(
+        stream,
+        buf,
+        &pool.user,
+        (pool.auth, pool.secret.as_ref()),
+        proxy.config.general.max_message_size,
+    )
+    .await?;
 
     // The client's view of the session parameters starts from what a fresh server reports.
     if pool.defaults().is_none() {

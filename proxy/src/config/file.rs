@@ -13,13 +13,16 @@ pub struct Config {
     /// Client-facing databases, by the name clients put in `database`.
     #[serde(default)]
     pub pools: BTreeMap<String, PoolConfig>,
+    /// The admin console (`SHOW POOLS`, `RELOAD`, ...); absent: no console.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// The directory of the config file (relative plugin paths start here).
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
 }
 
 /// Process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct General {
     /// Where clients connect, `host:port`.
@@ -154,6 +157,15 @@ pub enum PoolMode {
 }
 
 impl PoolMode {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+
     /// Whether a server is held per transaction, not per session.
     pub fn per_transaction(self) -> bool {
         matches!(self, PoolMode::Transaction | PoolMode::Statement)
@@ -258,6 +270,16 @@ pub enum Role {
     Replica,
 }
 
+impl Role {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
 /// A user of a pool: how the client logs in, and how the proxy logs in to the servers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,35 +309,7 @@ impl UserConfig {
     pub fn client_auth(
         &self,
     ) -> Result<(AuthMethod, Option<ClientSecret>), (&'static str, String)> {
-        let secret = match &self.password {
-            Some(p) => Some(ClientSecret::parse(p).map_err(|m| ("password", m))?),
-            None => None,
-        };
-        let method = self.auth.unwrap_or(match &secret {
-            None => AuthMethod::Trust,
-            Some(ClientSecret::Md5Hash(_)) => AuthMethod::Md5,
-            Some(_) => AuthMethod::ScramSha256,
-        });
-        match (&secret, method) {
-            (_, AuthMethod::Trust) => {}
-            (None, m) => {
-                return Err((
-                    "password",
-                    format!("auth = \"{}\" needs a password", m.name()),
-                ))
-            }
-            (Some(s), m) if !s.supports(m) => {
-                return Err((
-                    "auth",
-                    format!(
-                        "the stored password hash cannot verify auth = \"{}\"",
-                        m.name()
-                    ),
-                ))
-            }
-            _ => {}
-        }
-        Ok((method, secret))
+        client_auth(self.password.as_deref(), self.auth)
     }
 
     /// The password the proxy uses to log in to the servers, if any.
@@ -341,4 +335,87 @@ fn default_reset_query() -> String {
 }
 fn default_pool_size() -> u32 {
     20
+}
+
+/// The admin console: a database name clients cannot use for a pool, where the users listed
+/// here run `SHOW` commands and `RELOAD` (PgBouncer's console, in its vocabulary).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The database name to connect to; default `switchyard`.
+    #[serde(default = "default_admin_database")]
+    pub database: String,
+    /// Who may use the console, by user name.
+    #[serde(default)]
+    pub users: BTreeMap<String, AdminUserConfig>,
+}
+
+/// A user of the admin console: how it logs in. No server is involved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUserConfig {
+    /// Plain text, `md5…` or `SCRAM-SHA-256$…`, as for pool users.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Client authentication; default as for pool users, except that a user without a
+    /// password must say `auth = "trust"` explicitly.
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+}
+
+impl AdminUserConfig {
+    /// The auth method and the parsed password, or the key suffix and message of the fault.
+    pub fn client_auth(
+        &self,
+    ) -> Result<(AuthMethod, Option<ClientSecret>), (&'static str, String)> {
+        if self.password.is_none() && self.auth.is_none() {
+            return Err((
+                "password",
+                "an admin user needs a password, or auth = \"trust\" to let anyone who reaches the port in".into(),
+            ));
+        }
+        client_auth(self.password.as_deref(), self.auth)
+    }
+}
+
+fn default_admin_database() -> String {
+    "switchyard".into()
+}
+
+/// How a client logs in, from its configured password and method: the method (default:
+/// scram-sha-256, md5 for an md5 hash, trust without password) and the parsed password, or
+/// the key suffix and message of the fault.
+fn client_auth(
+    password: Option<&str>,
+    auth: Option<AuthMethod>,
+) -> Result<(AuthMethod, Option<ClientSecret>), (&'static str, String)> {
+    let secret = match password {
+        Some(p) => Some(ClientSecret::parse(p).map_err(|m| ("password", m))?),
+        None => None,
+    };
+    let method = auth.unwrap_or(match &secret {
+        None => AuthMethod::Trust,
+        Some(ClientSecret::Md5Hash(_)) => AuthMethod::Md5,
+        Some(_) => AuthMethod::ScramSha256,
+    });
+    match (&secret, method) {
+        (_, AuthMethod::Trust) => {}
+        (None, m) => {
+            return Err((
+                "password",
+                format!("auth = \"{}\" needs a password", m.name()),
+            ))
+        }
+        (Some(s), m) if !s.supports(m) => {
+            return Err((
+                "auth",
+                format!(
+                    "the stored password hash cannot verify auth = \"{}\"",
+                    m.name()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    Ok((method, secret))
 }

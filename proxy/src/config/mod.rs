@@ -8,8 +8,8 @@ mod file;
 mod validate;
 
 pub use file::{
-    Config, FallbackReads, General, PolicyConfig, PoolConfig, PoolMode, Role, ServerConfig,
-    UserConfig,
+    AdminConfig, AdminUserConfig, Config, FallbackReads, General, PolicyConfig, PoolConfig,
+    PoolMode, Role, ServerConfig, UserConfig,
 };
 
 use std::path::{Path, PathBuf};
@@ -249,5 +249,47 @@ mod tests {
     fn syntax_errors_are_reported() {
         let e = parse_str("[general\n").unwrap_err();
         assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_console_is_checked_like_the_pools() {
+        let ok = parse_str(&format!(
+            "{MINIMAL}\n[admin.users.ops]\npassword = \"pw\"\n"
+        ))
+        .unwrap();
+        let admin = ok.admin.expect("[admin]");
+        assert_eq!(admin.database, "switchyard");
+        assert!(ok.pools.contains_key("app"));
+        for (extra, key) in [
+            (
+                "[admin]\ndatabase = \"app\"\n[admin.users.ops]\npassword = \"pw\"",
+                "admin.database",
+            ),
+            (
+                "[admin]\ndatabase = \"\"\n[admin.users.ops]\npassword = \"pw\"",
+                "admin.database",
+            ),
+            ("[admin]\n", "admin.users"),
+            ("[admin.users.ops]\n", "admin.users.ops.password"),
+            (
+                "[admin.users.ops]\nauth = \"md5\"",
+                "admin.users.ops.password",
+            ),
+            (
+                "[admin.users.ops]\npassword = \"pw\"\npool_size = 3",
+                "admin.users.ops",
+            ),
+            (
+                "[admin]\nport = 1\n[admin.users.ops]\npassword = \"pw\"",
+                "admin",
+            ),
+        ] {
+            let e = parse_str(&format!("{MINIMAL}\n{extra}\n")).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        // An explicit trust is allowed.
+        let trust =
+            parse_str(&format!("{MINIMAL}\n[admin.users.ops]\nauth = \"trust\"\n")).unwrap();
+        assert!(trust.admin.is_some());
     }
 }

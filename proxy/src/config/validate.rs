@@ -114,6 +114,30 @@ pub fn check(config: &Config) -> Result<(), Failure> {
             }
         }
     }
+    if let Some(admin) = &config.admin {
+        if admin.database.is_empty() {
+            return Err(("admin.database".into(), "must not be empty".into()));
+        }
+        if config.pools.contains_key(&admin.database) {
+            return Err((
+                "admin.database".into(),
+                format!(
+                    "\"{}\" is also a pool ([pools.{}]): the console needs a name of its own",
+                    admin.database, admin.database
+                ),
+            ));
+        }
+        if admin.users.is_empty() {
+            return Err((
+                "admin.users".into(),
+                "no user is configured: add an [admin.users.<name>] table".into(),
+            ));
+        }
+        for (user, u) in &admin.users {
+            u.client_auth()
+                .map_err(|(k, m)| (format!("admin.users.{user}.{k}"), m))?;
+        }
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ mod user_pool;
 
 pub use reaper::{expire_waiters, reaper};
 pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool};
-pub use user_pool::UserPool;
+pub use user_pool::{PoolClient, UserPool};
 
 use crate::config::{Config, PoolConfig};
 use crate::router::classify::Classifier;

@@ -343,6 +343,11 @@ impl ServerPool {
         self.size.saturating_sub(self.slots.free()) as usize
     }
 
+    /// Checkouts waiting for a free slot now.
+    pub fn waiting(&self) -> usize {
+        self.slots.waiting()
+    }
+
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
         (0..self.idle.len()).map(|i| self.shard(i).len()).sum()

@@ -109,8 +109,7 @@ impl Slots {
         self.free.load(Ordering::Relaxed)
     }
 
-    /// Checkouts waiting right now.
-    #[cfg(test)]
+    /// Checkouts waiting right now (takes the queue's lock: for the admin console and tests).
     pub fn waiting(&self) -> usize {
         self.lock().len()
     }

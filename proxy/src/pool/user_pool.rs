@@ -27,6 +27,17 @@ pub struct UserPool {
     /// ParameterStatus of a fresh server connection, learnt from the first one.
     defaults: OnceLock<ParamList>,
     next_replica: AtomicUsize,
+    /// Clients logged in to this pool now (see [`UserPool::enter`]).
+    clients: AtomicUsize,
+}
+
+/// A client's place in its pool's count, given back when the client leaves.
+pub struct PoolClient(Arc<UserPool>);
+
+impl Drop for PoolClient {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for UserPool {
@@ -107,6 +118,7 @@ impl UserPool {
             router,
             defaults: OnceLock::new(),
             next_replica: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
         }
     }
 
@@ -144,6 +156,18 @@ impl UserPool {
             }
             Route::Reject(msg) => Err((crate::protocol::sqlstate::ROUTING_REJECTED, msg)),
         }
+    }
+
+    /// Counts a logged-in client until the returned guard is dropped (once per session, for
+    /// the admin console's `SHOW POOLS`).
+    pub fn enter(self: &Arc<Self>) -> PoolClient {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        PoolClient(self.clone())
+    }
+
+    /// Clients logged in to this pool now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
     }
 
     /// The index of the primary.

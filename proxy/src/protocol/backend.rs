@@ -53,6 +53,54 @@ pub fn error(buf: &mut BytesMut, severity: Severity, code: &str, msg: &str) {
     });
 }
 
+/// `NoticeResponse` with severity NOTICE, SQLSTATE 00000 and a message.
+pub fn notice(buf: &mut BytesMut, msg: &str) {
+    message(buf, b'N', |b| {
+        for (field, value) in [
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', msg),
+        ] {
+            b.put_u8(field);
+            put_cstr(b, value.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+/// `RowDescription` for result columns of the given names and type OIDs, in text format.
+pub fn row_description(buf: &mut BytesMut, columns: &[(&str, u32)]) {
+    message(buf, b'T', |b| {
+        b.put_i16(columns.len() as i16);
+        for (name, oid) in columns {
+            put_cstr(b, name.as_bytes());
+            b.put_i32(0); // no table
+            b.put_i16(0); // no column number
+            b.put_u32(*oid);
+            b.put_i16(-1); // variable size
+            b.put_i32(-1); // no type modifier
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// `DataRow` with the given values in text format (`None`: NULL).
+pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
+    message(buf, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
 /// `ReadyForQuery` with a transaction status: `I` idle, `T` in a transaction, `E` failed one.
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
     message(buf, b'Z', |b| b.put_u8(status));

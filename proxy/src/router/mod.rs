@@ -76,4 +76,19 @@ pub trait Router: Send + Sync + 'static {
 
     /// A session ended (called on the thread that ran its routes).
     fn session_closed(&self, _session_id: i32) {}
+
+    /// What an operator sees of this router (the admin console's `SHOW POLICIES`).
+    fn report(&self) -> RouterReport {
+        RouterReport::default()
+    }
+}
+
+/// A router as the admin console shows it: which policies run, and how often they failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouterReport {
+    /// The policies in chain order (component file names); empty: everything to the primary.
+    pub policies: Vec<String>,
+    /// Calls that trapped or could not run (and were routed by the fallback) since this
+    /// router was loaded.
+    pub traps: u64,
 }

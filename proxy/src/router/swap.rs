@@ -7,9 +7,9 @@
 //! server it has: routing happens only when a client needs a server. The old chain is freed
 //! when its last call returns; its per-worker instances go with it (see `wasm::instance`).
 
-use super::{Route, RouteRequest, Router};
+use super::{Route, RouteRequest, Router, RouterReport};
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The router of one pool, swappable at runtime. Calls go to whichever router was current
@@ -25,6 +25,8 @@ pub struct SwappableRouter {
     /// for that one call, one without the SQL text: a policy chain treats a statement without
     /// text as one of unknown kind, which is never surely a read (the primary is safe).
     reads_requests: AtomicBool,
+    /// Routers published by [`SwappableRouter::replace`] since start.
+    swaps: AtomicU64,
 }
 
 impl SwappableRouter {
@@ -32,6 +34,7 @@ impl SwappableRouter {
         SwappableRouter {
             reads_requests: AtomicBool::new(router.reads_requests()),
             current: ArcSwap::from_pointee(router),
+            swaps: AtomicU64::new(0),
         }
     }
 
@@ -40,6 +43,12 @@ impl SwappableRouter {
         self.reads_requests
             .store(router.reads_requests(), Ordering::Relaxed);
         self.current.store(Arc::new(router));
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times a reload replaced the router since start.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
     }
 
     /// The router in use now.
@@ -65,6 +74,10 @@ impl Router for SwappableRouter {
 
     fn session_closed(&self, session_id: i32) {
         self.current.load().session_closed(session_id)
+    }
+
+    fn report(&self) -> RouterReport {
+        self.current.load().report()
     }
 }
 
@@ -110,6 +123,7 @@ mod tests {
         r.replace(Arc::new(To(2)));
         assert_eq!(r.route(&request(&hint)), Route::Backend(2));
         assert!(r.reads_requests());
+        assert_eq!(r.swaps(), 1);
         // A router taken before the swap is still whole.
         assert_eq!(held.route(&request(&hint)), Route::Primary);
     }

@@ -26,7 +26,7 @@ use crate::config::{FallbackReads, Role};
 use crate::pool::ServerPool;
 use crate::router::classify::{Classification, Classifier, StatementKind};
 use crate::router::hints::{self, Hint};
-use crate::router::{Route, RouteRequest, Router};
+use crate::router::{Route, RouteRequest, Router, RouterReport};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -334,6 +334,17 @@ impl Router for PolicyChain {
                 || Err(InstanceError::Init(String::new())),
                 |live| live.session_closed(session_id as u32, self.deadline_ticks),
             );
+        }
+    }
+
+    fn report(&self) -> RouterReport {
+        RouterReport {
+            policies: self
+                .links
+                .iter()
+                .map(|l| l.plugin.name.to_string())
+                .collect(),
+            traps: self.traps.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,0 +1,153 @@
+//! What the `SHOW` commands answer, read from the live pools and routers: counts and atomics
+//! the data path keeps anyway, so a console query costs the clients nothing.
+
+use super::command::HELP;
+use super::table::{Kind, Table};
+use crate::router::Router;
+use crate::Proxy;
+
+/// The pools by database, then user: the order an operator reads them in.
+fn sorted(proxy: &Proxy) -> Vec<&std::sync::Arc<crate::pool::UserPool>> {
+    let mut pools: Vec<_> = proxy.pools.all().collect();
+    pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+    pools
+}
+
+pub fn help() -> Table {
+    let mut t = Table::new(&[("command", Kind::Text), ("shows", Kind::Text)]);
+    for (command, shows) in HELP {
+        t.push(vec![(*command).into(), (*shows).into()]);
+    }
+    t
+}
+
+pub fn version() -> Table {
+    let mut t = Table::new(&[("version", Kind::Text)]);
+    t.push(vec![
+        format!("Switchyard {}", env!("CARGO_PKG_VERSION")).into()
+    ]);
+    t
+}
+
+/// Per (database, user): `cl_active` counts logged-in clients not waiting for a server,
+/// `cl_waiting` checkouts waiting for a free connection, `sv_active` connections checked out,
+/// `sv_idle` connections in the pool; both summed over the pool's servers.
+pub fn pools(proxy: &Proxy) -> Table {
+    let mut t = Table::new(&[
+        ("database", Kind::Text),
+        ("user", Kind::Text),
+        ("pool_mode", Kind::Text),
+        ("cl_active", Kind::Int),
+        ("cl_waiting", Kind::Int),
+        ("sv_active", Kind::Int),
+        ("sv_idle", Kind::Int),
+        ("pool_size", Kind::Int),
+    ]);
+    for pool in sorted(proxy) {
+        let waiting: usize = pool.servers.iter().map(|s| s.waiting()).sum();
+        let active: usize = pool.servers.iter().map(|s| s.in_use()).sum();
+        let idle: usize = pool.servers.iter().map(|s| s.idle_count()).sum();
+        let size = pool.servers.first().map_or(0, |s| s.size);
+        t.push(vec![
+            pool.database.as_str().into(),
+            pool.user.as_str().into(),
+            pool.mode.name().into(),
+            pool.clients().saturating_sub(waiting).into(),
+            waiting.into(),
+            active.into(),
+            idle.into(),
+            size.into(),
+        ]);
+    }
+    t
+}
+
+/// Per server of each pool: `healthy` is false while the server counts as down after a
+/// failed connect (`server_login_retry_ms`); `opened` counts connections opened since start.
+pub fn servers(proxy: &Proxy) -> Table {
+    let mut t = Table::new(&[
+        ("database", Kind::Text),
+        ("user", Kind::Text),
+        ("server", Kind::Text),
+        ("addr", Kind::Text),
+        ("role", Kind::Text),
+        ("healthy", Kind::Bool),
+        ("sv_active", Kind::Int),
+        ("sv_idle", Kind::Int),
+        ("cl_waiting", Kind::Int),
+        ("opened", Kind::Int),
+        ("pool_size", Kind::Int),
+    ]);
+    let now = crate::clock::now_ms();
+    for pool in sorted(proxy) {
+        for s in pool.servers.iter() {
+            t.push(vec![
+                pool.database.as_str().into(),
+                pool.user.as_str().into(),
+                s.name.as_str().into(),
+                s.target.addr.as_str().into(),
+                s.role.name().into(),
+                s.healthy(now).into(),
+                s.in_use().into(),
+                s.idle_count().into(),
+                s.waiting().into(),
+                s.opened.load(std::sync::atomic::Ordering::Relaxed).into(),
+                s.size.into(),
+            ]);
+        }
+    }
+    t
+}
+
+/// Per pool: its chain of routing policies (empty: everything to the primary), the calls
+/// that trapped since that chain was loaded, and how many reloads replaced the chain.
+pub fn policies(proxy: &Proxy) -> Table {
+    let mut t = Table::new(&[
+        ("database", Kind::Text),
+        ("user", Kind::Text),
+        ("policies", Kind::Text),
+        ("traps", Kind::Int),
+        ("reloads", Kind::Int),
+    ]);
+    for pool in sorted(proxy) {
+        let report = pool.router.report();
+        t.push(vec![
+            pool.database.as_str().into(),
+            pool.user.as_str().into(),
+            report.policies.join(", ").into(),
+            report.traps.into(),
+            pool.router.swaps().into(),
+        ]);
+    }
+    t
+}
+
+/// The `[general]` settings in effect, defaults included; keys left unset without a default
+/// (`unix_socket_dir`, `worker_threads`, ...) are not listed.
+pub fn config(proxy: &Proxy) -> Table {
+    let mut t = Table::new(&[("key", Kind::Text), ("value", Kind::Text)]);
+    if let Ok(toml::Value::Table(general)) = toml::Value::try_from(&proxy.config.general) {
+        for (key, value) in general {
+            let value = match value {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            t.push(vec![format!("general.{key}").into(), value.into()]);
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_command_once() {
+        let t = help();
+        assert_eq!(t.rows.len(), HELP.len());
+        for (command, _) in HELP {
+            assert!(super::super::command::parse(command).is_ok(), "{command}");
+        }
+    }
+}

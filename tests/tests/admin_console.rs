@@ -1,0 +1,315 @@
+//! The admin console: an operator connects to the `switchyard` database with psql or
+//! tokio-postgres, reads the live pools, servers and policies, and reloads the policies,
+//! against a real primary and two streaming replicas.
+
+use std::time::{Duration, Instant};
+use switchyard_tests::{plugin, pool_toml, roles, shared_cluster, sqlstate, unique_name, Proxy};
+use tokio_postgres::SimpleQueryMessage;
+
+const ADMIN_PASSWORD: &str = "console_pw";
+
+/// A pool for `db` with `policies` (plugin names) and the console's `[admin]` table.
+fn config(db: &str, policies: &[&str], pool_size: u32) -> String {
+    let mut pool = format!("pool_mode = \"transaction\"\npool_size = {pool_size}\n");
+    for name in policies {
+        pool.push_str(&format!(
+            "[[pools.{db}.policies]]\nplugin = \"{}\"\n",
+            plugin(name).display()
+        ));
+    }
+    let pools = pool_toml(
+        shared_cluster(),
+        db,
+        &pool,
+        &format!("[pools.{db}.users.{}]\n", roles::TRUST),
+    );
+    format!("{pools}\n[admin.users.ops]\npassword = \"{ADMIN_PASSWORD}\"\n")
+}
+
+/// Replaces the proxy's config (keeping its `[general]` lines).
+fn rewrite(proxy: &Proxy, rest: &str) {
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let general = &text[..text.find("[pools.").unwrap()];
+    std::fs::write(&proxy.config_path, format!("{general}{rest}")).unwrap();
+}
+
+/// The rows of a console command, each as column name → value.
+async fn show(c: &tokio_postgres::Client, command: &str) -> Vec<Vec<(String, String)>> {
+    c.simple_query(command)
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn get<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
+    row.iter()
+        .find(|(c, _)| c == column)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no column {column} in {row:?}"))
+}
+
+/// The rows of `db` in a `SHOW` answer.
+fn of<'a>(rows: &'a [Vec<(String, String)>], db: &str) -> Vec<&'a Vec<(String, String)>> {
+    rows.iter().filter(|r| get(r, "database") == db).collect()
+}
+
+async fn console(proxy: &Proxy) -> tokio_postgres::Client {
+    proxy
+        .connect("ops", Some(ADMIN_PASSWORD), "switchyard")
+        .await
+        .unwrap_or_else(|e| panic!("console login: {e:?}\n{}", proxy.log()))
+}
+
+/// psql through the proxy to the console; returns (success, stdout, stderr).
+fn psql(proxy: &Proxy, sql: &str) -> (bool, String, String) {
+    proxy.psql("ops", Some(ADMIN_PASSWORD), "switchyard", sql)
+}
+
+#[tokio::test]
+async fn the_console_shows_live_pools_servers_and_policies() {
+    let c = shared_cluster();
+    let db = unique_name("console");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start(
+        "shutdown_timeout_ms = 30000",
+        &config(&db, &["read-write-split", "least-outstanding"], 4),
+    );
+    // Three clients; one holds a server in an open transaction.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(proxy.connect(roles::TRUST, None, &db).await.unwrap());
+    }
+    clients[0]
+        .batch_execute("BEGIN; CREATE TABLE held (x int)")
+        .await
+        .unwrap();
+    for client in &clients[1..] {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+    let admin = console(&proxy).await;
+
+    let pools = show(&admin, "SHOW POOLS").await;
+    let pool = of(&pools, &db);
+    assert_eq!(pool.len(), 1, "{pools:?}");
+    let pool = pool[0];
+    assert_eq!(get(pool, "user"), roles::TRUST);
+    assert_eq!(get(pool, "pool_mode"), "transaction");
+    assert_eq!(get(pool, "cl_active"), "3", "{pool:?}");
+    assert_eq!(get(pool, "cl_waiting"), "0");
+    assert_eq!(
+        get(pool, "sv_active"),
+        "1",
+        "the open transaction holds one: {pool:?}"
+    );
+    assert!(
+        get(pool, "sv_idle").parse::<u32>().unwrap() >= 1,
+        "{pool:?}"
+    );
+    assert_eq!(get(pool, "pool_size"), "4");
+
+    let servers = show(&admin, "show servers;").await;
+    let servers = of(&servers, &db);
+    let roles_seen: Vec<&str> = servers.iter().map(|r| get(r, "role")).collect();
+    assert_eq!(roles_seen, ["primary", "replica", "replica"], "{servers:?}");
+    for s in &servers {
+        assert_eq!(get(s, "healthy"), "t", "{s:?}");
+    }
+    let primary = servers[0];
+    assert_eq!(
+        get(primary, "addr"),
+        format!("127.0.0.1:{}", c.primary.port)
+    );
+    assert_eq!(
+        get(primary, "sv_active"),
+        "1",
+        "the transaction's writes run there"
+    );
+    // The reads ran on replicas.
+    let replica_opened: u32 = servers[1..]
+        .iter()
+        .map(|r| get(r, "opened").parse::<u32>().unwrap())
+        .sum();
+    assert!(replica_opened >= 1, "{servers:?}");
+
+    let policies = show(&admin, "SHOW POLICIES").await;
+    let policy = of(&policies, &db)[0];
+    assert_eq!(
+        get(policy, "policies"),
+        "read_write_split.wasm, least_outstanding.wasm"
+    );
+    assert_eq!(get(policy, "traps"), "0");
+    assert_eq!(get(policy, "reloads"), "0");
+
+    let config = show(&admin, "SHOW CONFIG").await;
+    let listen = config
+        .iter()
+        .find(|r| get(r, "key") == "general.listen_addr")
+        .unwrap_or_else(|| panic!("{config:?}"));
+    assert_eq!(get(listen, "value"), format!("127.0.0.1:{}", proxy.port));
+    assert!(config
+        .iter()
+        .any(|r| get(r, "key") == "general.shutdown_timeout_ms" && get(r, "value") == "30000"));
+
+    // Several commands in one query: one result each.
+    let both = admin.simple_query("SHOW VERSION; SHOW HELP").await.unwrap();
+    let completes = both
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+        .count();
+    assert_eq!(completes, 2);
+    match &both[0] {
+        SimpleQueryMessage::RowDescription(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let version = show(&admin, "SHOW VERSION").await;
+    assert!(get(&version[0], "version").starts_with("Switchyard "));
+
+    // What it does not know is an error, and the session goes on.
+    let e = admin.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("42601"), "{e:?}");
+    let message = e.as_db_error().unwrap().message();
+    assert!(message.contains("SHOW HELP"), "{message}");
+    // The extended protocol is refused the same way.
+    let e = admin.query("SHOW POOLS", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("0A000"), "{e:?}");
+    assert_eq!(show(&admin, "SHOW VERSION").await.len(), 1);
+
+    // psql, as an operator would use it.
+    let (ok, out, err) = psql(&proxy, "SHOW SERVERS");
+    assert!(ok, "{err}\n{}", proxy.log());
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with(&format!("{db}|")))
+            .count(),
+        3,
+        "{out}"
+    );
+
+    // A console session does not hold up shutdown: the proxy exits with the clients gone,
+    // well before shutdown_timeout_ms.
+    clients[0].batch_execute("ROLLBACK").await.unwrap();
+    drop(clients);
+    let mut proxy = proxy;
+    let started = Instant::now();
+    proxy.signal(libc::SIGTERM);
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", proxy.log());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let e = admin.simple_query("SHOW VERSION").await.unwrap_err();
+    assert!(admin.is_closed(), "{e:?}");
+}
+
+/// The port of the server that ran a read.
+async fn read_port(client: &tokio_postgres::Client) -> u16 {
+    client
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get::<_, i32>(0) as u16
+}
+
+#[tokio::test]
+async fn reload_from_the_console_swaps_policies_or_says_why_not() {
+    let c = shared_cluster();
+    let db = unique_name("console_reload");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &config(&db, &["read-write-split"], 4));
+    let app = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    assert_ne!(
+        read_port(&app).await,
+        c.primary.port,
+        "reads go to a replica"
+    );
+    let admin = console(&proxy).await;
+
+    // Without policies: RELOAD publishes, and reads go to the primary.
+    rewrite(&proxy, &config(&db, &[], 4));
+    let done = admin.simple_query("RELOAD").await.unwrap();
+    assert!(
+        matches!(done.last(), Some(SimpleQueryMessage::CommandComplete(_))),
+        "{done:?}"
+    );
+    assert_eq!(read_port(&app).await, c.primary.port);
+    let policy = show(&admin, "SHOW POLICIES").await;
+    let policy = of(&policy, &db)[0];
+    assert_eq!(get(policy, "policies"), "");
+    assert_eq!(get(policy, "reloads"), "1");
+
+    // A plugin that is not there: refused with the reason, and nothing changes.
+    let missing =
+        config(&db, &["read-write-split"], 4).replace("read_write_split.wasm", "gone.wasm");
+    rewrite(&proxy, &missing);
+    let e = admin.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("F0000"), "{e:?}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("gone.wasm"), "{message}");
+    assert_eq!(read_port(&app).await, c.primary.port);
+    assert_eq!(
+        get(of(&show(&admin, "SHOW POLICIES").await, &db)[0], "reloads"),
+        "1"
+    );
+
+    // Back to read-write-split, with a pool_size change that waits for a restart: psql shows
+    // the notice naming the key.
+    rewrite(&proxy, &config(&db, &["read-write-split"], 5));
+    let (ok, _out, err) = psql(&proxy, "RELOAD");
+    assert!(ok, "{err}\n{}", proxy.log());
+    assert!(
+        err.contains(&format!("pools.{db}.pool_size changed in the config file")),
+        "{err}"
+    );
+    assert_ne!(read_port(&app).await, c.primary.port);
+    assert_eq!(
+        get(of(&show(&admin, "SHOW POLICIES").await, &db)[0], "reloads"),
+        "2"
+    );
+    assert!(proxy.log().contains("RELOAD by admin user \"ops\""));
+}
+
+#[tokio::test]
+async fn console_logins_are_checked_like_any_other() {
+    let c = shared_cluster();
+    let db = unique_name("console_auth");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &config(&db, &[], 2));
+    let e = proxy
+        .connect("ops", Some("wrong"), "switchyard")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("28P01"), "{e:?}");
+    let e = proxy
+        .connect(roles::TRUST, None, "switchyard")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&e),
+        Some("28000"),
+        "pool users are not console users: {e:?}"
+    );
+    // The app's own database is unaffected.
+    let app = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    // Without [admin], there is no such database.
+    let plain = Proxy::start(
+        "",
+        &pool_toml(
+            c,
+            &db,
+            "",
+            &format!("[pools.{db}.users.{}]\n", roles::TRUST),
+        ),
+    );
+    let e = plain.connect("ops", None, "switchyard").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("3D000"), "{e:?}");
+}
