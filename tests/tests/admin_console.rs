@@ -313,3 +313,64 @@ async fn console_logins_are_checked_like_any_other() {
     let e = plain.connect("ops", None, "switchyard").await.unwrap_err();
     assert_eq!(sqlstate(&e), Some("3D000"), "{e:?}");
 }
+
+/// `SHOW STATS` of `db`: (transactions, requests, wait µs).
+async fn stats(admin: &tokio_postgres::Client, db: &str) -> (u64, u64, u64) {
+    let rows = show(admin, "SHOW STATS").await;
+    let row = of(&rows, db)[0];
+    let n = |c: &str| get(row, c).parse::<u64>().unwrap();
+    (
+        n("total_xact_count"),
+        n("total_query_count"),
+        n("total_wait_time"),
+    )
+}
+
+#[tokio::test]
+async fn stats_count_transactions_requests_and_waits() {
+    let c = shared_cluster();
+    let db = unique_name("console_stats");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &config(&db, &[], 1));
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let b = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    let admin = console(&proxy).await;
+    let (x0, q0, w0) = stats(&admin, &db).await;
+
+    // Ten statements outside a transaction: ten requests, ten transactions.
+    for _ in 0..10 {
+        a.simple_query("SELECT 1").await.unwrap();
+    }
+    let (x1, q1, _) = stats(&admin, &db).await;
+    assert_eq!((x1 - x0, q1 - q0), (10, 10));
+
+    // A transaction of two statements: BEGIN is answered by the proxy (it waits for the
+    // statement that needs a server), SELECT and COMMIT by the server; one transaction.
+    a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    // Meanwhile `b` waits for the pool's only connection, about 300 ms.
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        b.simple_query("SELECT 2").await.unwrap();
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.simple_query("COMMIT").await.unwrap();
+    let waited = waiting.await.unwrap();
+    let (x2, q2, w2) = stats(&admin, &db).await;
+    assert_eq!(
+        (x2 - x1, q2 - q1),
+        (2, 3),
+        "a's transaction and b's statement"
+    );
+    let wait_us = w2 - w0;
+    assert!(
+        wait_us >= 200_000 && wait_us <= waited.as_micros() as u64,
+        "waited {wait_us} µs of {waited:?}"
+    );
+    // Multi-statement and pipelined requests count once each: one Query here.
+    a.simple_query("SELECT 1; SELECT 2").await.unwrap();
+    let (x3, q3, _) = stats(&admin, &db).await;
+    assert_eq!((x3 - x2, q3 - q2), (1, 1));
+}

@@ -1,7 +1,7 @@
 //! The console's commands: what an operator types, parsed into what the console does.
 //!
 //! The vocabulary is PgBouncer's where it overlaps (`SHOW POOLS`, `SHOW SERVERS`, `SHOW
-//! CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`), so that operators and monitoring scripts
+//! STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`), so that operators and monitoring scripts
 //! used to its console find their way. Keywords are case-insensitive; a trailing `;` is fine.
 
 /// One console command.
@@ -17,6 +17,8 @@ pub enum Command {
     Servers,
     /// One row per pool: its routing policies, their failures and reloads.
     Policies,
+    /// One row per pool: transactions, requests and checkout waits since start.
+    Stats,
     /// The `[general]` settings in effect.
     Config,
     /// Reload the routing policies from the config file, as `SIGHUP` does.
@@ -34,6 +36,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "SHOW SERVERS",
         "per server of each pool: role, health, connections in use and idle, opened since start",
+    ),
+    (
+        "SHOW STATS",
+        "per database and user: transactions, requests and time waited for a server since start",
     ),
     (
         "SHOW POLICIES",
@@ -61,6 +67,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         ["SHOW", "POOLS"] => Ok(Command::Pools),
         ["SHOW", "SERVERS"] => Ok(Command::Servers),
         ["SHOW", "POLICIES"] => Ok(Command::Policies),
+        ["SHOW", "STATS"] => Ok(Command::Stats),
         ["SHOW", "CONFIG"] => Ok(Command::Config),
         ["RELOAD"] => Ok(Command::Reload),
         _ => Err(format!(
@@ -81,6 +88,7 @@ mod tests {
         assert_eq!(parse("reload;"), Ok(Command::Reload));
         assert_eq!(parse("Show Help"), Ok(Command::Help));
         assert_eq!(parse("show policies"), Ok(Command::Policies));
+        assert_eq!(parse("SHOW STATS;"), Ok(Command::Stats));
         assert_eq!(parse("show config"), Ok(Command::Config));
         assert_eq!(parse("show version"), Ok(Command::Version));
     }

@@ -2,7 +2,7 @@
 //! the users of `[admin.users]` look at the running proxy and reload its policies.
 //!
 //! It is what PgBouncer's `pgbouncer` database is to its operators: `psql -d switchyard`,
-//! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW POLICIES`, `SHOW CONFIG`, `RELOAD`. Monitoring reads
+//! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW STATS`, `SHOW POLICIES`, `SHOW CONFIG`, `RELOAD`. Monitoring reads
 //! the same tables. No server is involved: the console answers from the pools' own counters.
 //!
 //! Only the simple query protocol is served (as in PgBouncer's console): an extended-protocol
@@ -195,6 +195,7 @@ impl<'p> Console<'p> {
             Command::Pools => show::pools(self.proxy),
             Command::Servers => show::servers(self.proxy),
             Command::Policies => show::policies(self.proxy),
+            Command::Stats => show::stats(self.proxy),
             Command::Config => show::config(self.proxy),
             Command::Reload => return self.reload(out).await,
         };

@@ -62,6 +62,32 @@ pub fn pools(proxy: &Proxy) -> Table {
     t
 }
 
+/// Per (database, user), since start, named as PgBouncer's `SHOW STATS` names them:
+/// `total_xact_count` transactions ended (a statement outside a transaction block is one),
+/// `total_query_count` requests answered (a simple Query, or extended-protocol messages up to
+/// a Sync), `total_wait_time` microseconds checkouts waited in line for a server connection.
+pub fn stats(proxy: &Proxy) -> Table {
+    let mut t = Table::new(&[
+        ("database", Kind::Text),
+        ("user", Kind::Text),
+        ("total_xact_count", Kind::Int),
+        ("total_query_count", Kind::Int),
+        ("total_wait_time", Kind::Int),
+    ]);
+    for pool in sorted(proxy) {
+        let totals = pool.stats.totals();
+        let waited: u64 = pool.servers.iter().map(|s| s.waited_us()).sum();
+        t.push(vec![
+            pool.database.as_str().into(),
+            pool.user.as_str().into(),
+            totals.transactions.into(),
+            totals.requests.into(),
+            waited.into(),
+        ]);
+    }
+    t
+}
+
 /// Per server of each pool: `healthy` is false while the server counts as down after a
 /// failed connect (`server_login_retry_ms`); `opened` counts connections opened since start.
 pub fn servers(proxy: &Proxy) -> Table {

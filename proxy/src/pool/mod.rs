@@ -7,10 +7,12 @@
 mod reaper;
 mod server_pool;
 mod slots;
+mod stats;
 mod user_pool;
 
 pub use reaper::{expire_waiters, reaper};
 pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool};
+pub use stats::{PoolStats, Totals};
 pub use user_pool::{PoolClient, UserPool};
 
 use crate::config::{Config, PoolConfig};

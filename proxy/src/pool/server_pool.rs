@@ -343,6 +343,11 @@ impl ServerPool {
         self.size.saturating_sub(self.slots.free()) as usize
     }
 
+    /// Microseconds checkouts spent waiting for a free slot, since start.
+    pub fn waited_us(&self) -> u64 {
+        self.slots.waited_us()
+    }
+
     /// Checkouts waiting for a free slot now.
     pub fn waiting(&self) -> usize {
         self.slots.waiting()

@@ -14,7 +14,7 @@ use atomic_waker::AtomicWaker;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +31,9 @@ pub struct Slots {
     /// Free slots. Changed only under the `queue` lock (so a slot is never free while someone
     /// waits), read without it for statistics.
     free: AtomicU32,
+    /// Microseconds checkouts spent in the queue, for the admin console's `SHOW STATS`
+    /// (bumped only by a checkout that waited).
+    waited_us: AtomicU64,
 }
 
 /// One waiting checkout. Its status changes only under the queue lock.
@@ -97,6 +100,7 @@ impl Slots {
         Slots {
             queue: Mutex::new(VecDeque::new()),
             free: AtomicU32::new(n),
+            waited_us: AtomicU64::new(0),
         }
     }
 
@@ -112,6 +116,11 @@ impl Slots {
     /// Checkouts waiting right now (takes the queue's lock: for the admin console and tests).
     pub fn waiting(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Microseconds checkouts spent waiting in line, since start.
+    pub fn waited_us(&self) -> u64 {
+        self.waited_us.load(Ordering::Relaxed)
     }
 
     /// Takes a slot if one is free and nobody is waiting for it.
@@ -210,17 +219,15 @@ impl Future for Take<'_> {
         };
         // Register before reading the status: a grant after the read wakes this waker.
         w.waker.register(cx.waker());
-        match w.status.load(Ordering::Acquire) {
-            GRANTED => {
-                this.done = true;
-                Poll::Ready(Ok(()))
-            }
-            EXPIRED => {
-                this.done = true;
-                Poll::Ready(Err(Expired(w.since.elapsed())))
-            }
-            _ => Poll::Pending,
-        }
+        let outcome = match w.status.load(Ordering::Acquire) {
+            GRANTED => Ok(()),
+            EXPIRED => Err(Expired(w.since.elapsed())),
+            _ => return Poll::Pending,
+        };
+        this.done = true;
+        let waited = w.since.elapsed().as_micros() as u64;
+        this.slots.waited_us.fetch_add(waited, Ordering::Relaxed);
+        Poll::Ready(outcome)
     }
 }
 
@@ -281,6 +288,21 @@ mod tests {
         assert_eq!(poll(&mut c), Poll::Ready(Ok(())));
         s.give_back();
         assert_eq!(s.free(), 1);
+    }
+
+    #[test]
+    fn only_checkouts_that_waited_add_to_the_wait_time() {
+        let s = Slots::new(1);
+        let mut a = s.take(T);
+        assert_eq!(poll(&mut a), Poll::Ready(Ok(())));
+        assert_eq!(s.waited_us(), 0, "a free slot costs no wait");
+        let mut b = s.take(T);
+        assert!(poll(&mut b).is_pending());
+        std::thread::sleep(Duration::from_millis(20));
+        s.give_back();
+        assert_eq!(poll(&mut b), Poll::Ready(Ok(())));
+        let waited = s.waited_us();
+        assert!((20_000..10_000_000).contains(&waited), "{waited} µs");
     }
 
     #[test]

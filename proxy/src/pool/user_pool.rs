@@ -3,7 +3,7 @@
 
 use crate::auth::{AuthMethod, ClientSecret};
 use crate::config::{PoolConfig, PoolMode, Role, UserConfig};
-use crate::pool::{PoolTimeouts, ServerPool};
+use crate::pool::{PoolStats, PoolTimeouts, ServerPool};
 use crate::router::{Route, Router, SwappableRouter};
 use crate::server::{ParamList, ServerTarget};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +29,8 @@ pub struct UserPool {
     next_replica: AtomicUsize,
     /// Clients logged in to this pool now (see [`UserPool::enter`]).
     clients: AtomicUsize,
+    /// Requests, transactions and waits, for the admin console's `SHOW STATS`.
+    pub stats: PoolStats,
 }
 
 /// A client's place in its pool's count, given back when the client leaves.
@@ -119,6 +121,7 @@ impl UserPool {
             defaults: OnceLock::new(),
             next_replica: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
+            stats: PoolStats::new(workers),
         }
     }
 

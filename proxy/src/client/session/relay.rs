@@ -22,6 +22,8 @@ impl Session<'_> {
         let mut block_opened = false;
         // Bytes from `from` to `pos` are still to be forwarded.
         let mut from = 0;
+        // ReadyForQuery messages forwarded, and those that end a transaction.
+        let (mut answered, mut ended) = (0u64, 0u64);
         while pos < buf.len() {
             let f = match frame::header(&buf[pos..], usize::MAX) {
                 Ok(Some(f)) => f,
@@ -87,7 +89,14 @@ impl Session<'_> {
                 block_opened = true;
                 break;
             }
-            match r.on_server_message(f.tag, body, &mut conn.prepared) {
+            let verdict = r.on_server_message(f.tag, body, &mut conn.prepared);
+            if f.tag == b'Z' && !matches!(verdict, Verdict::Swallow) {
+                // For `SHOW STATS`: a request answered, and maybe a transaction ended. (The
+                // proxy's own queries' ReadyForQuery messages are swallowed, not counted.)
+                answered += 1;
+                ended += u64::from(body.first() == Some(&b'I'));
+            }
+            match verdict {
                 Verdict::Forward => {}
                 Verdict::Swallow => {
                     out.extend_from_slice(&buf[from..pos]);
@@ -115,6 +124,9 @@ impl Session<'_> {
                 from = pos;
                 r.emit_synthetic(out);
             }
+        }
+        if answered > 0 {
+            self.pool.stats.answered(answered, ended);
         }
         let written = if out.is_empty() {
             write_all(&mut self.client, &buf[from..pos]).await

@@ -1,0 +1,102 @@
+//! Traffic counters of one (database, user) pool, for the admin console's `SHOW STATS`. (The
+//! time checkouts waited is counted by each server's slots, off the fast path.)
+//!
+//! They are bumped on the query path, so they cost no lock and no contended cache line: one
+//! shard per worker thread, each written only by its worker's sessions (a session lives on one
+//! worker), with a plain load and store rather than an atomic read-modify-write. The console
+//! sums the shards. A shard is a cache line of its own, so two workers never write the same
+//! line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The counters one worker keeps for a pool.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Shard {
+    /// ReadyForQuery messages forwarded to clients with status idle: transactions ended
+    /// (a statement outside a transaction block is one).
+    transactions: AtomicU64,
+    /// ReadyForQuery messages forwarded to clients: requests answered (a simple Query, or
+    /// extended-protocol messages up to a Sync).
+    requests: AtomicU64,
+}
+
+/// Adds `n` to a counter only this thread writes.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// A pool's traffic counters, sharded per worker.
+#[derive(Debug)]
+pub struct PoolStats {
+    shards: Box<[Shard]>,
+}
+
+/// The sums of a pool's counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub transactions: u64,
+    pub requests: u64,
+}
+
+impl PoolStats {
+    /// Counters for `workers` worker threads.
+    pub fn new(workers: usize) -> Self {
+        PoolStats {
+            shards: (0..workers.max(1)).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    /// The calling worker's shard (the first for a thread that is no worker: tests).
+    #[inline]
+    fn mine(&self) -> &Shard {
+        let shards = &self.shards;
+        shards.get(crate::workers::current()).unwrap_or(&shards[0])
+    }
+
+    /// Records `requests` answered, of which `transactions` ended a transaction.
+    #[inline]
+    pub fn answered(&self, requests: u64, transactions: u64) {
+        let s = self.mine();
+        bump(&s.requests, requests);
+        bump(&s.transactions, transactions);
+    }
+
+    /// The counters summed over the workers.
+    pub fn totals(&self) -> Totals {
+        let sum = |f: fn(&Shard) -> &AtomicU64| {
+            self.shards
+                .iter()
+                .map(|s| f(s).load(Ordering::Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
+        Totals {
+            transactions: sum(|s| &s.transactions),
+            requests: sum(|s| &s.requests),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_over_the_workers_shards() {
+        let stats = PoolStats::new(2);
+        stats.answered(3, 2);
+        stats.answered(1, 1);
+        assert_eq!(
+            stats.totals(),
+            Totals {
+                transactions: 3,
+                requests: 4,
+            }
+        );
+        assert_eq!(std::mem::align_of::<Shard>(), 64, "a shard per cache line");
+    }
+}
