@@ -81,6 +81,20 @@ pub async fn run(
         shutdown: shutdown.clone(),
         reloader: reloader.clone(),
     });
+    // The metrics endpoint, on this runtime: scrapes never queue behind clients.
+    if let Some(addr) = &proxy.config.general.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot listen for metrics on {addr} (general.metrics_addr): {e}"
+            ))
+        })?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        tokio::spawn(admin::metrics_http::serve(
+            listener,
+            proxy.clone(),
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(
         addr = %proxy.config.general.listen_addr,
         unix_socket = ?listeners.unix_path(),

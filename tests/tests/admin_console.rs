@@ -3,7 +3,9 @@
 //! against a real primary and two streaming replicas.
 
 use std::time::{Duration, Instant};
-use switchyard_tests::{plugin, pool_toml, roles, shared_cluster, sqlstate, unique_name, Proxy};
+use switchyard_tests::{
+    free_port, plugin, pool_toml, roles, shared_cluster, sqlstate, unique_name, Proxy,
+};
 use tokio_postgres::SimpleQueryMessage;
 
 const ADMIN_PASSWORD: &str = "console_pw";
@@ -373,4 +375,101 @@ async fn stats_count_transactions_requests_and_waits() {
     a.simple_query("SELECT 1; SELECT 2").await.unwrap();
     let (x3, q3, _) = stats(&admin, &db).await;
     assert_eq!((x3 - x2, q3 - q2), (1, 1));
+}
+
+/// One HTTP/1.1 request to the metrics endpoint (retried while it is not listening yet):
+/// the status line and headers, and the body.
+fn http_get(port: u16, method: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "metrics endpoint: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (head.to_string(), body.to_string())
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(body: &str, name: &str, labels: &str) -> f64 {
+    let key = format!("{name}{{{labels}}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_same_counters_at_metrics() {
+    let c = shared_cluster();
+    let db = unique_name("metrics");
+    c.create_database(&db, roles::TRUST);
+    let metrics_port = free_port();
+    let proxy = Proxy::start(
+        &format!("metrics_addr = \"127.0.0.1:{metrics_port}\""),
+        &config(&db, &["read-write-split"], 4),
+    );
+    let app = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    for _ in 0..7 {
+        app.simple_query("SELECT 1").await.unwrap();
+    }
+    let (head, body) =
+        tokio::task::spawn_blocking(move || http_get(metrics_port, "GET", "/metrics"))
+            .await
+            .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let pool = format!("database=\"{db}\",user=\"{}\"", roles::TRUST);
+    assert_eq!(sample(&body, "switchyard_clients", &pool), 1.0);
+    assert_eq!(sample(&body, "switchyard_transactions_total", &pool), 7.0);
+    assert_eq!(sample(&body, "switchyard_requests_total", &pool), 7.0);
+    assert_eq!(sample(&body, "switchyard_policy_traps_total", &pool), 0.0);
+    let primary = format!("{pool},server=\"primary\",role=\"primary\"");
+    assert_eq!(sample(&body, "switchyard_server_healthy", &primary), 1.0);
+    // The reads went to the replicas: together they opened a connection, the primary none.
+    let opened = |server: &str| {
+        let labels = format!("{pool},server=\"{server}\",role=\"replica\"");
+        sample(&body, "switchyard_server_connections_opened_total", &labels)
+    };
+    assert!(opened("replica1") + opened("replica2") >= 1.0, "{body}");
+    assert!(body.contains("# TYPE switchyard_transactions_total counter"));
+    assert!(body.contains(&format!(
+        "switchyard_server_connections{{{primary},state=\"idle\"}} "
+    )));
+    // Every sample line is `name{labels} number` or `name number`.
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+
+    let (head, _) = tokio::task::spawn_blocking(move || http_get(metrics_port, "GET", "/other"))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = tokio::task::spawn_blocking(move || http_get(metrics_port, "POST", "/metrics"))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    // Clients are served as before.
+    app.simple_query("SELECT 1").await.unwrap();
 }

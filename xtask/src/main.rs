@@ -135,7 +135,8 @@ fn demo() -> Result<(), String> {
         .map_err(|e| format!("create demo database: {e}"))?;
     let config = format!(
         "# Written by `cargo xtask demo`; see examples/switchyard.toml for every key.\n\
-         [general]\nlisten_addr = \"127.0.0.1:6432\"\nshutdown_timeout_ms = 5000\n\n{}\n\
+         [general]\nlisten_addr = \"127.0.0.1:6432\"\nmetrics_addr = \"127.0.0.1:9127\"\n\
+         shutdown_timeout_ms = 5000\n\n{}\n\
          [admin.users.admin]\npassword = \"admin\"\n",
         pool_toml(
             &cluster,
@@ -176,6 +177,7 @@ fn demo() -> Result<(), String> {
          Try: pgbench -i -h 127.0.0.1 -p {} -U {} demo, then pgbench -h 127.0.0.1 -p 6432 -U demo -S -c 10 -T 10 demo\n\
          (password demo). The admin console (password admin; SHOW HELP lists its commands):\n\n\
              psql \"host=127.0.0.1 port=6432 user=admin password=admin dbname=switchyard\" -c 'SHOW POOLS'\n\n\
+         Prometheus metrics: curl http://127.0.0.1:9127/metrics\n\n\
          To swap the routing policies live, edit the config and run RELOAD there, or: kill -HUP {}\n\
          Press Ctrl-C to stop everything.\n",
         cluster.primary.port,

@@ -5,11 +5,16 @@
 //! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW STATS`, `SHOW POLICIES`, `SHOW CONFIG`, `RELOAD`. Monitoring reads
 //! the same tables. No server is involved: the console answers from the pools' own counters.
 //!
+//! The same counters are served to Prometheus at `GET /metrics` on `general.metrics_addr`
+//! ([`metrics`], [`metrics_http`]).
+//!
 //! Only the simple query protocol is served (as in PgBouncer's console): an extended-protocol
 //! message gets an error, and the messages up to the next `Sync` are skipped. A query may hold
 //! several commands separated by `;`; each gets its own result.
 
 mod command;
+pub mod metrics;
+pub mod metrics_http;
 mod show;
 mod table;
 

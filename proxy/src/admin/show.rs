@@ -7,7 +7,7 @@ use crate::router::Router;
 use crate::Proxy;
 
 /// The pools by database, then user: the order an operator reads them in.
-fn sorted(proxy: &Proxy) -> Vec<&std::sync::Arc<crate::pool::UserPool>> {
+pub(super) fn sorted(proxy: &Proxy) -> Vec<&std::sync::Arc<crate::pool::UserPool>> {
     let mut pools: Vec<_> = proxy.pools.all().collect();
     pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
     pools

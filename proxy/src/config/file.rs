@@ -27,6 +27,8 @@ pub struct Config {
 pub struct General {
     /// Where clients connect, `host:port`.
     pub listen_addr: String,
+    /// Where Prometheus scrapes `GET /metrics`, `host:port`; unset: no metrics endpoint.
+    pub metrics_addr: Option<String>,
     /// A directory where clients may also connect by Unix socket, `.s.PGSQL.<port>` like
     /// PostgreSQL's (`psql -h <dir> -p <port>`); unset: TCP only.
     pub unix_socket_dir: Option<String>,
@@ -115,6 +117,7 @@ impl Default for General {
     fn default() -> Self {
         General {
             listen_addr: "127.0.0.1:6432".into(),
+            metrics_addr: None,
             unix_socket_dir: None,
             worker_threads: None,
             max_client_conn: 1000,

@@ -292,4 +292,17 @@ mod tests {
             parse_str(&format!("{MINIMAL}\n[admin.users.ops]\nauth = \"trust\"\n")).unwrap();
         assert!(trust.admin.is_some());
     }
+
+    #[test]
+    fn the_metrics_address_is_checked() {
+        let c = parse_str(&format!(
+            "[general]\nmetrics_addr = \"127.0.0.1:9127\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.general.metrics_addr.as_deref(), Some("127.0.0.1:9127"));
+        for bad in ["\"localhost\"", "\"127.0.0.1:6432\""] {
+            let e = parse_str(&format!("[general]\nmetrics_addr = {bad}\n{MINIMAL}")).unwrap_err();
+            assert!(e.contains("general.metrics_addr"), "{e}");
+        }
+    }
 }

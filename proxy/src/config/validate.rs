@@ -17,6 +17,20 @@ pub fn check(config: &Config) -> Result<(), Failure> {
             ),
         ));
     }
+    if let Some(addr) = &g.metrics_addr {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "general.metrics_addr".into(),
+                format!("\"{addr}\" is not an address like 127.0.0.1:9127"),
+            ));
+        }
+        if *addr == g.listen_addr {
+            return Err((
+                "general.metrics_addr".into(),
+                "is general.listen_addr: the metrics endpoint needs a port of its own".into(),
+            ));
+        }
+    }
     if let Some(dir) = &g.unix_socket_dir {
         socket_dir("general.unix_socket_dir".into(), dir, 65535)?;
     }
