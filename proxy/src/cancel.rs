@@ -5,26 +5,53 @@
 //! while a cancel is on its way, the server connection is not handed to another client
 //! (see [`ServerKey::cancel_pending`]).
 
+use crate::pool::UserPool;
 use crate::server::ServerKey;
 use crate::socket::Stream;
 use atomic_waker::AtomicWaker;
 use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A connected client as the rest of the proxy reaches it: which server connection it is using
-/// right now (for cancels), and how to wake its session (for shutdown).
+/// right now (for cancels, and the admin console's `SHOW CLIENTS`), how to wake its session
+/// (for shutdown), and who it is once logged in.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     server: Mutex<Option<Arc<ServerKey>>>,
     /// The session's waker while it waits; shutdown wakes it.
     pub wake: AtomicWaker,
+    /// Set once, at login.
+    pub info: OnceLock<ClientInfo>,
+}
+
+/// Who a logged-in client is, for `SHOW CLIENTS`.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// The pool it logged in to, or `None` for the admin console.
+    pub pool: Option<Arc<UserPool>>,
+    /// The console's user (for a pool's client, the pool's user).
+    pub console_user: String,
+    /// `None` on the Unix socket.
+    pub peer: Option<SocketAddr>,
+    /// As the client gave it at login.
+    pub application_name: String,
+    pub since: Instant,
 }
 
 impl CancelSlot {
+    /// The server connection the client is using now, if any.
+    pub fn server(&self) -> Option<Arc<ServerKey>> {
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Records the server the client just checked out.
     pub fn set(&self, key: &Arc<ServerKey>) {
         *self.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.clone());
@@ -90,6 +117,18 @@ impl CancelRegistry {
             secret,
             slot,
         }
+    }
+
+    /// Every connected client: its proxy-issued pid and slot, by pid.
+    pub fn clients(&self) -> Vec<(i32, Arc<CancelSlot>)> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = clients
+            .iter()
+            .map(|(pid, (_, slot))| (*pid, slot.clone()))
+            .collect();
+        drop(clients);
+        all.sort_by_key(|(pid, _)| *pid);
+        all
     }
 
     /// Wakes every session (after a shutdown phase change).

@@ -153,6 +153,45 @@ async fn the_console_shows_live_pools_servers_and_policies() {
     assert_eq!(get(policy, "traps"), "0");
     assert_eq!(get(policy, "reloads"), "0");
 
+    // Each client by itself: the one in a transaction holds a primary connection, whose
+    // backend pid is the one PostgreSQL reports to it.
+    let backend: i32 = clients[0]
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let all = show(&admin, "SHOW CLIENTS").await;
+    let mine = of(&all, &db);
+    assert_eq!(mine.len(), 3, "{all:?}");
+    let active: Vec<_> = mine
+        .iter()
+        .filter(|r| get(r, "state") == "active")
+        .collect();
+    assert_eq!(active.len(), 1, "{mine:?}");
+    assert_eq!(get(active[0], "server_pid"), backend.to_string());
+    assert_eq!(
+        get(active[0], "server_addr"),
+        format!("127.0.0.1:{}", c.primary.port)
+    );
+    assert_eq!(get(active[0], "addr"), "127.0.0.1");
+    let idle = mine.iter().filter(|r| get(r, "state") == "idle").count();
+    assert_eq!(idle, 2, "{mine:?}");
+    let consoles: Vec<_> = all
+        .iter()
+        .filter(|r| get(r, "state") == "console")
+        .collect();
+    assert_eq!(consoles.len(), 1, "{all:?}");
+    assert_eq!(get(consoles[0], "user"), "ops");
+    assert_eq!(get(consoles[0], "database"), "switchyard");
+    // psql names itself: its own row shows it.
+    let (ok, out, err) = psql(&proxy, "SHOW CLIENTS");
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("|console|") && l.contains("|psql|")),
+        "{out}"
+    );
+
     let config = show(&admin, "SHOW CONFIG").await;
     let listen = config
         .iter()

@@ -1,7 +1,7 @@
 //! The console's commands: what an operator types, parsed into what the console does.
 //!
 //! The vocabulary is PgBouncer's where it overlaps (`SHOW POOLS`, `SHOW SERVERS`, `SHOW
-//! STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`), so that operators and monitoring scripts
+//! CLIENTS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`), so that operators and monitoring scripts
 //! used to its console find their way. Keywords are case-insensitive; a trailing `;` is fine.
 
 /// One console command.
@@ -19,6 +19,8 @@ pub enum Command {
     Policies,
     /// One row per pool: transactions, requests and checkout waits since start.
     Stats,
+    /// One row per connected client: who, from where, and the server it is using.
+    Clients,
     /// The `[general]` settings in effect.
     Config,
     /// Reload the routing policies from the config file, as `SIGHUP` does.
@@ -36,6 +38,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "SHOW SERVERS",
         "per server of each pool: role, health, connections in use and idle, opened since start",
+    ),
+    (
+        "SHOW CLIENTS",
+        "per client: pool, address, application_name, state, and the server connection in use",
     ),
     (
         "SHOW STATS",
@@ -68,6 +74,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         ["SHOW", "SERVERS"] => Ok(Command::Servers),
         ["SHOW", "POLICIES"] => Ok(Command::Policies),
         ["SHOW", "STATS"] => Ok(Command::Stats),
+        ["SHOW", "CLIENTS"] => Ok(Command::Clients),
         ["SHOW", "CONFIG"] => Ok(Command::Config),
         ["RELOAD"] => Ok(Command::Reload),
         _ => Err(format!(
@@ -89,6 +96,7 @@ mod tests {
         assert_eq!(parse("Show Help"), Ok(Command::Help));
         assert_eq!(parse("show policies"), Ok(Command::Policies));
         assert_eq!(parse("SHOW STATS;"), Ok(Command::Stats));
+        assert_eq!(parse("show clients"), Ok(Command::Clients));
         assert_eq!(parse("show config"), Ok(Command::Config));
         assert_eq!(parse("show version"), Ok(Command::Version));
     }

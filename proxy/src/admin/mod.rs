@@ -2,7 +2,7 @@
 //! the users of `[admin.users]` look at the running proxy and reload its policies.
 //!
 //! It is what PgBouncer's `pgbouncer` database is to its operators: `psql -d switchyard`,
-//! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW STATS`, `SHOW POLICIES`, `SHOW CONFIG`, `RELOAD`. Monitoring reads
+//! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW CLIENTS`, `SHOW STATS`, `SHOW POLICIES`, `SHOW CONFIG`, `RELOAD`. Monitoring reads
 //! the same tables. No server is involved: the console answers from the pools' own counters.
 //!
 //! The same counters are served to Prometheus at `GET /metrics` on `general.metrics_addr`
@@ -201,6 +201,7 @@ impl<'p> Console<'p> {
             Command::Servers => show::servers(self.proxy),
             Command::Policies => show::policies(self.proxy),
             Command::Stats => show::stats(self.proxy),
+            Command::Clients => show::clients(self.proxy),
             Command::Config => show::config(self.proxy),
             Command::Reload => return self.reload(out).await,
         };

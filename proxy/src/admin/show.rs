@@ -2,7 +2,7 @@
 //! the data path keeps anyway, so a console query costs the clients nothing.
 
 use super::command::HELP;
-use super::table::{Kind, Table};
+use super::table::{Cell, Kind, Table};
 use crate::router::Router;
 use crate::Proxy;
 
@@ -57,6 +57,63 @@ pub fn pools(proxy: &Proxy) -> Table {
             active.into(),
             idle.into(),
             size.into(),
+        ]);
+    }
+    t
+}
+
+/// Per connected client, by its proxy-issued `pid` (the key of its cancel requests):
+/// `state` is `active` while it holds a server connection (`server_addr`, and `server_pid`, the
+/// PostgreSQL backend's pid as `pg_stat_activity` shows it), `idle` between transactions,
+/// `login` while it logs in, `console` for an admin console session. `application_name` is
+/// the one it gave at login; `connected_s`, seconds since it logged in.
+pub fn clients(proxy: &Proxy) -> Table {
+    let mut t = Table::new(&[
+        ("pid", Kind::Int),
+        ("database", Kind::Text),
+        ("user", Kind::Text),
+        ("state", Kind::Text),
+        ("addr", Kind::Text),
+        ("port", Kind::Int),
+        ("application_name", Kind::Text),
+        ("connected_s", Kind::Int),
+        ("server_addr", Kind::Text),
+        ("server_pid", Kind::Int),
+    ]);
+    let console = proxy
+        .config
+        .admin
+        .as_ref()
+        .map_or("", |a| a.database.as_str());
+    for (pid, slot) in proxy.cancels.clients() {
+        let server = slot.server();
+        let info = slot.info.get();
+        let (database, user, state) = match info {
+            None => ("", "", "login"),
+            Some(i) => match &i.pool {
+                None => (console, i.console_user.as_str(), "console"),
+                Some(p) => {
+                    let state = if server.is_some() { "active" } else { "idle" };
+                    (p.database.as_str(), p.user.as_str(), state)
+                }
+            },
+        };
+        let peer = info.and_then(|i| i.peer);
+        t.push(vec![
+            Cell::Int(i64::from(pid)),
+            database.into(),
+            user.into(),
+            state.into(),
+            peer.map_or_else(|| "unix".to_string(), |a| a.ip().to_string())
+                .into(),
+            Cell::Int(peer.map_or(0, |a| i64::from(a.port()))),
+            info.map_or("", |i| i.application_name.as_str()).into(),
+            info.map_or(0, |i| i.since.elapsed().as_secs()).into(),
+            server
+                .as_ref()
+                .map_or_else(String::new, |k| k.addr.to_string())
+                .into(),
+            Cell::Int(server.map_or(0, |k| i64::from(k.pid))),
         ]);
     }
     t

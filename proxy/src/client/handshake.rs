@@ -24,6 +24,7 @@ pub(crate) enum Hello {
     /// A user of the admin console, logged in and greeted.
     Console {
         user: String,
+        application_name: String,
     },
 }
 
@@ -144,6 +145,7 @@ pub(crate) async fn handshake(
         write(stream, &out).await?;
         return Ok(Hello::Console {
             user: user.to_owned(),
+            application_name: get("application_name").unwrap_or("").to_owned(),
         });
     }
     let pool = match proxy.pools.get(database, user) {

@@ -14,9 +14,10 @@ mod transaction_block;
 
 pub use params::ClientParams;
 
-use crate::cancel::Registration;
+use crate::cancel::{ClientInfo, Registration};
 use crate::pool::PoolClient;
 use crate::protocol::backend::{self, Severity};
+use crate::server::params::TrackedParams;
 use crate::socket::Stream;
 use crate::Proxy;
 use bytes::BytesMut;
@@ -121,13 +122,31 @@ async fn log_in<'p>(
         Ok(handshake::Hello::Login(login)) => {
             tracing::debug!(peer = ?peer, user = %login.pool.user, database = %login.pool.database, "client logged in");
             let counted = login.pool.enter();
+            let app = login.params.tracked.get(TrackedParams::APPLICATION_NAME);
+            let _ = registration.slot.info.set(ClientInfo {
+                pool: Some(login.pool.clone()),
+                console_user: String::new(),
+                peer,
+                application_name: app.to_owned(),
+                since: std::time::Instant::now(),
+            });
             Some(Entered::Session(
                 session::Session::new(proxy, stream, peer, buf, login, registration),
                 counted,
             ))
         }
-        Ok(handshake::Hello::Console { user }) => {
+        Ok(handshake::Hello::Console {
+            user,
+            application_name,
+        }) => {
             tracing::info!(peer = ?peer, %user, "admin console login");
+            let _ = registration.slot.info.set(ClientInfo {
+                pool: None,
+                console_user: user.clone(),
+                peer,
+                application_name,
+                since: std::time::Instant::now(),
+            });
             Some(Entered::Console(crate::admin::Console::new(
                 proxy, stream, buf, user,
             )))
