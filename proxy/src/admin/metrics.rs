@@ -95,7 +95,7 @@ pub fn render(proxy: &Proxy) -> String {
         (
             "switchyard_policy_traps_total",
             "counter",
-            "Routing-policy calls that trapped or could not run and were routed by the fallback (restarts at each reload).",
+            "Routing-policy calls that trapped or could not run and were routed by the fallback.",
             |p| crate::router::Router::report(&p.router).traps,
         ),
         (

@@ -183,7 +183,8 @@ pub fn servers(proxy: &Proxy) -> Table {
 }
 
 /// Per pool: its chain of routing policies (empty: everything to the primary), the calls
-/// that trapped since that chain was loaded, and how many reloads replaced the chain.
+/// that trapped since start (under this chain and those it replaced), and how many reloads
+/// replaced the chain.
 pub fn policies(proxy: &Proxy) -> Table {
     let mut t = Table::new(&[
         ("database", Kind::Text),

@@ -88,7 +88,7 @@ pub trait Router: Send + Sync + 'static {
 pub struct RouterReport {
     /// The policies in chain order (component file names); empty: everything to the primary.
     pub policies: Vec<String>,
-    /// Calls that trapped or could not run (and were routed by the fallback) since this
-    /// router was loaded.
+    /// Calls that trapped or could not run (and were routed by the fallback): since this
+    /// router was loaded, or, for a pool's [`SwappableRouter`], since start.
     pub traps: u64,
 }

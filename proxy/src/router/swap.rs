@@ -27,6 +27,9 @@ pub struct SwappableRouter {
     reads_requests: AtomicBool,
     /// Routers published by [`SwappableRouter::replace`] since start.
     swaps: AtomicU64,
+    /// The traps of the routers replaced so far, so that the count reported covers the
+    /// pool's life, not only the current chain's.
+    replaced_traps: AtomicU64,
 }
 
 impl SwappableRouter {
@@ -35,6 +38,7 @@ impl SwappableRouter {
             reads_requests: AtomicBool::new(router.reads_requests()),
             current: ArcSwap::from_pointee(router),
             swaps: AtomicU64::new(0),
+            replaced_traps: AtomicU64::new(0),
         }
     }
 
@@ -42,8 +46,11 @@ impl SwappableRouter {
     pub fn replace(&self, router: Arc<dyn Router>) {
         self.reads_requests
             .store(router.reads_requests(), Ordering::Relaxed);
-        self.current.store(Arc::new(router));
+        let old = self.current.swap(Arc::new(router));
         self.swaps.fetch_add(1, Ordering::Relaxed);
+        // A call still running on the old chain may trap after this: that one is not counted.
+        self.replaced_traps
+            .fetch_add(old.report().traps, Ordering::Relaxed);
     }
 
     /// How many times a reload replaced the router since start.
@@ -76,8 +83,11 @@ impl Router for SwappableRouter {
         self.current.load().session_closed(session_id)
     }
 
+    /// The current chain, with the traps of every chain since start.
     fn report(&self) -> RouterReport {
-        self.current.load().report()
+        let mut report = self.current.load().report();
+        report.traps += self.replaced_traps.load(Ordering::Relaxed);
+        report
     }
 }
 
@@ -111,6 +121,34 @@ mod tests {
             read_only_transaction: false,
             session_hint: hint,
         }
+    }
+
+    /// A router that reports some traps.
+    struct Trapped(u64);
+
+    impl Router for Trapped {
+        fn route(&self, _: &RouteRequest<'_>) -> Route {
+            Route::Primary
+        }
+
+        fn report(&self) -> RouterReport {
+            RouterReport {
+                policies: vec!["p.wasm".into()],
+                traps: self.0,
+            }
+        }
+    }
+
+    #[test]
+    fn traps_are_counted_across_replacements() {
+        let r = SwappableRouter::new(Arc::new(Trapped(3)));
+        assert_eq!(r.report().traps, 3);
+        r.replace(Arc::new(Trapped(1)));
+        assert_eq!(r.report().traps, 4);
+        assert_eq!(r.report().policies, ["p.wasm"]);
+        r.replace(Arc::new(PrimaryOnly));
+        assert_eq!(r.report().traps, 4);
+        assert_eq!(r.swaps(), 2);
     }
 
     #[test]
