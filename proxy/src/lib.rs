@@ -55,7 +55,7 @@ pub fn default_workers() -> usize {
 /// Runs on the main thread's runtime; accepting and client sessions run on [`workers`] threads.
 pub async fn run(
     config: Config,
-    listeners: listener::Listeners,
+    mut listeners: listener::Listeners,
     stop: impl Future<Output = ()>,
     reloads: Option<reload::Reloads>,
 ) -> std::io::Result<()> {
@@ -82,12 +82,9 @@ pub async fn run(
         reloader: reloader.clone(),
     });
     // The metrics endpoint, on this runtime: scrapes never queue behind clients.
-    if let Some(addr) = &proxy.config.general.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::other(format!(
-                "cannot listen for metrics on {addr} (general.metrics_addr): {e}"
-            ))
-        })?;
+    if let Some(listener) = listeners.take_metrics() {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let addr = listener.local_addr()?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
         tokio::spawn(admin::metrics_http::serve(
             listener,

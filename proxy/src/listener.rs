@@ -29,6 +29,9 @@ use tokio::net::{TcpListener, TcpSocket, UnixListener};
 pub struct Listeners {
     tcp: std::net::TcpListener,
     unix: Option<(std::os::unix::net::UnixListener, SocketFile)>,
+    /// The metrics endpoint's socket (`general.metrics_addr`), bound first: a port in use
+    /// stops startup before any client could connect.
+    metrics: Option<std::net::TcpListener>,
 }
 
 /// A Unix socket file this proxy created; removed when dropped (on a clean shutdown).
@@ -45,6 +48,17 @@ impl Listeners {
     /// Binds `listen_addr` and, if configured, the Unix socket. A socket file left by a proxy
     /// that died is replaced; one that a live process still accepts on is an error.
     pub async fn bind(general: &General) -> Result<Listeners, String> {
+        let metrics = match &general.metrics_addr {
+            None => None,
+            Some(a) => {
+                let shown = |e: std::io::Error| {
+                    format!("cannot listen for metrics on {a} (general.metrics_addr): {e}")
+                };
+                let l = std::net::TcpListener::bind(a).map_err(shown)?;
+                l.set_nonblocking(true).map_err(shown)?;
+                Some(l)
+            }
+        };
         let shown = |e: std::io::Error| format!("cannot listen on {}: {e}", general.listen_addr);
         let addr: SocketAddr = general.listen_addr.parse().map_err(|e| {
             format!(
@@ -76,7 +90,7 @@ impl Listeners {
             .listen(1024)
             .and_then(|l| l.into_std())
             .map_err(shown)?;
-        Ok(Listeners { tcp, unix })
+        Ok(Listeners { tcp, unix, metrics })
     }
 
     /// The TCP address clients connect to.
@@ -87,6 +101,11 @@ impl Listeners {
     /// The Unix socket file, if there is one.
     pub fn unix_path(&self) -> Option<&std::path::Path> {
         self.unix.as_ref().map(|(_, f)| f.0.as_path())
+    }
+
+    /// The metrics endpoint's socket, if configured, to serve apart from the clients'.
+    pub fn take_metrics(&mut self) -> Option<std::net::TcpListener> {
+        self.metrics.take()
     }
 
     /// Registers the sockets with the reactor of the thread this runs on.

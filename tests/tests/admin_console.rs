@@ -626,3 +626,54 @@ async fn bad_input_to_the_console_is_refused_cleanly() {
     let app = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     app.simple_query("SELECT 1").await.unwrap();
 }
+
+#[test]
+fn a_metrics_port_in_use_stops_startup_before_clients_can_connect() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_port = taken.local_addr().unwrap().port();
+    let client_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let db = unique_name("metrics_taken");
+    std::fs::write(
+        &path,
+        format!(
+            "[general]\nlisten_addr = \"127.0.0.1:{client_port}\"\n\
+             metrics_addr = \"127.0.0.1:{metrics_port}\"\n{}",
+            config(&db, &[], 2)
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(switchyard_tests::switchyard_binary())
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", client_port)).is_err(),
+            "clients could connect"
+        );
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("switchyard did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen for metrics on 127.0.0.1:{metrics_port} (general.metrics_addr)"
+        )),
+        "{stderr}"
+    );
+    drop(taken);
+}
