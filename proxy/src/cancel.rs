@@ -32,15 +32,34 @@ pub struct CancelSlot {
 /// Who a logged-in client is, for `SHOW CLIENTS`.
 #[derive(Debug)]
 pub struct ClientInfo {
-    /// The pool it logged in to, or `None` for the admin console.
-    pub pool: Option<Arc<UserPool>>,
-    /// The console's user (for a pool's client, the pool's user).
-    pub console_user: String,
+    pub who: Who,
     /// `None` on the Unix socket.
     pub peer: Option<SocketAddr>,
     /// As the client gave it at login.
     pub application_name: String,
+    /// When it logged in.
     pub since: Instant,
+}
+
+/// Where a client logged in.
+#[derive(Debug)]
+pub enum Who {
+    /// A pool (its database and user).
+    Pool(Arc<UserPool>),
+    /// The admin console, as this user.
+    Console(String),
+}
+
+impl ClientInfo {
+    /// A client logging in now.
+    pub fn new(who: Who, peer: Option<SocketAddr>, application_name: &str) -> Self {
+        ClientInfo {
+            who,
+            peer,
+            application_name: application_name.to_owned(),
+            since: Instant::now(),
+        }
+    }
 }
 
 impl CancelSlot {

@@ -3,6 +3,7 @@
 
 use super::command::HELP;
 use super::table::{Cell, Kind, Table};
+use crate::cancel::Who;
 use crate::router::Router;
 use crate::Proxy;
 
@@ -88,15 +89,13 @@ pub fn clients(proxy: &Proxy) -> Table {
     for (pid, slot) in proxy.cancels.clients() {
         let server = slot.server();
         let info = slot.info.get();
-        let (database, user, state) = match info {
+        let (database, user, state) = match info.map(|i| &i.who) {
             None => ("", "", "login"),
-            Some(i) => match &i.pool {
-                None => (console, i.console_user.as_str(), "console"),
-                Some(p) => {
-                    let state = if server.is_some() { "active" } else { "idle" };
-                    (p.database.as_str(), p.user.as_str(), state)
-                }
-            },
+            Some(Who::Console(user)) => (console, user.as_str(), "console"),
+            Some(Who::Pool(p)) => {
+                let state = if server.is_some() { "active" } else { "idle" };
+                (p.database.as_str(), p.user.as_str(), state)
+            }
         };
         let peer = info.and_then(|i| i.peer);
         t.push(vec![

@@ -137,15 +137,12 @@ pub(crate) async fn handshake(
         let (auth, secret) = u.client_auth().expect("config was validated");
         let max = proxy.config.general.max_message_size;
         authenticate(stream, buf, user, (auth, secret.as_ref()), max).await?;
-        crate::admin::greet(
-            &mut out,
-            get("application_name").unwrap_or(""),
-            registration,
-        );
+        let application_name = get("application_name").unwrap_or("");
+        crate::admin::greet(&mut out, application_name, registration);
         write(stream, &out).await?;
         return Ok(Hello::Console {
             user: user.to_owned(),
-            application_name: get("application_name").unwrap_or("").to_owned(),
+            application_name: application_name.to_owned(),
         });
     }
     let pool = match proxy.pools.get(database, user) {

@@ -14,7 +14,7 @@ mod transaction_block;
 
 pub use params::ClientParams;
 
-use crate::cancel::{ClientInfo, Registration};
+use crate::cancel::{ClientInfo, Registration, Who};
 use crate::pool::PoolClient;
 use crate::protocol::backend::{self, Severity};
 use crate::server::params::TrackedParams;
@@ -123,13 +123,8 @@ async fn log_in<'p>(
             tracing::debug!(peer = ?peer, user = %login.pool.user, database = %login.pool.database, "client logged in");
             let counted = login.pool.enter();
             let app = login.params.tracked.get(TrackedParams::APPLICATION_NAME);
-            let _ = registration.slot.info.set(ClientInfo {
-                pool: Some(login.pool.clone()),
-                console_user: String::new(),
-                peer,
-                application_name: app.to_owned(),
-                since: std::time::Instant::now(),
-            });
+            let who = Who::Pool(login.pool.clone());
+            let _ = registration.slot.info.set(ClientInfo::new(who, peer, app));
             Some(Entered::Session(
                 session::Session::new(proxy, stream, peer, buf, login, registration),
                 counted,
@@ -140,13 +135,11 @@ async fn log_in<'p>(
             application_name,
         }) => {
             tracing::info!(peer = ?peer, %user, "admin console login");
-            let _ = registration.slot.info.set(ClientInfo {
-                pool: None,
-                console_user: user.clone(),
-                peer,
-                application_name,
-                since: std::time::Instant::now(),
-            });
+            let who = Who::Console(user.clone());
+            let _ = registration
+                .slot
+                .info
+                .set(ClientInfo::new(who, peer, &application_name));
             Some(Entered::Console(crate::admin::Console::new(
                 proxy, stream, buf, user,
             )))
