@@ -9,13 +9,18 @@
 //! and the session, and the queue entry goes to the next client. Anything else the client sends
 //! (a pipelined message) means it is still there: the watch stops, and the bytes are read once
 //! the session has its server.
+//!
+//! The client is looked at before the wait each time the session wakes: the grant of a server
+//! and the client's goodbye can both be waiting when the session's task finally runs (its wake
+//! sat in a busy worker's queue), and the goodbye came first.
 
 use crate::socket::{Peeked, Stream, TERMINATE};
 use std::future::Future;
 use std::pin::pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
-/// Runs `wait` (a checkout) unless the client leaves first: `None` when it has.
+/// Runs `wait` (a checkout) unless the client leaves first: `None` when it has. A server the
+/// wait was granted meanwhile goes to the next in line when `wait` is dropped.
 ///
 /// `terminate_counts`: the socket's next bytes start a message (the session holds no partial
 /// one), so a lone Terminate there is a goodbye.
@@ -27,25 +32,107 @@ pub(super) async fn unless_client_leaves<F: Future>(
     wait: F,
 ) -> Option<F::Output> {
     let mut wait = pin!(wait);
-    let mut watching = true;
+    // One byte of state, not two flags: this future is part of every session's.
+    let mut watch = Watch::NotYet;
     std::future::poll_fn(|cx| {
+        if watch == Watch::Watching && client_left(client, terminate_counts, &mut watch, cx) {
+            return Poll::Ready(None);
+        }
         if let Poll::Ready(out) = wait.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        if watching {
-            match client.poll_peek(cx, terminate_counts) {
-                Poll::Ready(Peeked::Left) => return Poll::Ready(None),
-                Poll::Ready(Peeked::Terminate) => {
-                    // Read the goodbye, so that closing sends the client an orderly end of file
-                    // rather than the reset that unread bytes would cause.
-                    let _ = client.try_read(&mut [0u8; TERMINATE.len()]);
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Peeked::Data) => watching = false,
-                Poll::Pending => {}
+        if watch == Watch::NotYet {
+            watch = Watch::Watching;
+            if client_left(client, terminate_counts, &mut watch, cx) {
+                return Poll::Ready(None);
             }
         }
         Poll::Pending
     })
     .await
+}
+
+/// Where the watch of the client stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// The wait has not been polled yet (on the hot path it is ready at once).
+    NotYet,
+    /// The client is looked at each time the session wakes.
+    Watching,
+    /// The client sent data: it is there, and its socket is left alone.
+    Stopped,
+}
+
+/// Whether the client has gone (end of file, a reset, a lone Terminate). Data from it means it
+/// is still there: the watch stops, and the socket is not looked at again. Costs no system
+/// call while the socket's cached readiness says nothing arrived.
+fn client_left(
+    client: &Stream,
+    terminate_counts: bool,
+    watch: &mut Watch,
+    cx: &mut Context<'_>,
+) -> bool {
+    match client.poll_peek(cx, terminate_counts) {
+        Poll::Ready(Peeked::Left) => true,
+        Poll::Ready(Peeked::Terminate) => {
+            // Read the goodbye, so that closing sends the client an orderly end of file
+            // rather than the reset that unread bytes would cause.
+            let _ = client.try_read(&mut [0u8; TERMINATE.len()]);
+            true
+        }
+        Poll::Ready(Peeked::Data) => {
+            *watch = Watch::Stopped;
+            false
+        }
+        Poll::Pending => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (TcpStream, Stream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (proxy_side, _) = l.accept().await.unwrap();
+        (client, Stream::Tcp(proxy_side))
+    }
+
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn a_grant_that_finds_the_client_gone_is_not_taken() {
+        let (client, stream) = pair().await;
+        let (grant, granted) = tokio::sync::oneshot::channel::<()>();
+        let mut wait = pin!(unless_client_leaves(&stream, true, granted));
+        assert!(poll_once(wait.as_mut()).is_pending(), "queued");
+        // The client leaves, then the server is granted, before the session runs again.
+        drop(client);
+        grant.send(()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            matches!(poll_once(wait.as_mut()), Poll::Ready(None)),
+            "the goodbye came first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stays_gets_its_grant() {
+        let (client, stream) = pair().await;
+        let (grant, granted) = tokio::sync::oneshot::channel::<()>();
+        let mut wait = pin!(unless_client_leaves(&stream, true, granted));
+        assert!(poll_once(wait.as_mut()).is_pending(), "queued");
+        grant.send(()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(matches!(
+            poll_once(wait.as_mut()),
+            Poll::Ready(Some(Ok(())))
+        ));
+        drop(client);
+    }
 }
