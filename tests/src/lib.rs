@@ -7,6 +7,7 @@
 //! [`Proxy`] runs the `switchyard` binary with a config and stops it when dropped.
 
 mod cluster;
+pub mod console;
 mod proxy;
 
 pub use cluster::{find_bindir, free_port, Cluster, Node};

@@ -3,6 +3,7 @@
 //! against a real primary and two streaming replicas.
 
 use std::time::{Duration, Instant};
+use switchyard_tests::console::{get, of, show};
 use switchyard_tests::{
     free_port, plugin, pool_toml, roles, shared_cluster, sqlstate, unique_name, Proxy,
 };
@@ -33,37 +34,6 @@ fn rewrite(proxy: &Proxy, rest: &str) {
     let text = std::fs::read_to_string(&proxy.config_path).unwrap();
     let general = &text[..text.find("[pools.").unwrap()];
     std::fs::write(&proxy.config_path, format!("{general}{rest}")).unwrap();
-}
-
-/// The rows of a console command, each as column name → value.
-async fn show(c: &tokio_postgres::Client, command: &str) -> Vec<Vec<(String, String)>> {
-    c.simple_query(command)
-        .await
-        .unwrap_or_else(|e| panic!("{command}: {e:?}"))
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).unwrap_or("").to_string()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-fn get<'a>(row: &'a [(String, String)], column: &str) -> &'a str {
-    row.iter()
-        .find(|(c, _)| c == column)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no column {column} in {row:?}"))
-}
-
-/// The rows of `db` in a `SHOW` answer.
-fn of<'a>(rows: &'a [Vec<(String, String)>], db: &str) -> Vec<&'a Vec<(String, String)>> {
-    rows.iter().filter(|r| get(r, "database") == db).collect()
 }
 
 async fn console(proxy: &Proxy) -> tokio_postgres::Client {

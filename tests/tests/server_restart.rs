@@ -1,6 +1,7 @@
 //! The primary restarts under a running proxy: the pool heals without a proxy restart, and
-//! clients between transactions do not even notice. This binary has a cluster of its own
-//! (a primary alone), since restarting the shared one would disturb other tests.
+//! clients between transactions do not even notice; with the console's `PAUSE` around the
+//! restart, no client sees an error at all. This binary has a cluster of its own (a primary
+//! alone), since restarting the shared one would disturb other tests; its tests take turns.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,13 +17,32 @@ extern "C" fn stop_at_exit() {
     cluster().stop();
 }
 
+/// One restart at a time: each test's clients must meet only its own.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn register_stop_at_exit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function with no captured state; it runs at process exit.
+    ONCE.call_once(|| unsafe {
+        libc::atexit(stop_at_exit);
+    });
+}
+
+/// The primary's start time, which a restart changes.
+fn started_at(c: &Cluster) -> String {
+    c.psql(
+        c.primary.port,
+        "postgres",
+        "SELECT pg_postmaster_start_time()",
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn the_pool_heals_after_the_primary_restarts() {
     let c = cluster();
-    // SAFETY: registers a plain function with no captured state; it runs at process exit.
-    unsafe {
-        libc::atexit(stop_at_exit);
-    }
+    register_stop_at_exit();
+    let _turn = TURN.lock().await;
     let db = unique_name("restart");
     c.create_database(&db, roles::TRUST);
     let proxy = Proxy::start(
@@ -32,14 +52,7 @@ async fn the_pool_heals_after_the_primary_restarts() {
     // A client between transactions, whose pooled server dies in the restart.
     let idle = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     idle.batch_execute("CREATE TABLE t (x int)").await.unwrap();
-    let started_at = || {
-        c.psql(
-            c.primary.port,
-            "postgres",
-            "SELECT pg_postmaster_start_time()",
-        )
-    };
-    let first_start = started_at().unwrap();
+    let first_start = started_at(c);
     let before: i32 = idle
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -87,7 +100,7 @@ async fn the_pool_heals_after_the_primary_restarts() {
         .await
         .unwrap()
         .unwrap();
-    assert_ne!(started_at().unwrap(), first_start, "the primary restarted");
+    assert_ne!(started_at(c), first_start, "the primary restarted");
     restarted_at.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
@@ -123,4 +136,91 @@ async fn the_pool_heals_after_the_primary_restarts() {
         .unwrap()
         .get(0);
     assert!(n > 0);
+}
+
+#[tokio::test]
+async fn with_pause_and_resume_around_a_restart_no_client_sees_an_error() {
+    let c = cluster();
+    register_stop_at_exit();
+    let _turn = TURN.lock().await;
+    let db = unique_name("paused_restart");
+    c.create_database(&db, roles::TRUST);
+    let pool = trust_pool(c, &db, "pool_mode = \"transaction\"\npool_size = 4");
+    let proxy = Proxy::start(
+        "connect_timeout_ms = 2000\ncheckout_timeout_ms = 60000",
+        &format!("{pool}\n[admin.users.ops]\npassword = \"ops_pw\"\n"),
+    );
+    let setup = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    setup
+        .batch_execute("CREATE TABLE t (w int, n int)")
+        .await
+        .unwrap();
+    let first_start = started_at(c);
+
+    // Clients that write in transactions of two statements, without a pause between them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let resumed = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8i32 {
+        let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        let (stop, resumed) = (stop.clone(), resumed.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut done, mut after_resume) = (0u32, 0u32);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let sql = format!(
+                    "BEGIN; INSERT INTO t VALUES ({w}, {done}); \
+                     UPDATE t SET n = n + 1 WHERE w = {w} AND n = {done}; COMMIT"
+                );
+                if let Err(e) = client.batch_execute(&sql).await {
+                    return Err(format!("worker {w} after {done} transactions: {e:?}"));
+                }
+                done += 1;
+                if resumed.load(Ordering::Relaxed) {
+                    after_resume += 1;
+                }
+            }
+            Ok((done, after_resume))
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let admin = proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), admin.simple_query("PAUSE"))
+        .await
+        .expect("PAUSE answers once the running transactions end")
+        .unwrap_or_else(|e| panic!("PAUSE: {e:?}\n{}", proxy.log()));
+    // Off the test's thread: the workers wait meanwhile.
+    tokio::task::spawn_blocking(move || c.restart_node(&c.primary))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(started_at(c), first_start, "the primary restarted");
+    admin.simple_query("RESUME").await.unwrap();
+    resumed.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut total = 0;
+    for worker in workers {
+        let (done, after_resume) = worker
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+        assert!(after_resume > 5, "{after_resume} transactions after RESUME");
+        total += done;
+    }
+    let rows: i64 = setup
+        .query_one("SELECT count(*) FROM t WHERE n > 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rows,
+        i64::from(total),
+        "every transaction committed whole, once"
+    );
 }

@@ -1,11 +1,13 @@
 //! The console's commands: what an operator types, parsed into what the console does.
 //!
 //! The vocabulary is PgBouncer's where it overlaps (`SHOW POOLS`, `SHOW SERVERS`, `SHOW
-//! CLIENTS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`), so that operators and monitoring scripts
-//! used to its console find their way. Keywords are case-insensitive; a trailing `;` is fine.
+//! CLIENTS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`, `PAUSE`,
+//! `RESUME`), so that operators and monitoring scripts used to its console find their way.
+//! Keywords are case-insensitive; a database name is taken as written (double quotes around
+//! it are dropped); a trailing `;` is fine.
 
 /// One console command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// The commands and what they show.
     Help,
@@ -25,6 +27,12 @@ pub enum Command {
     Config,
     /// Reload the routing policies from the config file, as `SIGHUP` does.
     Reload,
+    /// Hold new transactions of one database (or all), wait for those running to end, and
+    /// close the idle server connections: the servers can then restart or move while clients
+    /// wait instead of failing.
+    Pause(Option<String>),
+    /// Serve the transactions that waited during a pause.
+    Resume(Option<String>),
 }
 
 /// The commands with a line on each, for `SHOW HELP` and error hints.
@@ -56,17 +64,26 @@ pub const HELP: &[(&str, &str)] = &[
         "RELOAD",
         "reload the routing policies from the config file, as SIGHUP does",
     ),
+    (
+        "PAUSE [db]",
+        "hold new transactions, wait for running ones to end, close idle server connections",
+    ),
+    (
+        "RESUME [db]",
+        "serve the transactions that waited during a pause",
+    ),
 ];
 
 /// Parses one statement of a console query; the error is the message for the client.
 pub fn parse(sql: &str) -> Result<Command, String> {
-    let words: Vec<String> = sql
+    let written: Vec<&str> = sql
         .trim()
         .trim_end_matches(';')
         .split_ascii_whitespace()
-        .map(str::to_ascii_uppercase)
         .collect();
+    let words: Vec<String> = written.iter().map(|w| w.to_ascii_uppercase()).collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let database = || database_name(written[1]);
     match words.as_slice() {
         ["SHOW", "HELP"] => Ok(Command::Help),
         ["SHOW", "VERSION"] => Ok(Command::Version),
@@ -77,10 +94,22 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         ["SHOW", "CLIENTS"] => Ok(Command::Clients),
         ["SHOW", "CONFIG"] => Ok(Command::Config),
         ["RELOAD"] => Ok(Command::Reload),
+        ["PAUSE"] => Ok(Command::Pause(None)),
+        ["PAUSE", _] => Ok(Command::Pause(Some(database()))),
+        ["RESUME"] => Ok(Command::Resume(None)),
+        ["RESUME", _] => Ok(Command::Resume(Some(database()))),
         _ => Err(format!(
             "unknown admin console command \"{}\"; SHOW HELP lists the commands",
             sql.trim()
         )),
+    }
+}
+
+/// A database name as written, without the double quotes of a quoted identifier.
+fn database_name(word: &str) -> String {
+    match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(quoted) if !quoted.is_empty() => quoted.replace("\"\"", "\""),
+        _ => word.to_owned(),
     }
 }
 
@@ -99,6 +128,22 @@ mod tests {
         assert_eq!(parse("show clients"), Ok(Command::Clients));
         assert_eq!(parse("show config"), Ok(Command::Config));
         assert_eq!(parse("show version"), Ok(Command::Version));
+    }
+
+    #[test]
+    fn pause_and_resume_take_a_database_as_written() {
+        assert_eq!(parse("pause"), Ok(Command::Pause(None)));
+        assert_eq!(
+            parse("PAUSE Orders;"),
+            Ok(Command::Pause(Some("Orders".into())))
+        );
+        assert_eq!(
+            parse("pause \"My\"\"Db\""),
+            Ok(Command::Pause(Some("My\"Db".into())))
+        );
+        assert_eq!(parse("resume"), Ok(Command::Resume(None)));
+        assert_eq!(parse("Resume app"), Ok(Command::Resume(Some("app".into()))));
+        assert!(parse("PAUSE a b").is_err());
     }
 
     #[test]

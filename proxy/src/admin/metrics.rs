@@ -70,7 +70,7 @@ pub fn render(proxy: &Proxy) -> String {
     e.sample("switchyard_client_connections", &[], proxy.clients.count());
 
     type PoolValue = fn(&crate::pool::UserPool) -> u64;
-    let per_pool: [(&str, &str, &str, PoolValue); 6] = [
+    let per_pool: [(&str, &str, &str, PoolValue); 7] = [
         ("switchyard_clients", "gauge", "Clients logged in to the pool.", |p| {
             p.clients() as u64
         }),
@@ -79,6 +79,12 @@ pub fn render(proxy: &Proxy) -> String {
             "gauge",
             "Checkouts waiting in line for a server connection of the pool.",
             |p| p.servers.iter().map(|s| s.waiting() as u64).sum(),
+        ),
+        (
+            "switchyard_pool_paused",
+            "gauge",
+            "1 while the pool is paused (PAUSE on the admin console), else 0.",
+            |p| u64::from(p.is_paused()),
         ),
         (
             "switchyard_transactions_total",

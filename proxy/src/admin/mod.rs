@@ -2,8 +2,8 @@
 //! the users of `[admin.users]` look at the running proxy and reload its policies.
 //!
 //! It is what PgBouncer's `pgbouncer` database is to its operators: `psql -d switchyard`,
-//! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW CLIENTS`, `SHOW STATS`, `SHOW POLICIES`, `SHOW CONFIG`, `RELOAD`. Monitoring reads
-//! the same tables. No server is involved: the console answers from the pools' own counters.
+//! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW CLIENTS`, `SHOW STATS`, `SHOW POLICIES`, `SHOW
+//! CONFIG`, `RELOAD`, `PAUSE`, `RESUME` ([`pause`]). Monitoring reads the same tables. No server is involved: the console answers from the pools' own counters.
 //!
 //! The same counters are served to Prometheus at `GET /metrics` on `general.metrics_addr`
 //! ([`metrics`], [`metrics_http`]).
@@ -15,6 +15,7 @@
 mod command;
 pub mod metrics;
 pub mod metrics_http;
+mod pause;
 mod show;
 mod table;
 
@@ -204,6 +205,8 @@ impl<'p> Console<'p> {
             Command::Clients => show::clients(self.proxy),
             Command::Config => show::config(self.proxy),
             Command::Reload => return self.reload(out).await,
+            Command::Pause(db) => return self.pause(db.as_deref(), out).await,
+            Command::Resume(db) => return self.resume(db.as_deref(), out),
         };
         table.encode(out, "SHOW");
         true
@@ -239,6 +242,41 @@ impl<'p> Console<'p> {
             Outcome::Refused(why) => {
                 let m = format!("reload refused; the running policies stay: {why}");
                 backend::error(out, Severity::Error, CONFIG_FILE_ERROR, &m);
+                false
+            }
+        }
+    }
+
+    async fn pause(&self, db: Option<&str>, out: &mut BytesMut) -> bool {
+        tracing::info!(user = %self.user, database = ?db, "PAUSE on the admin console");
+        match pause::pause(self.proxy, db, &self.stream).await {
+            Ok(done) => {
+                backend::notice(
+                    out,
+                    &format!(
+                        "{} pool(s) paused, no transaction running; {} idle server connection(s) closed",
+                        done.pools, done.closed
+                    ),
+                );
+                backend::command_complete(out, "PAUSE");
+                true
+            }
+            Err((code, m)) => {
+                backend::error(out, Severity::Error, code, &m);
+                false
+            }
+        }
+    }
+
+    fn resume(&self, db: Option<&str>, out: &mut BytesMut) -> bool {
+        match pause::resume(self.proxy, db) {
+            Ok(n) => {
+                tracing::info!(user = %self.user, database = ?db, pools = n, "RESUME on the admin console");
+                backend::command_complete(out, "RESUME");
+                true
+            }
+            Err((code, m)) => {
+                backend::error(out, Severity::Error, code, &m);
                 false
             }
         }

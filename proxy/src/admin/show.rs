@@ -32,7 +32,8 @@ pub fn version() -> Table {
 
 /// Per (database, user): `cl_active` counts logged-in clients not waiting for a server,
 /// `cl_waiting` checkouts waiting for a free connection, `sv_active` connections checked out,
-/// `sv_idle` connections in the pool; both summed over the pool's servers.
+/// `sv_idle` connections in the pool; both summed over the pool's servers. `paused` is 1
+/// between the console's `PAUSE` and `RESUME`.
 pub fn pools(proxy: &Proxy) -> Table {
     let mut t = Table::new(&[
         ("database", Kind::Text),
@@ -43,6 +44,7 @@ pub fn pools(proxy: &Proxy) -> Table {
         ("sv_active", Kind::Int),
         ("sv_idle", Kind::Int),
         ("pool_size", Kind::Int),
+        ("paused", Kind::Int),
     ]);
     for pool in sorted(proxy) {
         let waiting: usize = pool.servers.iter().map(|s| s.waiting()).sum();
@@ -58,6 +60,7 @@ pub fn pools(proxy: &Proxy) -> Table {
             active.into(),
             idle.into(),
             size.into(),
+            u32::from(pool.is_paused()).into(),
         ]);
     }
     t

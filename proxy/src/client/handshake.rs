@@ -181,6 +181,9 @@ pub(crate) async fn handshake(
                 crate::pool::CheckoutError::Connect(c) => {
                     Refusal::fatal(c.sqlstate(), c.to_string())
                 }
+                paused @ crate::pool::CheckoutError::Paused { .. } => {
+                    Refusal::fatal(sqlstate::CANNOT_CONNECT_NOW, paused.to_string())
+                }
                 other => Refusal::fatal(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
             })?;
         pool.learn_defaults(&conn.reported);

@@ -97,6 +97,19 @@ impl Pools {
         self.by_database.contains_key(database)
     }
 
+    /// The pools of `database`, or every pool when `None` (the admin console's `PAUSE` and
+    /// `RESUME` name a database or none).
+    pub fn of_database(&self, database: Option<&str>) -> Vec<&Arc<UserPool>> {
+        match database {
+            Some(db) => self
+                .by_database
+                .get(db)
+                .map(|users| users.values().collect())
+                .unwrap_or_default(),
+            None => self.all().collect(),
+        }
+    }
+
     /// Every pool, for maintenance.
     pub fn all(&self) -> impl Iterator<Item = &Arc<UserPool>> {
         self.by_database.values().flat_map(|users| users.values())

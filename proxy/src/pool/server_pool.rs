@@ -63,6 +63,11 @@ pub enum CheckoutError {
         waited_ms: u128,
         size: u32,
     },
+    /// The pool was paused (the admin console's `PAUSE`) for the whole wait.
+    #[error(
+        "the pool is paused (PAUSE on the admin console) and was not resumed within {waited_ms} ms"
+    )]
+    Paused { waited_ms: u128 },
     #[error(transparent)]
     Connect(#[from] ConnectError),
 }
@@ -202,6 +207,11 @@ impl ServerPool {
     /// `checkout_timeout` for a free slot.
     pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
         if let Err(Expired(waited)) = self.slots.take(self.timeouts.checkout).await {
+            if self.slots.is_paused() {
+                return Err(CheckoutError::Paused {
+                    waited_ms: waited.as_millis(),
+                });
+            }
             return Err(CheckoutError::Exhausted {
                 server: self.name.clone(),
                 waited_ms: waited.as_millis(),
@@ -311,6 +321,34 @@ impl ServerPool {
         let n = closed.len();
         closed.into_iter().for_each(|c| c.terminate());
         n
+    }
+
+    /// Stops handing out connections (the admin console's `PAUSE`): checkouts wait in line
+    /// until [`ServerPool::resume`]; connections in use stay with their clients.
+    pub fn pause(&self) {
+        self.slots.pause();
+    }
+
+    /// Serves the checkouts that waited during a pause, in order.
+    pub fn resume(&self) {
+        self.slots.resume();
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        self.slots.is_paused()
+    }
+
+    /// Closes every idle connection; returns how many. A paused pool that no client uses any
+    /// more holds no connection to its server then, which may restart or move meanwhile.
+    pub fn close_idle(&self) -> usize {
+        let mut closed = 0;
+        for shard in 0..self.idle.len() {
+            let conns = std::mem::take(&mut *self.shard(shard));
+            closed += conns.len();
+            conns.into_iter().for_each(|c| c.terminate());
+        }
+        closed
     }
 
     /// Opens connections until `min_pool_size` are open (idle or in use).

@@ -9,12 +9,15 @@
 //! waiter is one queue entry, and waiters past their deadline are failed by [`Slots::expire`],
 //! which the pools' janitor runs every 50 ms (PgBouncer, too, times out waiting clients from its
 //! periodic janitor rather than with a timer per client).
+//!
+//! The admin console's `PAUSE` holds the slots: checkouts queue as if none were free, until
+//! `RESUME` serves the queue in order.
 
 use atomic_waker::AtomicWaker;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,6 +37,10 @@ pub struct Slots {
     /// Microseconds checkouts spent in the queue, for the admin console's `SHOW STATS`
     /// (bumped only by a checkout that waited).
     waited_us: AtomicU64,
+    /// The admin console's `PAUSE`: no slot is handed out, free or given back, until
+    /// [`Slots::resume`]; checkouts wait in the queue meanwhile. Changed only under the `queue`
+    /// lock, and read under it where a slot is taken (one more load on a lock already held).
+    paused: AtomicBool,
 }
 
 /// One waiting checkout. Its status changes only under the queue lock.
@@ -101,6 +108,7 @@ impl Slots {
             queue: Mutex::new(VecDeque::new()),
             free: AtomicU32::new(n),
             waited_us: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -123,11 +131,40 @@ impl Slots {
         self.waited_us.load(Ordering::Relaxed)
     }
 
+    /// Whether [`Slots::pause`] holds the slots.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Stops handing out slots: checkouts queue, even for a free slot, and slots given back
+    /// stay free, until [`Slots::resume`]. Whoever holds a slot keeps it.
+    pub fn pause(&self) {
+        let _queue = self.lock();
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    /// Hands slots out again: the free ones go to the queue's first waiters, in order.
+    pub fn resume(&self) {
+        let mut queue = self.lock();
+        self.paused.store(false, Ordering::Relaxed);
+        let mut free = self.free.load(Ordering::Relaxed);
+        let mut granted = Vec::new();
+        while free > 0 {
+            let Some(w) = queue.pop_front() else { break };
+            w.status.store(GRANTED, Ordering::Release);
+            granted.push(w);
+            free -= 1;
+        }
+        self.free.store(free, Ordering::Relaxed);
+        drop(queue);
+        granted.iter().for_each(|w| w.waker.wake());
+    }
+
     /// Takes a slot if one is free and nobody is waiting for it.
     pub fn try_take(&self) -> bool {
         let queue = self.lock();
         let free = self.free.load(Ordering::Relaxed);
-        if free > 0 && queue.is_empty() {
+        if free > 0 && queue.is_empty() && !self.is_paused() {
             self.free.store(free - 1, Ordering::Relaxed);
             true
         } else {
@@ -146,10 +183,15 @@ impl Slots {
         }
     }
 
-    /// Gives a slot back: to the first waiter, if any, else to the free count.
+    /// Gives a slot back: to the first waiter, if any (and not paused), else to the free count.
     pub fn give_back(&self) {
         let mut queue = self.lock();
-        match queue.pop_front() {
+        let next = if self.is_paused() {
+            None
+        } else {
+            queue.pop_front()
+        };
+        match next {
             Some(w) => {
                 w.status.store(GRANTED, Ordering::Release);
                 drop(queue);
@@ -205,7 +247,7 @@ impl Future for Take<'_> {
         let Some(w) = &this.waiter else {
             let mut queue = this.slots.lock();
             let free = this.slots.free.load(Ordering::Relaxed);
-            if free > 0 && queue.is_empty() {
+            if free > 0 && queue.is_empty() && !this.slots.is_paused() {
                 this.slots.free.store(free - 1, Ordering::Relaxed);
                 this.done = true;
                 return Poll::Ready(Ok(()));
@@ -288,6 +330,32 @@ mod tests {
         assert_eq!(poll(&mut c), Poll::Ready(Ok(())));
         s.give_back();
         assert_eq!(s.free(), 1);
+    }
+
+    #[test]
+    fn a_pause_queues_every_checkout_and_a_resume_serves_them_in_order() {
+        let s = Slots::new(2);
+        let mut held = s.take(T);
+        assert_eq!(poll(&mut held), Poll::Ready(Ok(())));
+        s.pause();
+        assert!(s.is_paused());
+        let mut a = s.take(T);
+        let mut b = s.take(T);
+        assert!(poll(&mut a).is_pending(), "a free slot is not handed out");
+        assert!(poll(&mut b).is_pending());
+        assert!(!s.try_take(), "nor taken by the pool's own upkeep");
+        s.give_back();
+        assert_eq!(s.free(), 2, "a slot given back stays free");
+        assert!(poll(&mut a).is_pending());
+        let mut c = s.take(T);
+        assert!(poll(&mut c).is_pending());
+        s.resume();
+        assert!(!s.is_paused());
+        assert_eq!(poll(&mut a), Poll::Ready(Ok(())), "first in line");
+        assert_eq!(poll(&mut b), Poll::Ready(Ok(())));
+        assert!(poll(&mut c).is_pending(), "two free slots, two grants");
+        s.give_back();
+        assert_eq!(poll(&mut c), Poll::Ready(Ok(())));
     }
 
     #[test]

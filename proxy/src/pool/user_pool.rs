@@ -173,6 +173,32 @@ impl UserPool {
         self.clients.load(Ordering::Relaxed)
     }
 
+    /// Stops handing out server connections (the admin console's `PAUSE`): new transactions
+    /// wait in line; those running keep their servers until they end.
+    pub fn pause(&self) {
+        self.servers.iter().for_each(ServerPool::pause);
+    }
+
+    /// Serves the transactions that waited during a pause (the admin console's `RESUME`).
+    pub fn resume(&self) {
+        self.servers.iter().for_each(ServerPool::resume);
+    }
+
+    /// Whether the pool is paused.
+    pub fn is_paused(&self) -> bool {
+        self.servers.iter().any(ServerPool::is_paused)
+    }
+
+    /// Server connections checked out now, over all servers.
+    pub fn in_use(&self) -> usize {
+        self.servers.iter().map(ServerPool::in_use).sum()
+    }
+
+    /// Closes every idle server connection; returns how many.
+    pub fn close_idle(&self) -> usize {
+        self.servers.iter().map(ServerPool::close_idle).sum()
+    }
+
     /// The index of the primary.
     pub fn primary(&self) -> usize {
         self.primary

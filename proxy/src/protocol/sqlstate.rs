@@ -21,6 +21,8 @@ pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
 pub const IN_FAILED_TRANSACTION: &str = "25P02";
 /// `57P01` admin_shutdown: the proxy is shutting down.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `57P03` cannot_connect_now: the pool is paused (the admin console's `PAUSE`).
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `25P03` idle_in_transaction_session_timeout: `idle_transaction_timeout_ms` passed.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 /// `57P05` idle_session_timeout: `client_idle_timeout_ms` passed.

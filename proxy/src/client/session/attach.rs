@@ -188,6 +188,10 @@ pub(super) fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str
                 pool.database, pool.user
             ),
         ),
+        CheckoutError::Paused { .. } => (
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("database \"{}\" user \"{}\": {e}", pool.database, pool.user),
+        ),
         CheckoutError::Connect(c) => {
             let code = if c.sqlstate() == sqlstate::CANNOT_CONNECT {
                 sqlstate::CANNOT_CONNECT

@@ -1,0 +1,110 @@
+//! The console's `PAUSE` and `RESUME`: how an operator restarts, upgrades or moves a
+//! PostgreSQL server under running applications without one of them seeing an error.
+//!
+//! `PAUSE [db]` stops the pools of `db` (or every pool) from handing out server connections:
+//! a transaction that starts now waits in the checkout queue, as it would for a busy pool.
+//! Transactions already running keep their servers; `PAUSE` answers once they have all ended,
+//! and then closes the idle server connections, so the pools hold nothing open to the servers.
+//! The operator restarts the server, then `RESUME [db]` serves the queue in order, on new
+//! connections. As in PgBouncer:
+//! - a session-mode client, or a transaction-mode client whose session state keeps a server
+//!   (see README, "Session state in transaction mode"), holds its server until it leaves, so
+//!   `PAUSE` waits for it;
+//! - a waiting client still gives up after `checkout_timeout_ms` (with `57P03`
+//!   cannot_connect_now), so a pause should be shorter than that;
+//! - the pools stay paused if the console session ends before `PAUSE` has answered.
+
+use crate::pool::UserPool;
+use crate::protocol::sqlstate;
+use crate::socket::{Peeked, Stream};
+use crate::Proxy;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+/// How often a `PAUSE` looks whether the transactions it waits for have ended.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// SQLSTATE `55000` object_not_in_prerequisite_state: `PAUSE` of paused pools, `RESUME` of
+/// running ones.
+const NOT_IN_STATE: &str = "55000";
+
+/// A refusal: SQLSTATE and message.
+pub(super) type Refused = (&'static str, String);
+
+/// What a `PAUSE` did, once every transaction it waited for had ended.
+pub(super) struct Paused {
+    /// Pools paused by this command.
+    pub pools: usize,
+    /// Idle server connections closed.
+    pub closed: usize,
+}
+
+/// The pools a command names: those of `database`, or all.
+fn select<'p>(proxy: &'p Proxy, database: Option<&str>) -> Result<Vec<&'p Arc<UserPool>>, Refused> {
+    let pools = proxy.pools.of_database(database);
+    match database {
+        Some(db) if pools.is_empty() => Err((
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("no pool serves database \"{db}\""),
+        )),
+        _ => Ok(pools),
+    }
+}
+
+/// Pauses the pools of `database` (or all), then waits until none has a server connection in
+/// use, and closes their idle ones. Stops waiting (the pools stay paused) when the console
+/// client leaves or the proxy shuts down.
+pub(super) async fn pause(
+    proxy: &Proxy,
+    database: Option<&str>,
+    console: &Stream,
+) -> Result<Paused, Refused> {
+    let pools = select(proxy, database)?;
+    let running: Vec<_> = pools.iter().filter(|p| !p.is_paused()).collect();
+    if running.is_empty() {
+        return Err((NOT_IN_STATE, "already paused; RESUME first".into()));
+    }
+    running.iter().for_each(|p| p.pause());
+    let mut shutdown = proxy.shutdown.clone();
+    while pools.iter().any(|p| p.in_use() > 0) {
+        tokio::select! {
+            _ = tokio::time::sleep(DRAIN_POLL) => {}
+            _ = shutdown.draining() => {
+                return Err((sqlstate::ADMIN_SHUTDOWN, "the proxy is shutting down".into()));
+            }
+            _ = left(console) => {
+                return Err((sqlstate::ADMIN_SHUTDOWN, "the console session ended".into()));
+            }
+        }
+    }
+    let closed = pools.iter().map(|p| p.close_idle()).sum();
+    Ok(Paused {
+        pools: running.len(),
+        closed,
+    })
+}
+
+/// Resumes the paused pools of `database` (or all); returns how many.
+pub(super) fn resume(proxy: &Proxy, database: Option<&str>) -> Result<usize, Refused> {
+    let paused: Vec<_> = select(proxy, database)?
+        .into_iter()
+        .filter(|p| p.is_paused())
+        .collect();
+    if paused.is_empty() {
+        return Err((NOT_IN_STATE, "not paused".into()));
+    }
+    paused.iter().for_each(|p| p.resume());
+    Ok(paused.len())
+}
+
+/// Resolves when the console client has closed its connection (bytes it sends meanwhile stay
+/// unread, for the session to handle after the command).
+async fn left(console: &Stream) {
+    std::future::poll_fn(|cx| match console.poll_peek(cx, false) {
+        Poll::Ready(Peeked::Left) => Poll::Ready(()),
+        // Data: the client is there. Nothing is registered then, but the drain poll comes back.
+        _ => Poll::Pending,
+    })
+    .await
+}

@@ -1,0 +1,164 @@
+//! The admin console's `PAUSE` and `RESUME` against a real primary and two replicas: a pause
+//! waits for running transactions, holds new ones, and leaves no server connection open;
+//! `RESUME` serves the waiting transactions. (A pause across a primary restart is in
+//! `server_restart.rs`, which has a cluster of its own.)
+
+use std::time::{Duration, Instant};
+use switchyard_tests::console::{get, of, show};
+use switchyard_tests::{roles, shared_cluster, sqlstate, trust_pool, unique_name, Proxy};
+
+/// A transaction-mode pool of `pool_size` for `db`, and the console user `ops`/`ops_pw`.
+fn start(db: &str, general: &str, pool_size: u32) -> Proxy {
+    let c = shared_cluster();
+    c.create_database(db, roles::TRUST);
+    let pool = trust_pool(
+        c,
+        db,
+        &format!("pool_mode = \"transaction\"\npool_size = {pool_size}"),
+    );
+    Proxy::start(
+        general,
+        &format!("{pool}\n[admin.users.ops]\npassword = \"ops_pw\"\n"),
+    )
+}
+
+async fn console(proxy: &Proxy) -> tokio_postgres::Client {
+    proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .unwrap_or_else(|e| panic!("console login: {e:?}\n{}", proxy.log()))
+}
+
+/// Client backends of `db` on the primary.
+fn backends(db: &str) -> u32 {
+    let c = shared_cluster();
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND backend_type = 'client backend'"
+    );
+    c.psql(c.primary.port, "postgres", &sql)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pause_waits_for_running_transactions_and_resume_serves_the_waiting_ones() {
+    let db = unique_name("pause");
+    let proxy = start(&db, "", 2);
+    let busy = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    busy.batch_execute("CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    let admin = console(&proxy).await;
+    let command = format!("PAUSE {db}");
+    let pausing = tokio::spawn(async move {
+        let r = admin.simple_query(&command).await;
+        (admin, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE answers only once the open transaction has ended"
+    );
+    let watcher = console(&proxy).await;
+    let pools = show(&watcher, "SHOW POOLS").await;
+    assert_eq!(get(of(&pools, &db)[0], "paused"), "1", "{pools:?}");
+
+    // A transaction that starts now waits, though a server is free ...
+    let late = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        late.query_one("SELECT count(*) FROM t", &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "new transactions wait during a pause"
+    );
+    let pools = show(&watcher, "SHOW POOLS").await;
+    assert_eq!(get(of(&pools, &db)[0], "cl_waiting"), "1", "{pools:?}");
+
+    // ... while the running one goes on to its end.
+    busy.batch_execute("COMMIT").await.unwrap();
+    let (admin, paused) = tokio::time::timeout(Duration::from_secs(5), pausing)
+        .await
+        .expect("PAUSE answers once no transaction runs")
+        .unwrap();
+    paused.unwrap_or_else(|e| panic!("PAUSE: {e:?}\n{}", proxy.log()));
+    // The pool holds nothing open to the server: it could restart now.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends(&db) > 0 {
+        assert!(Instant::now() < deadline, "server connections left open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!waiting.is_finished(), "still paused");
+
+    admin
+        .simple_query(&format!("RESUME {db}"))
+        .await
+        .unwrap_or_else(|e| panic!("RESUME: {e:?}"));
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting transaction is served after RESUME")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, 1, "it ran after the committed insert");
+    let pools = show(&watcher, "SHOW POOLS").await;
+    assert_eq!(get(of(&pools, &db)[0], "paused"), "0", "{pools:?}");
+    busy.batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pause_and_resume_refuse_what_makes_no_sense() {
+    let db = unique_name("pause_refusals");
+    let proxy = start(&db, "", 2);
+    let admin = console(&proxy).await;
+    let code =
+        |r: Result<_, tokio_postgres::Error>| r.err().and_then(|e| sqlstate(&e).map(str::to_owned));
+
+    assert_eq!(
+        code(admin.simple_query(&format!("RESUME {db}")).await).as_deref(),
+        Some("55000"),
+        "RESUME of a running pool"
+    );
+    assert_eq!(
+        code(admin.simple_query("PAUSE no_such_db").await).as_deref(),
+        Some("3D000")
+    );
+    admin.simple_query(&format!("PAUSE {db}")).await.unwrap();
+    assert_eq!(
+        code(admin.simple_query(&format!("PAUSE {db}")).await).as_deref(),
+        Some("55000"),
+        "PAUSE of a paused pool"
+    );
+    // Without a name: every pool (here only this proxy's one).
+    admin.simple_query("RESUME").await.unwrap();
+    let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_transaction_that_waits_out_a_pause_gets_57p03_and_the_session_goes_on() {
+    let db = unique_name("pause_timeout");
+    let proxy = start(&db, "checkout_timeout_ms = 300", 2);
+    let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    let admin = console(&proxy).await;
+    admin.simple_query("PAUSE").await.unwrap();
+
+    let started = Instant::now();
+    let e = client.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57P03"), "{e:?}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("paused"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    admin.simple_query("RESUME").await.unwrap();
+    let rows = client.simple_query("SELECT 2").await.unwrap();
+    assert_eq!(switchyard_tests::first_value::<i32>(&rows), Some(2));
+}
