@@ -12,19 +12,22 @@ use atomic_waker::AtomicWaker;
 use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A connected client as the rest of the proxy reaches it: which server connection it is using
 /// right now (for cancels, and the admin console's `SHOW CLIENTS`), how to wake its session
-/// (for shutdown), and who it is once logged in.
+/// (for shutdown and the console's `KILL`), and who it is once logged in.
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     server: Mutex<Option<Arc<ServerKey>>>,
-    /// The session's waker while it waits; shutdown wakes it.
+    /// The session's waker while it waits; shutdown and [`CancelSlot::kill`] wake it.
     pub wake: AtomicWaker,
+    /// Set by the admin console's `KILL`: the session ends with FATAL `57P01` as soon as it
+    /// wakes, whatever it waits for.
+    killed: AtomicBool,
     /// Set once, at login.
     pub info: OnceLock<ClientInfo>,
 }
@@ -79,6 +82,18 @@ impl CancelSlot {
     /// Forgets the server; after this no new cancel can aim at it for this client.
     pub fn clear(&self) {
         self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Ends the client's session (the admin console's `KILL`): it is told FATAL `57P01`, and a
+    /// transaction it had open is rolled back with its server connection closed.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.wake.wake();
+    }
+
+    /// Whether [`CancelSlot::kill`] was called.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
     }
 
     /// Claims the current server for a cancel; the caller must decrement

@@ -1,7 +1,8 @@
-//! The admin console's `PAUSE` and `RESUME` against a real primary and two replicas: a pause
-//! waits for running transactions, holds new ones, and leaves no server connection open;
-//! `RESUME` serves the waiting transactions. (A pause across a primary restart is in
-//! `server_restart.rs`, which has a cluster of its own.)
+//! The admin console's `PAUSE`, `RESUME`, `KILL` and `KILL_CLIENT` against a real primary and
+//! two replicas: a pause waits for running transactions, holds new ones, and leaves no server
+//! connection open; `RESUME` serves the waiting transactions; `KILL` ends a database's sessions
+//! at once. (A pause across a primary restart is in `server_restart.rs`, which has a cluster
+//! of its own.)
 
 use std::time::{Duration, Instant};
 use switchyard_tests::console::{get, of, show};
@@ -9,16 +10,24 @@ use switchyard_tests::{roles, shared_cluster, sqlstate, trust_pool, unique_name,
 
 /// A transaction-mode pool of `pool_size` for `db`, and the console user `ops`/`ops_pw`.
 fn start(db: &str, general: &str, pool_size: u32) -> Proxy {
+    start_many(&[db], general, pool_size)
+}
+
+/// [`start`] with a pool for each of `dbs`.
+fn start_many(dbs: &[&str], general: &str, pool_size: u32) -> Proxy {
     let c = shared_cluster();
-    c.create_database(db, roles::TRUST);
-    let pool = trust_pool(
-        c,
-        db,
-        &format!("pool_mode = \"transaction\"\npool_size = {pool_size}"),
-    );
+    let mut pools = String::new();
+    for db in dbs {
+        c.create_database(db, roles::TRUST);
+        pools.push_str(&trust_pool(
+            c,
+            db,
+            &format!("pool_mode = \"transaction\"\npool_size = {pool_size}"),
+        ));
+    }
     Proxy::start(
         general,
-        &format!("{pool}\n[admin.users.ops]\npassword = \"ops_pw\"\n"),
+        &format!("{pools}\n[admin.users.ops]\npassword = \"ops_pw\"\n"),
     )
 }
 
@@ -161,4 +170,134 @@ async fn a_transaction_that_waits_out_a_pause_gets_57p03_and_the_session_goes_on
     admin.simple_query("RESUME").await.unwrap();
     let rows = client.simple_query("SELECT 2").await.unwrap();
     assert_eq!(switchyard_tests::first_value::<i32>(&rows), Some(2));
+}
+
+/// Waits (bounded) until the client's connection is closed.
+async fn closed_soon(client: &tokio_postgres::Client) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !client.is_closed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.is_closed()
+}
+
+#[tokio::test]
+async fn kill_ends_a_databases_sessions_at_once_and_new_ones_wait_for_resume() {
+    let (db, other) = (unique_name("kill"), unique_name("kill_other"));
+    let proxy = start_many(&[&db, &other], "", 1);
+    let c = shared_cluster();
+    let idle = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    idle.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    holder
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    // Queued behind the holder (a pool of one) with its write in hand.
+    let queued = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let queued =
+        tokio::spawn(async move { queued.batch_execute("INSERT INTO t VALUES (2)").await });
+    let bystander = proxy.connect(roles::TRUST, None, &other).await.unwrap();
+    bystander.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!queued.is_finished(), "queued behind the holder");
+
+    let admin = console(&proxy).await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        admin.simple_query(&format!("KILL {db}")),
+    )
+    .await
+    .expect("KILL answers at once")
+    .unwrap_or_else(|e| panic!("KILL: {e:?}\n{}", proxy.log()));
+    let e = tokio::time::timeout(Duration::from_secs(5), queued)
+        .await
+        .expect("the queued client is told at once")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57P01"), "{e:?}");
+    let message = e.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("administrator command"), "{message}");
+    assert!(
+        closed_soon(&holder).await,
+        "the session in a transaction ended"
+    );
+    assert!(closed_soon(&idle).await, "the idle session ended");
+    assert!(holder.simple_query("SELECT 1").await.is_err());
+
+    // Nothing of theirs was committed, and no server connection of the database is left.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends(&db) > 0 {
+        assert!(Instant::now() < deadline, "server connections left open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = c
+        .psql(c.primary.port, &db, "SELECT count(*) FROM t")
+        .unwrap();
+    assert_eq!(rows.trim(), "0", "the open transaction was rolled back");
+    // Another database's clients did not notice.
+    bystander.batch_execute("COMMIT").await.unwrap();
+
+    // New clients log in; their transactions wait for RESUME.
+    let late = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let waiting = tokio::spawn(async move { late.simple_query("SELECT 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the database stays paused after KILL"
+    );
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served after RESUME")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn kill_client_ends_one_session_and_refuses_unknown_pids_and_consoles() {
+    let db = unique_name("kill_client");
+    let proxy = start(&db, "", 2);
+    let victim = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    victim.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    other.simple_query("SELECT 1").await.unwrap();
+    let admin = console(&proxy).await;
+    let clients = show(&admin, "SHOW CLIENTS").await;
+    let of_db = of(&clients, &db);
+    let active: Vec<_> = of_db
+        .iter()
+        .filter(|r| get(r, "state") == "active")
+        .collect();
+    assert_eq!(active.len(), 1, "{clients:?}");
+    let pid = get(active[0], "pid").to_string();
+
+    admin
+        .simple_query(&format!("KILL_CLIENT {pid}"))
+        .await
+        .unwrap_or_else(|e| panic!("KILL_CLIENT: {e:?}"));
+    assert!(closed_soon(&victim).await, "the victim's session ended");
+    other.simple_query("SELECT 2").await.unwrap();
+
+    let code =
+        |r: Result<_, tokio_postgres::Error>| r.err().and_then(|e| sqlstate(&e).map(str::to_owned));
+    assert_eq!(
+        code(admin.simple_query(&format!("KILL_CLIENT {pid}")).await).as_deref(),
+        Some("42704"),
+        "that pid is gone"
+    );
+    let consoles: Vec<_> = clients
+        .iter()
+        .filter(|r| get(r, "state") == "console")
+        .collect();
+    let console_pid = get(consoles[0], "pid");
+    assert_eq!(
+        code(
+            admin
+                .simple_query(&format!("KILL_CLIENT {console_pid}"))
+                .await
+        )
+        .as_deref(),
+        Some("0A000")
+    );
 }

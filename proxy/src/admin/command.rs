@@ -2,7 +2,7 @@
 //!
 //! The vocabulary is PgBouncer's where it overlaps (`SHOW POOLS`, `SHOW SERVERS`, `SHOW
 //! CLIENTS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`, `PAUSE`,
-//! `RESUME`), so that operators and monitoring scripts used to its console find their way.
+//! `RESUME`, `KILL`, `KILL_CLIENT`), so that operators and monitoring scripts used to its console find their way.
 //! Keywords are case-insensitive; a database name is taken as written (double quotes around
 //! it are dropped); a trailing `;` is fine.
 
@@ -33,6 +33,11 @@ pub enum Command {
     Pause(Option<String>),
     /// Serve the transactions that waited during a pause.
     Resume(Option<String>),
+    /// Pause one database and end its clients' sessions at once (FATAL `57P01`), rolling
+    /// back what they had open; new transactions wait for `RESUME`.
+    Kill(String),
+    /// End one client's session at once, by its `pid` in `SHOW CLIENTS`.
+    KillClient(i32),
 }
 
 /// The commands with a line on each, for `SHOW HELP` and error hints.
@@ -72,6 +77,14 @@ pub const HELP: &[(&str, &str)] = &[
         "RESUME [db]",
         "serve the transactions that waited during a pause",
     ),
+    (
+        "KILL db",
+        "pause db and end its clients' sessions now, rolling back their open transactions",
+    ),
+    (
+        "KILL_CLIENT pid",
+        "end one client's session now (pid as SHOW CLIENTS lists it)",
+    ),
 ];
 
 /// Parses one statement of a console query; the error is the message for the client.
@@ -98,6 +111,11 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         ["PAUSE", _] => Ok(Command::Pause(Some(database()))),
         ["RESUME"] => Ok(Command::Resume(None)),
         ["RESUME", _] => Ok(Command::Resume(Some(database()))),
+        ["KILL", _] => Ok(Command::Kill(database())),
+        ["KILL_CLIENT", pid] => pid
+            .parse()
+            .map(Command::KillClient)
+            .map_err(|_| format!("KILL_CLIENT takes a client's pid (SHOW CLIENTS), not \"{pid}\"")),
         _ => Err(format!(
             "unknown admin console command \"{}\"; SHOW HELP lists the commands",
             sql.trim()
@@ -144,6 +162,15 @@ mod tests {
         assert_eq!(parse("resume"), Ok(Command::Resume(None)));
         assert_eq!(parse("Resume app"), Ok(Command::Resume(Some("app".into()))));
         assert!(parse("PAUSE a b").is_err());
+    }
+
+    #[test]
+    fn kill_takes_a_database_and_kill_client_a_pid() {
+        assert_eq!(parse("kill App"), Ok(Command::Kill("App".into())));
+        assert!(parse("KILL").is_err(), "KILL names its database");
+        assert_eq!(parse("kill_client 42;"), Ok(Command::KillClient(42)));
+        let e = parse("KILL_CLIENT x").unwrap_err();
+        assert!(e.contains("SHOW CLIENTS"), "{e}");
     }
 
     #[test]

@@ -207,6 +207,10 @@ impl<'p> Console<'p> {
             Command::Reload => return self.reload(out).await,
             Command::Pause(db) => return self.pause(db.as_deref(), out).await,
             Command::Resume(db) => return self.resume(db.as_deref(), out),
+            Command::Kill(db) => return self.kill(&db, out).await,
+            Command::KillClient(pid) => {
+                return answer(out, "KILL_CLIENT", pause::kill_client(self.proxy, pid));
+            }
         };
         table.encode(out, "SHOW");
         true
@@ -249,40 +253,53 @@ impl<'p> Console<'p> {
 
     async fn pause(&self, db: Option<&str>, out: &mut BytesMut) -> bool {
         tracing::info!(user = %self.user, database = ?db, "PAUSE on the admin console");
-        match pause::pause(self.proxy, db, &self.stream).await {
-            Ok(done) => {
-                backend::notice(
-                    out,
-                    &format!(
-                        "{} pool(s) paused, no transaction running; {} idle server connection(s) closed",
-                        done.pools, done.closed
-                    ),
-                );
-                backend::command_complete(out, "PAUSE");
-                true
-            }
-            Err((code, m)) => {
-                backend::error(out, Severity::Error, code, &m);
-                false
-            }
-        }
+        let paused = pause::pause(self.proxy, db, &self.stream).await;
+        let paused = paused.map(|done| notice(out, &done));
+        answer(out, "PAUSE", paused)
+    }
+
+    async fn kill(&self, db: &str, out: &mut BytesMut) -> bool {
+        tracing::info!(user = %self.user, database = %db, "KILL on the admin console");
+        let killed = pause::kill(self.proxy, db, &self.stream).await;
+        let killed = killed.map(|done| notice(out, &done));
+        answer(out, "KILL", killed)
     }
 
     fn resume(&self, db: Option<&str>, out: &mut BytesMut) -> bool {
-        match pause::resume(self.proxy, db) {
-            Ok(n) => {
-                tracing::info!(user = %self.user, database = ?db, pools = n, "RESUME on the admin console");
-                backend::command_complete(out, "RESUME");
-                true
-            }
-            Err((code, m)) => {
-                backend::error(out, Severity::Error, code, &m);
-                false
-            }
-        }
+        tracing::info!(user = %self.user, database = ?db, "RESUME on the admin console");
+        answer(out, "RESUME", pause::resume(self.proxy, db).map(|_| ()))
     }
 
     async fn fatal(mut self, code: &str, message: &str) {
         crate::client::send_fatal(&mut self.stream, code, message).await;
     }
+}
+
+/// Appends a command's `CommandComplete`, or its refusal as an ERROR; false for a refusal.
+fn answer(out: &mut BytesMut, tag: &str, outcome: Result<(), pause::Refused>) -> bool {
+    match outcome {
+        Ok(()) => {
+            backend::command_complete(out, tag);
+            true
+        }
+        Err((code, m)) => {
+            backend::error(out, Severity::Error, code, &m);
+            false
+        }
+    }
+}
+
+/// The NOTICE a `PAUSE` or `KILL` answers with: what it did.
+fn notice(out: &mut BytesMut, done: &pause::Paused) {
+    let killed = match done.killed {
+        0 => String::new(),
+        n => format!("{n} client session(s) ended; "),
+    };
+    backend::notice(
+        out,
+        &format!(
+            "{killed}{} pool(s) paused, no transaction running; {} idle server connection(s) closed",
+            done.pools, done.closed
+        ),
+    );
 }

@@ -1,5 +1,6 @@
-//! The console's `PAUSE` and `RESUME`: how an operator restarts, upgrades or moves a
-//! PostgreSQL server under running applications without one of them seeing an error.
+//! The console's `PAUSE`, `RESUME` and `KILL`: how an operator restarts or upgrades a
+//! PostgreSQL server under running applications without one of them seeing an error, or
+//! clears a database's sessions at once.
 //!
 //! `PAUSE [db]` stops the pools of `db` (or every pool) from handing out server connections:
 //! a transaction that starts now waits in the checkout queue, as it would for a busy pool.
@@ -13,7 +14,13 @@
 //! - a waiting client still gives up after `checkout_timeout_ms` (with `57P03`
 //!   cannot_connect_now), so a pause should be shorter than that;
 //! - the pools stay paused if the console session ends before `PAUSE` has answered.
+//!
+//! `KILL db` is a pause that does not wait: every client session of `db` ends at once with
+//! FATAL `57P01` (a transaction it had open is rolled back: its server connection is closed),
+//! then the idle server connections are closed. New clients may log in, and their
+//! transactions wait for `RESUME`, as in PgBouncer. `KILL_CLIENT pid` ends one session.
 
+use crate::cancel::Who;
 use crate::pool::UserPool;
 use crate::protocol::sqlstate;
 use crate::socket::{Peeked, Stream};
@@ -29,13 +36,18 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// running ones.
 const NOT_IN_STATE: &str = "55000";
 
+/// SQLSTATE `42704` undefined_object: `KILL_CLIENT` of a pid no client has.
+const UNDEFINED_OBJECT: &str = "42704";
+
 /// A refusal: SQLSTATE and message.
 pub(super) type Refused = (&'static str, String);
 
-/// What a `PAUSE` did, once every transaction it waited for had ended.
+/// What a `PAUSE` or `KILL` did, once no transaction of its pools was running.
 pub(super) struct Paused {
     /// Pools paused by this command.
     pub pools: usize,
+    /// Client sessions ended (by `KILL`).
+    pub killed: usize,
     /// Idle server connections closed.
     pub closed: usize,
 }
@@ -66,6 +78,77 @@ pub(super) async fn pause(
         return Err((NOT_IN_STATE, "already paused; RESUME first".into()));
     }
     running.iter().for_each(|p| p.pause());
+    let closed = drain(proxy, &pools, console).await?;
+    Ok(Paused {
+        pools: running.len(),
+        killed: 0,
+        closed,
+    })
+}
+
+/// Pauses the pools of `database` and ends every client session of it now; then waits until
+/// the sessions have let go of their servers, and closes the idle server connections.
+pub(super) async fn kill(
+    proxy: &Proxy,
+    database: &str,
+    console: &Stream,
+) -> Result<Paused, Refused> {
+    let pools = select(proxy, Some(database))?;
+    let running: Vec<_> = pools.iter().filter(|p| !p.is_paused()).collect();
+    running.iter().for_each(|p| p.pause());
+    let mut killed = 0;
+    for (_, slot) in proxy.cancels.clients() {
+        let of_database = slot
+            .info
+            .get()
+            .is_some_and(|i| matches!(&i.who, Who::Pool(p) if p.database == database));
+        if of_database {
+            slot.kill();
+            killed += 1;
+        }
+    }
+    let closed = drain(proxy, &pools, console).await?;
+    Ok(Paused {
+        pools: running.len(),
+        killed,
+        closed,
+    })
+}
+
+/// Ends one client's session now; refuses an unknown pid and a console session.
+pub(super) fn kill_client(proxy: &Proxy, pid: i32) -> Result<(), Refused> {
+    let slot = proxy
+        .cancels
+        .clients()
+        .into_iter()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, slot)| slot);
+    match slot
+        .as_ref()
+        .and_then(|s| s.info.get().map(|i| (s, &i.who)))
+    {
+        Some((slot, Who::Pool(_))) => {
+            slot.kill();
+            Ok(())
+        }
+        Some((_, Who::Console(_))) => Err((
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("client {pid} is an admin console session; it cannot be killed"),
+        )),
+        None => Err((
+            UNDEFINED_OBJECT,
+            format!("no logged-in client has pid {pid} (SHOW CLIENTS lists them)"),
+        )),
+    }
+}
+
+/// Waits until no pool of `pools` has a server connection in use, then closes their idle
+/// ones; returns how many. Gives up when the console client leaves or the proxy shuts down.
+async fn drain(
+    proxy: &Proxy,
+    pools: &[&Arc<UserPool>],
+    console: &Stream,
+) -> Result<usize, Refused> {
     let mut shutdown = proxy.shutdown.clone();
     while pools.iter().any(|p| p.in_use() > 0) {
         tokio::select! {
@@ -78,11 +161,7 @@ pub(super) async fn pause(
             }
         }
     }
-    let closed = pools.iter().map(|p| p.close_idle()).sum();
-    Ok(Paused {
-        pools: running.len(),
-        closed,
-    })
+    Ok(pools.iter().map(|p| p.close_idle()).sum())
 }
 
 /// Resumes the paused pools of `database` (or all); returns how many.

@@ -14,13 +14,15 @@
 //! and the client's goodbye can both be waiting when the session's task finally runs (its wake
 //! sat in a busy worker's queue), and the goodbye came first.
 
+use crate::cancel::CancelSlot;
 use crate::socket::{Peeked, Stream, TERMINATE};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll};
 
-/// Runs `wait` (a checkout) unless the client leaves first: `None` when it has. A server the
-/// wait was granted meanwhile goes to the next in line when `wait` is dropped.
+/// Runs `wait` (a checkout) unless the client leaves first, or the admin console's `KILL`
+/// ends its session (`slot`): `None` then. A server the wait was granted meanwhile goes to the
+/// next in line when `wait` is dropped.
 ///
 /// `terminate_counts`: the socket's next bytes start a message (the session holds no partial
 /// one), so a lone Terminate there is a goodbye.
@@ -28,6 +30,7 @@ use std::task::{Context, Poll};
 /// On the hot path `wait` is ready at its first poll and the socket is never looked at.
 pub(super) async fn unless_client_leaves<F: Future>(
     client: &Stream,
+    slot: &CancelSlot,
     terminate_counts: bool,
     wait: F,
 ) -> Option<F::Output> {
@@ -35,6 +38,9 @@ pub(super) async fn unless_client_leaves<F: Future>(
     // One byte of state, not two flags: this future is part of every session's.
     let mut watch = Watch::NotYet;
     std::future::poll_fn(|cx| {
+        if watch != Watch::NotYet && slot.is_killed() {
+            return Poll::Ready(None);
+        }
         if watch == Watch::Watching && client_left(client, terminate_counts, &mut watch, cx) {
             return Poll::Ready(None);
         }
@@ -43,7 +49,8 @@ pub(super) async fn unless_client_leaves<F: Future>(
         }
         if watch == Watch::NotYet {
             watch = Watch::Watching;
-            if client_left(client, terminate_counts, &mut watch, cx) {
+            slot.wake.register(cx.waker());
+            if slot.is_killed() || client_left(client, terminate_counts, &mut watch, cx) {
                 return Poll::Ready(None);
             }
         }
@@ -109,7 +116,8 @@ mod tests {
     async fn a_grant_that_finds_the_client_gone_is_not_taken() {
         let (client, stream) = pair().await;
         let (grant, granted) = tokio::sync::oneshot::channel::<()>();
-        let mut wait = pin!(unless_client_leaves(&stream, true, granted));
+        let slot = CancelSlot::default();
+        let mut wait = pin!(unless_client_leaves(&stream, &slot, true, granted));
         assert!(poll_once(wait.as_mut()).is_pending(), "queued");
         // The client leaves, then the server is granted, before the session runs again.
         drop(client);
@@ -125,7 +133,8 @@ mod tests {
     async fn a_client_that_stays_gets_its_grant() {
         let (client, stream) = pair().await;
         let (grant, granted) = tokio::sync::oneshot::channel::<()>();
-        let mut wait = pin!(unless_client_leaves(&stream, true, granted));
+        let slot = CancelSlot::default();
+        let mut wait = pin!(unless_client_leaves(&stream, &slot, true, granted));
         assert!(poll_once(wait.as_mut()).is_pending(), "queued");
         grant.send(()).unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -134,5 +143,32 @@ mod tests {
             Poll::Ready(Some(Ok(())))
         ));
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_kill_ends_the_wait_and_wakes_it() {
+        let (_client, stream) = pair().await;
+        let (_grant, granted) = tokio::sync::oneshot::channel::<()>();
+        let slot = CancelSlot::default();
+        let woken = std::sync::Arc::new(Flag::default());
+        let waker = Waker::from(woken.clone());
+        let mut wait = pin!(unless_client_leaves(&stream, &slot, true, granted));
+        assert!(wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        slot.kill();
+        assert!(woken.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
+        assert!(matches!(poll_once(wait.as_mut()), Poll::Ready(None)));
+    }
+
+    /// A waker that records that it was woken.
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }

@@ -58,7 +58,8 @@ impl Session<'_> {
                 let wait = Duration::from_millis(self.proxy.config.general.checkout_timeout_ms);
                 // Rare (a server restarting): boxed, to keep the session future small.
                 let until = std::time::Instant::now() + wait;
-                let waiting = ride_out(&pool, index, &self.client, !self.more_buffered, until);
+                let client = (&self.client, &*self.cancel);
+                let waiting = ride_out(&pool, index, client, !self.more_buffered, until);
                 let conn = Box::pin(waiting).await?;
                 break (index, conn, false);
             }
@@ -67,8 +68,13 @@ impl Session<'_> {
                 break (index, parked.conn, parked.keeps);
             }
             let checkout = pool.servers[index].checkout();
-            let Some(checked_out) =
-                queued::unless_client_leaves(&self.client, !self.more_buffered, checkout).await
+            let Some(checked_out) = queued::unless_client_leaves(
+                &self.client,
+                &self.cancel,
+                !self.more_buffered,
+                checkout,
+            )
+            .await
             else {
                 return Err(NoServer::ClientLeft);
             };
@@ -110,12 +116,12 @@ impl Session<'_> {
 async fn ride_out(
     pool: &UserPool,
     index: usize,
-    client: &Stream,
+    (client, slot): (&Stream, &CancelSlot),
     terminate_counts: bool,
     until: std::time::Instant,
 ) -> Result<crate::pool::Pooled, NoServer> {
     let checkout = pool.servers[index].checkout_riding_out(until);
-    match queued::unless_client_leaves(client, terminate_counts, checkout).await {
+    match queued::unless_client_leaves(client, slot, terminate_counts, checkout).await {
         None => Err(NoServer::ClientLeft),
         Some(Ok(conn)) => Ok(conn),
         Some(Err(e)) => Err(checkout_error(pool, e).into()),

@@ -250,6 +250,7 @@ impl Session<'_> {
             if let Err(no_server) = failed {
                 let (code, message) = match no_server {
                     NoServer::Refused(code, message) => (code, message),
+                    NoServer::ClientLeft if self.cancel.is_killed() => return Err(killed()),
                     NoServer::ClientLeft => {
                         tracing::debug!(pid = self.pid, "client left while queued for a server");
                         return Err(End::ClientGone);

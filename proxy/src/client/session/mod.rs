@@ -156,6 +156,16 @@ impl From<(&'static str, String)> for NoServer {
     }
 }
 
+/// How a session ends after the admin console's `KILL`: PostgreSQL's words for
+/// `pg_terminate_backend`, and its SQLSTATE.
+fn killed() -> End {
+    End::Fatal(
+        sqlstate::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command (KILL on the switchyard admin console)"
+            .into(),
+    )
+}
+
 /// What woke the session up.
 enum Event {
     ClientData(std::io::Result<usize>),
@@ -368,6 +378,7 @@ impl<'p> Session<'p> {
                     };
                     self.server_lost(&why, false)
                 }
+                Event::Phase(Phase::Closing) if self.cancel.is_killed() => Err(killed()),
                 Event::Phase(Phase::Closing) => Err(End::Fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection because switchyard is shutting down".into(),
@@ -403,6 +414,10 @@ impl<'p> Session<'p> {
             let p = shutdown.phase();
             if p != seen {
                 return std::task::Poll::Ready(p);
+            }
+            // The console's KILL acts as a shutdown of this session alone.
+            if slot.is_killed() {
+                return std::task::Poll::Ready(Phase::Closing);
             }
             // The slot keeps the waker until shutdown wakes it, which only follows a phase
             // change: register again only when the waker differs from the one left there.
