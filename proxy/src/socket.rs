@@ -197,6 +197,38 @@ impl Stream {
         }
     }
 
+    /// [`Stream::poll_peek`] for a socket already watched: while tokio's cached readiness says
+    /// nothing arrived, `Pending` at the cost of one atomic load, without a system call or a
+    /// new waker registration (the earlier `poll_peek`'s registration stands until its wake).
+    /// Readiness that turns out stale is cleared and the waker registered anew.
+    pub fn poll_peek_watched(&self, cx: &mut Context<'_>, terminate_counts: bool) -> Poll<Peeked> {
+        let mut buf = [0u8; TERMINATE.len() + 1];
+        let fd = self.as_raw_fd();
+        let mut looked = false;
+        let mut look = || {
+            looked = true;
+            peek(fd, &mut buf)
+        };
+        let peeked = match self {
+            Stream::Tcp(s) => s.try_io(Interest::READABLE, &mut look),
+            Stream::Unix(s) => s.try_io(Interest::READABLE, &mut look),
+        };
+        match peeked {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !looked => Poll::Pending,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                self.poll_peek(cx, terminate_counts)
+            }
+            Err(_) | Ok(0) => Poll::Ready(Peeked::Left),
+            Ok(n) if terminate_counts && &buf[..n] == TERMINATE => Poll::Ready(Peeked::Terminate),
+            Ok(_) => Poll::Ready(Peeked::Data),
+        }
+    }
+
     /// Waits until the socket is readable (or closed).
     pub async fn readable(&self) -> io::Result<()> {
         match self {
@@ -362,6 +394,53 @@ mod tests {
             assert_eq!(s.try_read(&mut buf).unwrap(), 6);
             assert_eq!(peek_soon(&s, true).await, Peeked::Left, "end of file");
         }
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watched_peek_sees_what_arrived_and_the_first_registration_still_wakes() {
+        use tokio::io::AsyncWriteExt;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let s = Stream::Unix(a);
+        let count = std::sync::Arc::new(Count::default());
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(
+            s.poll_peek(&mut cx, true),
+            Poll::Pending,
+            "watch registered"
+        );
+        let noop = &mut Context::from_waker(std::task::Waker::noop());
+        assert_eq!(s.poll_peek_watched(noop, true), Poll::Pending, "quiet");
+        b.write_all(TERMINATE).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while count.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first waker is woken"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            s.poll_peek_watched(noop, true),
+            Poll::Ready(Peeked::Terminate)
+        );
+        drop(b);
+        assert_eq!(peek_soon(&s, true).await, Peeked::Terminate, "still unread");
+        let mut buf = [0u8; 8];
+        assert_eq!(s.try_read(&mut buf).unwrap(), TERMINATE.len());
+        let left = std::future::poll_fn(|cx| s.poll_peek_watched(cx, true));
+        let left = tokio::time::timeout(std::time::Duration::from_secs(5), left).await;
+        assert_eq!(left.expect("end of file seen"), Peeked::Left);
     }
 
     #[tokio::test]

@@ -38,6 +38,12 @@ async fn console(proxy: &Proxy) -> tokio_postgres::Client {
         .unwrap_or_else(|e| panic!("console login: {e:?}\n{}", proxy.log()))
 }
 
+/// The SQLSTATE a console command was refused with; `None` if it succeeded.
+async fn code(admin: &tokio_postgres::Client, command: &str) -> Option<String> {
+    let e = admin.simple_query(command).await.err()?;
+    sqlstate(&e).map(str::to_owned)
+}
+
 /// Client backends of `db` on the primary.
 fn backends(db: &str) -> u32 {
     let c = shared_cluster();
@@ -127,21 +133,18 @@ async fn pause_and_resume_refuse_what_makes_no_sense() {
     let db = unique_name("pause_refusals");
     let proxy = start(&db, "", 2);
     let admin = console(&proxy).await;
-    let code =
-        |r: Result<_, tokio_postgres::Error>| r.err().and_then(|e| sqlstate(&e).map(str::to_owned));
-
     assert_eq!(
-        code(admin.simple_query(&format!("RESUME {db}")).await).as_deref(),
+        code(&admin, &format!("RESUME {db}")).await.as_deref(),
         Some("55000"),
         "RESUME of a running pool"
     );
     assert_eq!(
-        code(admin.simple_query("PAUSE no_such_db").await).as_deref(),
+        code(&admin, "PAUSE no_such_db").await.as_deref(),
         Some("3D000")
     );
     admin.simple_query(&format!("PAUSE {db}")).await.unwrap();
     assert_eq!(
-        code(admin.simple_query(&format!("PAUSE {db}")).await).as_deref(),
+        code(&admin, &format!("PAUSE {db}")).await.as_deref(),
         Some("55000"),
         "PAUSE of a paused pool"
     );
@@ -279,10 +282,8 @@ async fn kill_client_ends_one_session_and_refuses_unknown_pids_and_consoles() {
     assert!(closed_soon(&victim).await, "the victim's session ended");
     other.simple_query("SELECT 2").await.unwrap();
 
-    let code =
-        |r: Result<_, tokio_postgres::Error>| r.err().and_then(|e| sqlstate(&e).map(str::to_owned));
     assert_eq!(
-        code(admin.simple_query(&format!("KILL_CLIENT {pid}")).await).as_deref(),
+        code(&admin, &format!("KILL_CLIENT {pid}")).await.as_deref(),
         Some("42704"),
         "that pid is gone"
     );
@@ -292,12 +293,70 @@ async fn kill_client_ends_one_session_and_refuses_unknown_pids_and_consoles() {
         .collect();
     let console_pid = get(consoles[0], "pid");
     assert_eq!(
-        code(
-            admin
-                .simple_query(&format!("KILL_CLIENT {console_pid}"))
-                .await
-        )
-        .as_deref(),
+        code(&admin, &format!("KILL_CLIENT {console_pid}"))
+            .await
+            .as_deref(),
         Some("0A000")
     );
+}
+
+/// Whether the primary still has a backend with this pid.
+fn alive(pid: i32) -> bool {
+    let c = shared_cluster();
+    let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+    c.psql(c.primary.port, "postgres", &sql).unwrap().trim() != "0"
+}
+
+/// Waits (bounded) until the backend is gone.
+async fn gone_soon(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    !alive(pid)
+}
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn reconnect_replaces_idle_connections_now_and_busy_ones_when_released() {
+    let db = unique_name("reconnect");
+    let proxy = start(&db, "", 2);
+    let busy = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let busy_pid = backend_pid(&busy).await;
+    let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let idle_pid = backend_pid(&other).await;
+    assert_ne!(busy_pid, idle_pid);
+
+    let admin = console(&proxy).await;
+    admin
+        .simple_query(&format!("RECONNECT {db}"))
+        .await
+        .unwrap_or_else(|e| panic!("RECONNECT: {e:?}"));
+    assert!(
+        gone_soon(idle_pid).await,
+        "the idle connection is closed at once"
+    );
+    // The transaction goes on, on its own server, to its end ...
+    assert_eq!(backend_pid(&busy).await, busy_pid);
+    busy.batch_execute("COMMIT").await.unwrap();
+    // ... and that server is replaced once released.
+    assert!(
+        gone_soon(busy_pid).await,
+        "the busy connection is closed when released"
+    );
+    for client in [&busy, &other] {
+        let pid = backend_pid(client).await;
+        assert!(
+            pid != busy_pid && pid != idle_pid,
+            "a new server connection"
+        );
+    }
 }

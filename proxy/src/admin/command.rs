@@ -2,7 +2,7 @@
 //!
 //! The vocabulary is PgBouncer's where it overlaps (`SHOW POOLS`, `SHOW SERVERS`, `SHOW
 //! CLIENTS`, `SHOW STATS`, `SHOW CONFIG`, `SHOW VERSION`, `SHOW HELP`, `RELOAD`, `PAUSE`,
-//! `RESUME`, `KILL`, `KILL_CLIENT`), so that operators and monitoring scripts used to its console find their way.
+//! `RESUME`, `KILL`, `KILL_CLIENT`, `RECONNECT`), so that operators and monitoring scripts used to its console find their way.
 //! Keywords are case-insensitive; a database name is taken as written (double quotes around
 //! it are dropped); a trailing `;` is fine.
 
@@ -38,6 +38,9 @@ pub enum Command {
     Kill(String),
     /// End one client's session at once, by its `pid` in `SHOW CLIENTS`.
     KillClient(i32),
+    /// Replace the server connections of one database (or all): idle ones now, those in use
+    /// when their clients release them. Clients notice nothing.
+    Reconnect(Option<String>),
 }
 
 /// The commands with a line on each, for `SHOW HELP` and error hints.
@@ -85,6 +88,10 @@ pub const HELP: &[(&str, &str)] = &[
         "KILL_CLIENT pid",
         "end one client's session now (pid as SHOW CLIENTS lists it)",
     ),
+    (
+        "RECONNECT [db]",
+        "replace server connections: idle ones now, those in use when released",
+    ),
 ];
 
 /// Parses one statement of a console query; the error is the message for the client.
@@ -112,6 +119,8 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         ["RESUME"] => Ok(Command::Resume(None)),
         ["RESUME", _] => Ok(Command::Resume(Some(database()))),
         ["KILL", _] => Ok(Command::Kill(database())),
+        ["RECONNECT"] => Ok(Command::Reconnect(None)),
+        ["RECONNECT", _] => Ok(Command::Reconnect(Some(database()))),
         ["KILL_CLIENT", pid] => pid
             .parse()
             .map(Command::KillClient)
@@ -169,6 +178,11 @@ mod tests {
         assert_eq!(parse("kill App"), Ok(Command::Kill("App".into())));
         assert!(parse("KILL").is_err(), "KILL names its database");
         assert_eq!(parse("kill_client 42;"), Ok(Command::KillClient(42)));
+        assert_eq!(parse("reconnect"), Ok(Command::Reconnect(None)));
+        assert_eq!(
+            parse("RECONNECT app"),
+            Ok(Command::Reconnect(Some("app".into())))
+        );
         let e = parse("KILL_CLIENT x").unwrap_err();
         assert!(e.contains("SHOW CLIENTS"), "{e}");
     }

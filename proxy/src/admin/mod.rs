@@ -208,6 +208,16 @@ impl<'p> Console<'p> {
             Command::Pause(db) => return self.pause(db.as_deref(), out).await,
             Command::Resume(db) => return self.resume(db.as_deref(), out),
             Command::Kill(db) => return self.kill(&db, out).await,
+            Command::Reconnect(db) => {
+                tracing::info!(user = %self.user, database = ?db, "RECONNECT on the admin console");
+                let done = pause::reconnect(self.proxy, db.as_deref()).map(|closed| {
+                    backend::notice(
+                        out,
+                        &format!("{closed} idle server connection(s) closed; those in use will be when released"),
+                    );
+                });
+                return answer(out, "RECONNECT", done);
+            }
             Command::KillClient(pid) => {
                 return answer(out, "KILL_CLIENT", pause::kill_client(self.proxy, pid));
             }

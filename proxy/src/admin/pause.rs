@@ -19,6 +19,12 @@
 //! FATAL `57P01` (a transaction it had open is rolled back: its server connection is closed),
 //! then the idle server connections are closed. New clients may log in, and their
 //! transactions wait for `RESUME`, as in PgBouncer. `KILL_CLIENT pid` ends one session.
+//!
+//! `RECONNECT [db]` replaces server connections without a pause: idle ones are closed at once,
+//! and those in use when their clients release them (at the end of the transaction, or of the
+//! session in session mode); new ones are opened as needed. After a schema migration it clears
+//! the servers' cached plans (PostgreSQL's "cached plan must not change result type"), after
+//! an `ALTER ROLE ... SET` it makes new sessions pick the setting up.
 
 use crate::cancel::Who;
 use crate::pool::UserPool;
@@ -162,6 +168,12 @@ async fn drain(
         }
     }
     Ok(pools.iter().map(|p| p.close_idle()).sum())
+}
+
+/// Replaces the server connections of `database` (or all); returns how many idle ones were
+/// closed at once.
+pub(super) fn reconnect(proxy: &Proxy, database: Option<&str>) -> Result<usize, Refused> {
+    Ok(select(proxy, database)?.iter().map(|p| p.reconnect()).sum())
 }
 
 /// Resumes the paused pools of `database` (or all); returns how many.

@@ -18,7 +18,7 @@ use crate::cancel::CancelSlot;
 use crate::socket::{Peeked, Stream, TERMINATE};
 use std::future::Future;
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 /// Runs `wait` (a checkout) unless the client leaves first, or the admin console's `KILL`
 /// ends its session (`slot`): `None` then. A server the wait was granted meanwhile goes to the
@@ -41,8 +41,11 @@ pub(super) async fn unless_client_leaves<F: Future>(
         if watch != Watch::NotYet && slot.is_killed() {
             return Poll::Ready(None);
         }
-        if watch == Watch::Watching && client_left(client, terminate_counts, &mut watch, cx) {
-            return Poll::Ready(None);
+        if watch == Watch::Watching {
+            let seen = client.poll_peek_watched(cx, terminate_counts);
+            if client_left(seen, client, &mut watch) {
+                return Poll::Ready(None);
+            }
         }
         if let Poll::Ready(out) = wait.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
@@ -50,7 +53,9 @@ pub(super) async fn unless_client_leaves<F: Future>(
         if watch == Watch::NotYet {
             watch = Watch::Watching;
             slot.wake.register(cx.waker());
-            if slot.is_killed() || client_left(client, terminate_counts, &mut watch, cx) {
+            if slot.is_killed()
+                || client_left(client.poll_peek(cx, terminate_counts), client, &mut watch)
+            {
                 return Poll::Ready(None);
             }
         }
@@ -70,16 +75,12 @@ enum Watch {
     Stopped,
 }
 
-/// Whether the client has gone (end of file, a reset, a lone Terminate). Data from it means it
-/// is still there: the watch stops, and the socket is not looked at again. Costs no system
-/// call while the socket's cached readiness says nothing arrived.
-fn client_left(
-    client: &Stream,
-    terminate_counts: bool,
-    watch: &mut Watch,
-    cx: &mut Context<'_>,
-) -> bool {
-    match client.poll_peek(cx, terminate_counts) {
+/// Whether what was seen on the client's socket says it has gone (end of file, a reset, a
+/// lone Terminate). Data from it means it is still there: the watch stops, and the socket is
+/// not looked at again.
+#[inline]
+fn client_left(seen: Poll<Peeked>, client: &Stream, watch: &mut Watch) -> bool {
+    match seen {
         Poll::Ready(Peeked::Left) => true,
         Poll::Ready(Peeked::Terminate) => {
             // Read the goodbye, so that closing sends the client an orderly end of file
@@ -98,7 +99,7 @@ fn client_left(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Waker;
+    use std::task::{Context, Waker};
     use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, Stream) {

@@ -89,6 +89,8 @@ pub struct ServerPool {
     pub opened: AtomicU64,
     /// Until when (coarse clock, ms) the server counts as down after a failed connect; 0 = up.
     down_until_ms: AtomicU64,
+    /// Bumped by [`ServerPool::reconnect`]: connections opened before are closed when released.
+    generation: AtomicU64,
 }
 
 /// A slot taken from a pool's [`Slots`]; dropping it gives the slot back.
@@ -157,6 +159,7 @@ impl ServerPool {
             slots: Arc::new(Slots::new(size)),
             opened: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -220,7 +223,7 @@ impl ServerPool {
         }
         let slot = Slot(self.slots.clone());
         while let Some(mut conn) = self.pop_idle() {
-            if conn.idle_check() {
+            if conn.idle_check() && conn.generation == self.generation.load(Ordering::Relaxed) {
                 return Ok(Pooled {
                     conn: Some(conn),
                     _slot: slot,
@@ -243,8 +246,11 @@ impl ServerPool {
     }
 
     async fn open(&self) -> Result<Box<ServerConn>, ConnectError> {
+        // Read before connecting: a `RECONNECT` meanwhile retires this connection too.
+        let generation = self.generation.load(Ordering::Relaxed);
         match connect(&self.target, self.timeouts.connect, self.timeouts.lifetime).await {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                conn.generation = generation;
                 self.opened.fetch_add(1, Ordering::Relaxed);
                 self.down_until_ms.store(0, Ordering::Relaxed);
                 Ok(conn)
@@ -286,7 +292,10 @@ impl ServerPool {
             return;
         };
         let now = crate::clock::now_ms();
-        if conn.retire_at_ms.is_some_and(|t| now >= t) || conn.key.cancel_pending() {
+        if conn.retire_at_ms.is_some_and(|t| now >= t)
+            || conn.key.cancel_pending()
+            || conn.generation != self.generation.load(Ordering::Relaxed)
+        {
             conn.terminate();
             return;
         }
@@ -349,6 +358,14 @@ impl ServerPool {
             conns.into_iter().for_each(|c| c.terminate());
         }
         closed
+    }
+
+    /// Replaces every connection (the admin console's `RECONNECT`): the idle ones are closed
+    /// now, those in use when their client releases them; new ones are opened as needed.
+    /// Returns how many idle ones were closed.
+    pub fn reconnect(&self) -> usize {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.close_idle()
     }
 
     /// Opens connections until `min_pool_size` are open (idle or in use).

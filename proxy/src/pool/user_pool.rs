@@ -189,6 +189,12 @@ impl UserPool {
         self.servers.iter().any(ServerPool::is_paused)
     }
 
+    /// Replaces every server connection (the admin console's `RECONNECT`): idle ones now,
+    /// those in use when released. Returns how many idle ones were closed.
+    pub fn reconnect(&self) -> usize {
+        self.servers.iter().map(ServerPool::reconnect).sum()
+    }
+
     /// Server connections checked out now, over all servers.
     pub fn in_use(&self) -> usize {
         self.servers.iter().map(ServerPool::in_use).sum()

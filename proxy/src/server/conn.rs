@@ -58,6 +58,9 @@ pub struct ServerConn {
     /// The worker whose reactor the socket is registered with; it returns to that worker's
     /// idle list.
     pub home: usize,
+    /// The pool's generation when the connection was opened: the admin console's `RECONNECT`
+    /// starts a new one, and a connection of an older one is closed when released.
+    pub generation: u64,
 }
 
 impl ServerConn {

@@ -227,6 +227,7 @@ async fn login(
                     unnamed_owner: u64::MAX,
                     retire_at_ms: lifetime.map(|l| now + jitter(l).as_millis() as u64),
                     idle_since_ms: now,
+                    generation: 0,
                     home: crate::workers::current(),
                 }));
             }
