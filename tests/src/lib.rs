@@ -9,6 +9,7 @@
 mod cluster;
 pub mod console;
 mod proxy;
+pub mod wire;
 
 pub use cluster::{find_bindir, free_port, Cluster, Node};
 pub use proxy::{switchyard_binary, Proxy};

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 use switchyard_tests::console::{get, of, show};
+use switchyard_tests::wire;
 use switchyard_tests::{
     free_port, plugin, pool_toml, roles, shared_cluster, sqlstate, unique_name, Proxy,
 };
@@ -483,49 +484,18 @@ async fn prometheus_scrapes_the_same_counters_at_metrics() {
     app.simple_query("SELECT 1").await.unwrap();
 }
 
-/// Raw protocol: a message with a tag and body.
-fn raw_message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 /// Reads messages until a ReadyForQuery or the end of the connection: (tag, body) pairs,
 /// and whether the connection ended.
 fn raw_read(s: &mut std::net::TcpStream) -> (Vec<(u8, Vec<u8>)>, bool) {
-    use std::io::Read;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let (mut buf, mut out, mut chunk) = (Vec::new(), Vec::new(), [0u8; 4096]);
-    loop {
-        while buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < len + 1 {
-                break;
-            }
-            let tag = buf[0];
-            out.push((tag, buf[5..len + 1].to_vec()));
-            buf.drain(..len + 1);
-            if tag == b'Z' {
-                return (out, false);
-            }
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return (out, true),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+    wire::read_readies(s, 1)
 }
 
 /// A raw console session as the trust user `watch`, logged in.
 fn raw_console(port: u16) -> std::net::TcpStream {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = b"user\0watch\0database\0switchyard\0\0";
-    let mut startup = ((body.len() + 8) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(body);
-    s.write_all(&startup).unwrap();
+    s.write_all(&wire::startup_packet("watch", "switchyard"))
+        .unwrap();
     let (greeting, closed) = raw_read(&mut s);
     assert!(
         !closed && greeting.first().map(|m| m.0) == Some(b'R'),
@@ -534,13 +504,9 @@ fn raw_console(port: u16) -> std::net::TcpStream {
     s
 }
 
-/// The SQLSTATE of an ErrorResponse body (its `C` field follows the `S` field's NUL).
+/// The SQLSTATE of an ErrorResponse body.
 fn code_of(body: &[u8]) -> String {
-    let at = body
-        .windows(2)
-        .position(|w| w == b"\0C")
-        .unwrap_or_else(|| panic!("no code in {body:?}"));
-    String::from_utf8_lossy(&body[at + 2..at + 7]).into_owned()
+    wire::error_code(body).unwrap_or_else(|| panic!("no code in {body:?}"))
 }
 
 #[tokio::test]
@@ -558,15 +524,16 @@ async fn bad_input_to_the_console_is_refused_cleanly() {
     tokio::task::spawn_blocking(move || {
         // The extended protocol: an error, messages skipped to Sync, then the session goes on.
         let mut s = raw_console(port);
-        let mut m = raw_message(b'P', b"\0SHOW POOLS\0\0\0");
-        m.extend(raw_message(b'B', b"\0\0\0\0\0\0\0\0"));
-        m.extend(raw_message(b'S', b""));
+        let mut m = wire::message(b'P', b"\0SHOW POOLS\0\0\0");
+        m.extend(wire::message(b'B', b"\0\0\0\0\0\0\0\0"));
+        m.extend(wire::message(b'S', b""));
         s.write_all(&m).unwrap();
         let (answer, closed) = raw_read(&mut s);
         let tags: Vec<u8> = answer.iter().map(|m| m.0).collect();
         assert!(!closed && tags == b"EZ", "{answer:?}");
         assert_eq!(code_of(&answer[0].1), "0A000");
-        s.write_all(&raw_message(b'Q', b"SHOW VERSION\0")).unwrap();
+        s.write_all(&wire::message(b'Q', b"SHOW VERSION\0"))
+            .unwrap();
         let (answer, _) = raw_read(&mut s);
         let tags: Vec<u8> = answer.iter().map(|m| m.0).collect();
         assert_eq!(tags, b"TDCZ", "{answer:?}");
@@ -574,9 +541,9 @@ async fn bad_input_to_the_console_is_refused_cleanly() {
         // An unknown message type, a length past the console's limit, a Query that is not
         // text: FATAL 08P01 and the connection closes.
         for bad in [
-            raw_message(b'W', b"junk"),
+            wire::message(b'W', b"junk"),
             [b'Q', 0x7f, 0xff, 0xff, 0xff].to_vec(),
-            raw_message(b'Q', b"SHOW \xff\xfe\0"),
+            wire::message(b'Q', b"SHOW \xff\xfe\0"),
         ] {
             let mut s = raw_console(port);
             s.write_all(&bad).unwrap();

@@ -367,31 +367,18 @@ async fn server_lifetime_retires_connections() {
 
 /// A minimal raw client for byte-level protocol checks: trust login, then raw messages.
 mod raw {
+    use switchyard_tests::wire;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
     pub async fn login(port: u16, user: &str, db: &str) -> TcpStream {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let body = format!("user\0{user}\0database\0{db}\0\0");
-        let mut p = ((body.len() + 8) as i32).to_be_bytes().to_vec();
-        p.extend_from_slice(&196608i32.to_be_bytes());
-        p.extend_from_slice(body.as_bytes());
-        s.write_all(&p).await.unwrap();
+        s.write_all(&wire::startup_packet(user, db)).await.unwrap();
         read_until(&mut s, b'Z').await;
         s
     }
 
-    /// A simple-protocol Query message.
-    pub fn query(sql: &str) -> Vec<u8> {
-        msg(b'Q', format!("{sql}\0").as_bytes())
-    }
-
-    pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
+    pub use switchyard_tests::wire::{message as msg, query};
 
     /// Reads whole messages until one with `tag`; returns the tags seen.
     pub async fn read_until(s: &mut TcpStream, tag: u8) -> Vec<u8> {

@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
+use switchyard_tests::wire::{self, message, startup_packet};
 use switchyard_tests::{first_value, roles, shared_cluster, trust_proxy, Proxy};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -411,19 +412,6 @@ fn read_until_close(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-fn sqlstate_of(bytes: &[u8]) -> Option<String> {
-    let pos = bytes.windows(2).position(|w| w[0] == 0 && w[1] == b'C')?;
-    Some(String::from_utf8_lossy(&bytes[pos + 2..pos + 7]).into_owned())
-}
-
-fn startup_packet(user: &str, db: &str) -> Vec<u8> {
-    let body = format!("user\0{user}\0database\0{db}\0\0");
-    let mut p = ((body.len() + 8) as i32).to_be_bytes().to_vec();
-    p.extend_from_slice(&196608i32.to_be_bytes());
-    p.extend_from_slice(body.as_bytes());
-    p
-}
-
 #[tokio::test]
 async fn bad_input_gets_a_clean_close_while_others_keep_working() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\n");
@@ -435,7 +423,7 @@ async fn bad_input_gets_a_clean_close_while_others_keep_working() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let reply = read_until_close(&mut s);
     assert_eq!(reply[0], b'E');
-    assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"));
+    assert_eq!(wire::error_code(&reply).as_deref(), Some("08P01"));
 
     // A truncated startup packet, then the client goes away.
     let mut s = TcpStream::connect(addr).unwrap();
@@ -452,7 +440,11 @@ async fn bad_input_gets_a_clean_close_while_others_keep_working() {
     assert_eq!(greet[0], b'R', "{:?}", &greet[..n]);
     s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).unwrap();
     let reply = read_until_close(&mut s);
-    assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"), "{reply:?}");
+    assert_eq!(
+        wire::error_code(&reply).as_deref(),
+        Some("08P01"),
+        "{reply:?}"
+    );
 
     // A negative length, and an unknown message type.
     for bad in [&[b'Q', 0xff, 0xff, 0xff, 0xf0][..], &[b'!', 0, 0, 0, 4][..]] {
@@ -461,7 +453,11 @@ async fn bad_input_gets_a_clean_close_while_others_keep_working() {
         let _ = s.read(&mut greet).unwrap();
         s.write_all(bad).unwrap();
         let reply = read_until_close(&mut s);
-        assert_eq!(sqlstate_of(&reply).as_deref(), Some("08P01"), "{reply:?}");
+        assert_eq!(
+            wire::error_code(&reply).as_deref(),
+            Some("08P01"),
+            "{reply:?}"
+        );
     }
 
     // A message PostgreSQL cannot take in the middle of COPY FROM STDIN: the server ends the
@@ -474,7 +470,7 @@ async fn bad_input_gets_a_clean_close_while_others_keep_working() {
         .unwrap();
     let got = messages(&read_until_close(&mut s));
     assert_eq!(tags(&got), "CGEE", "{got:?}");
-    assert_eq!(sqlstate_of(&got[3].1).as_deref(), Some("08P01"));
+    assert_eq!(wire::error_code(&got[3].1).as_deref(), Some("08P01"));
     assert!(got[3].1.starts_with(b"SFATAL"), "{got:?}");
 
     // Unsupported protocol version.
@@ -483,7 +479,7 @@ async fn bad_input_gets_a_clean_close_while_others_keep_working() {
     p[4..8].copy_from_slice(&(2i32 << 16).to_be_bytes());
     s.write_all(&p).unwrap();
     let reply = read_until_close(&mut s);
-    assert_eq!(sqlstate_of(&reply).as_deref(), Some("0A000"));
+    assert_eq!(wire::error_code(&reply).as_deref(), Some("0A000"));
 
     // SSL and GSSAPI encryption requests are declined with 'N', then plain startup works.
     let mut s = TcpStream::connect(addr).unwrap();
@@ -595,14 +591,6 @@ async fn a_statement_whose_result_type_changed_can_be_prepared_again() {
     assert_eq!(other.query_one(&s, &[]).await.unwrap().len(), 2);
 }
 
-/// One protocol message: tag and body.
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
 fn parse(name: &str, sql: &str) -> Vec<u8> {
     message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes())
 }
@@ -619,33 +607,11 @@ fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
     read_readies(s, 1)
 }
 
-/// Reads messages up to and including the `n`th ReadyForQuery. Bytes that came in the same
-/// read after it are dropped: write the next request only after this returns.
-fn read_readies(s: &mut TcpStream, mut n: usize) -> Vec<(u8, Vec<u8>)> {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while buf.len() >= 5 {
-            let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < len + 1 {
-                break;
-            }
-            let tag = buf[0];
-            out.push((tag, buf[5..len + 1].to_vec()));
-            buf.drain(..len + 1);
-            if tag == b'Z' {
-                n -= 1;
-                if n == 0 {
-                    return out;
-                }
-            }
-        }
-        let got = s.read(&mut chunk).expect("an answer");
-        assert!(got > 0, "closed; got {out:?}");
-        buf.extend_from_slice(&chunk[..got]);
-    }
+/// Reads messages up to and including the `n`th ReadyForQuery; the connection must stay open.
+fn read_readies(s: &mut TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+    let (out, closed) = wire::read_readies(s, n);
+    assert!(!closed, "closed; got {out:?}");
+    out
 }
 
 fn tags(msgs: &[(u8, Vec<u8>)]) -> String {
@@ -667,7 +633,7 @@ async fn statement_names_behave_as_in_postgresql() {
         .unwrap();
     let reply = read_until_ready(&mut s);
     assert_eq!(tags(&reply), "EZ", "{reply:?}");
-    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("42P05"));
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("42P05"));
     // The first "a" is intact.
     s.write_all(&bind_execute_sync("a")).unwrap();
     let reply = read_until_ready(&mut s);
@@ -678,7 +644,7 @@ async fn statement_names_behave_as_in_postgresql() {
         .unwrap();
     let reply = read_until_ready(&mut s);
     assert_eq!(tags(&reply), "EZ", "{reply:?}");
-    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("42601"));
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("42601"));
     s.write_all(&[parse("b", "SELECT 3"), bind_execute_sync("b")].concat())
         .unwrap();
     let reply = read_until_ready(&mut s);
@@ -706,7 +672,7 @@ async fn statement_names_behave_as_in_postgresql() {
     .unwrap();
     let reply = read_readies(&mut s, 2);
     assert_eq!(tags(&reply), "EZ12DCZ", "{reply:?}");
-    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("34000"));
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("34000"));
     assert!(reply[4].1.ends_with(b"6"), "{reply:?}");
 }
 
@@ -741,7 +707,7 @@ async fn broken_messages_are_answered_in_order_as_by_postgresql() {
     .unwrap();
     let reply = read_until_ready(&mut s);
     assert_eq!(tags(&reply), "1EZ", "{reply:?}");
-    assert_eq!(sqlstate_of(&reply[1].1).as_deref(), Some("08P01"));
+    assert_eq!(wire::error_code(&reply[1].1).as_deref(), Some("08P01"));
     assert!(reply[1].1.starts_with(b"SERROR"), "{reply:?}");
     s.write_all(&bind_execute_sync("a")).unwrap();
     assert_eq!(tags(&read_until_ready(&mut s)), "2DCZ");
@@ -753,7 +719,7 @@ async fn broken_messages_are_answered_in_order_as_by_postgresql() {
     let reply = messages(&read_until_close(&mut s));
     assert_eq!(tags(&reply), "TDCZZ1E", "{reply:?}");
     assert!(reply[6].1.starts_with(b"SFATAL"), "{reply:?}");
-    assert_eq!(sqlstate_of(&reply[6].1).as_deref(), Some("08P01"));
+    assert_eq!(wire::error_code(&reply[6].1).as_deref(), Some("08P01"));
     // The server went back to the pool in good order.
     let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     let v: i32 = other.query_one("SELECT 7", &[]).await.unwrap().get(0);
@@ -803,7 +769,7 @@ async fn sql_deallocate_of_a_clients_statements_works_as_on_postgresql() {
     // A name the client never prepared: the server's own error.
     let (t, reply) = ask(query("DEALLOCATE nope"));
     assert_eq!(t, "EZ", "{reply:?}");
-    assert_eq!(sqlstate_of(&reply[0].1).as_deref(), Some("26000"));
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("26000"));
     // SQL-level PREPARE and DEALLOCATE in one string still run on the server.
     let (t, reply) = ask(query("PREPARE p AS SELECT 5; EXECUTE p; DEALLOCATE p"));
     assert_eq!(t, "CTDCCZ", "{reply:?}");
@@ -851,7 +817,7 @@ async fn a_stale_statement_prepared_again_before_the_servers_ready_for_query_is_
     let mut error = vec![0u8; len - 4];
     s.read_exact(&mut error).unwrap();
     assert_eq!(head[0], b'E');
-    assert_eq!(sqlstate_of(&error).as_deref(), Some("0A000"));
+    assert_eq!(wire::error_code(&error).as_deref(), Some("0A000"));
     s.write_all(
         &[
             message(b'S', b""),
