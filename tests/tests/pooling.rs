@@ -385,7 +385,11 @@ mod raw {
         let mut tags = Vec::new();
         loop {
             let mut head = [0u8; 5];
-            s.read_exact(&mut head).await.unwrap();
+            // The tags read so far tell a closed connection's story (an `E` first: an error).
+            s.read_exact(&mut head).await.unwrap_or_else(|e| {
+                let seen = String::from_utf8_lossy(&tags);
+                panic!("reading up to {:?} after {seen:?}: {e}", tag as char)
+            });
             let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             let mut body = vec![0u8; len - 4];
             s.read_exact(&mut body).await.unwrap();
