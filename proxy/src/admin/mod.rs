@@ -3,7 +3,9 @@
 //!
 //! It is what PgBouncer's `pgbouncer` database is to its operators: `psql -d switchyard`,
 //! then `SHOW POOLS`, `SHOW SERVERS`, `SHOW CLIENTS`, `SHOW STATS`, `SHOW POLICIES`, `SHOW
-//! CONFIG`, `RELOAD`, `PAUSE`, `RESUME` ([`pause`]). Monitoring reads the same tables. No server is involved: the console answers from the pools' own counters.
+//! CONFIG`, `RELOAD`, and for maintenance `PAUSE`, `RESUME`, `KILL`, `KILL_CLIENT`,
+//! `RECONNECT` ([`pause`]). Monitoring reads the same tables. The console answers from the
+//! pools' own counters; no server is involved.
 //!
 //! The same counters are served to Prometheus at `GET /metrics` on `general.metrics_addr`
 //! ([`metrics`], [`metrics_http`]).
@@ -208,16 +210,7 @@ impl<'p> Console<'p> {
             Command::Pause(db) => return self.pause(db.as_deref(), out).await,
             Command::Resume(db) => return self.resume(db.as_deref(), out),
             Command::Kill(db) => return self.kill(&db, out).await,
-            Command::Reconnect(db) => {
-                tracing::info!(user = %self.user, database = ?db, "RECONNECT on the admin console");
-                let done = pause::reconnect(self.proxy, db.as_deref()).map(|closed| {
-                    backend::notice(
-                        out,
-                        &format!("{closed} idle server connection(s) closed; those in use will be when released"),
-                    );
-                });
-                return answer(out, "RECONNECT", done);
-            }
+            Command::Reconnect(db) => return self.reconnect(db.as_deref(), out),
             Command::KillClient(pid) => {
                 return answer(out, "KILL_CLIENT", pause::kill_client(self.proxy, pid));
             }
@@ -278,6 +271,17 @@ impl<'p> Console<'p> {
     fn resume(&self, db: Option<&str>, out: &mut BytesMut) -> bool {
         tracing::info!(user = %self.user, database = ?db, "RESUME on the admin console");
         answer(out, "RESUME", pause::resume(self.proxy, db).map(|_| ()))
+    }
+
+    fn reconnect(&self, db: Option<&str>, out: &mut BytesMut) -> bool {
+        tracing::info!(user = %self.user, database = ?db, "RECONNECT on the admin console");
+        let done = pause::reconnect(self.proxy, db).map(|closed| {
+            let m = format!(
+                "{closed} idle server connection(s) closed; those in use will be when released"
+            );
+            backend::notice(out, &m);
+        });
+        answer(out, "RECONNECT", done)
     }
 
     async fn fatal(mut self, code: &str, message: &str) {

@@ -70,6 +70,13 @@ fn select<'p>(proxy: &'p Proxy, database: Option<&str>) -> Result<Vec<&'p Arc<Us
     }
 }
 
+/// Pauses those of `pools` that are running; returns how many.
+fn pause_running(pools: &[&Arc<UserPool>]) -> usize {
+    let running: Vec<_> = pools.iter().filter(|p| !p.is_paused()).collect();
+    running.iter().for_each(|p| p.pause());
+    running.len()
+}
+
 /// Pauses the pools of `database` (or all), then waits until none has a server connection in
 /// use, and closes their idle ones. Stops waiting (the pools stay paused) when the console
 /// client leaves or the proxy shuts down.
@@ -79,14 +86,13 @@ pub(super) async fn pause(
     console: &Stream,
 ) -> Result<Paused, Refused> {
     let pools = select(proxy, database)?;
-    let running: Vec<_> = pools.iter().filter(|p| !p.is_paused()).collect();
-    if running.is_empty() {
+    let paused = pause_running(&pools);
+    if paused == 0 {
         return Err((NOT_IN_STATE, "already paused; RESUME first".into()));
     }
-    running.iter().for_each(|p| p.pause());
     let closed = drain(proxy, &pools, console).await?;
     Ok(Paused {
-        pools: running.len(),
+        pools: paused,
         killed: 0,
         closed,
     })
@@ -100,8 +106,7 @@ pub(super) async fn kill(
     console: &Stream,
 ) -> Result<Paused, Refused> {
     let pools = select(proxy, Some(database))?;
-    let running: Vec<_> = pools.iter().filter(|p| !p.is_paused()).collect();
-    running.iter().for_each(|p| p.pause());
+    let paused = pause_running(&pools);
     let mut killed = 0;
     for (_, slot) in proxy.cancels.clients() {
         let of_database = slot
@@ -115,7 +120,7 @@ pub(super) async fn kill(
     }
     let closed = drain(proxy, &pools, console).await?;
     Ok(Paused {
-        pools: running.len(),
+        pools: paused,
         killed,
         closed,
     })
