@@ -9,19 +9,34 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::config::Role;
-use switchyard::pool::ServerPool;
+use switchyard::pool::{ServerPool, Servers};
 use switchyard::router::wasm::{built_component, LoadedPlugin, PolicyChain};
 use switchyard::router::{Classifier, PrimaryOnly, RouteRequest, Router};
 
 const CALLS: u32 = 200_000;
 const RUNS: usize = 7;
 
-fn servers() -> Arc<Vec<ServerPool>> {
+fn servers() -> Servers {
     let login_retry = Duration::from_secs(5);
     Arc::new(vec![
-        ServerPool::detached("primary", Role::Primary, 1, login_retry),
-        ServerPool::detached("replica1", Role::Replica, 2, login_retry),
-        ServerPool::detached("replica2", Role::Replica, 3, login_retry),
+        Arc::new(ServerPool::detached(
+            "primary",
+            Role::Primary,
+            1,
+            login_retry,
+        )),
+        Arc::new(ServerPool::detached(
+            "replica1",
+            Role::Replica,
+            2,
+            login_retry,
+        )),
+        Arc::new(ServerPool::detached(
+            "replica2",
+            Role::Replica,
+            3,
+            login_retry,
+        )),
     ])
 }
 

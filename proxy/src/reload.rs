@@ -1,15 +1,21 @@
-//! `SIGHUP` or the admin console's `RELOAD`: reload the routing policies while clients are
+//! `SIGHUP` or the admin console's `RELOAD`: apply the config file again while clients are
 //! served.
 //!
 //! The config file is read and validated again; each pool's policies are compiled and checked
-//! (imports, `init` on a canary) off the tokio workers; only when all of them load are they
-//! published, pool by pool, each in one atomic swap (see `router::SwappableRouter`). A
-//! config that does not validate, or a policy that does not load, changes nothing: the error
-//! is logged, naming the key or the plugin, and the running policies stay.
+//! (imports, `init` on a canary) off the tokio workers; only when all of them load is anything
+//! published, pool by pool, each pool's servers and policies in one atomic swap (see
+//! `pool::LiveBackends`). A config that does not validate, or a policy that does not load,
+//! changes nothing: the error is logged, naming the key or the plugin, and the running pools
+//! stay.
 //!
-//! Only the routing policies reload (`policies`, `write_functions`, `fallback_reads`, the
-//! servers' `weight`, `plugin_deadline_ms`, `plugin_memory_mb`); other settings take effect
-//! at the next start.
+//! What reloads: the routing policies (`policies`, `write_functions`, `fallback_reads`,
+//! `plugin_deadline_ms`, `plugin_memory_mb`), a pool's servers (added, removed, moved,
+//! re-weighted, a new role), its `pool_size`, `min_pool_size` and `server_database`, and each
+//! user's passwords, `auth`, `server_user`, `pool_size` and `min_pool_size`; pools and users
+//! added. A server whose address, credentials and sizes stay keeps its connections; a changed
+//! or removed one is retired: transactions running there finish there, then its connections
+//! close. Other settings take effect at the next start, and pools or users removed stay until
+//! then.
 
 use crate::config::diff;
 use crate::pool::Pools;
@@ -30,10 +36,10 @@ pub enum Outcome {
     Refused(String),
 }
 
-/// Reads `path` and publishes its routing policies in `pools`. `running` is the config file
+/// Reads `path` and publishes its pools' servers and routing policies in `pools`. `running` is the config file
 /// the proxy started with, as a TOML tree: the keys that differ from it and do not reload are
 /// reported. Blocking: it compiles.
-pub fn reload_policies(path: &Path, pools: &Pools, running: Option<&toml::Value>) -> Outcome {
+pub fn reload_config(path: &Path, pools: &Pools, running: Option<&toml::Value>) -> Outcome {
     // Read once: the policies and the list of unapplied keys come from the same text.
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -43,7 +49,7 @@ pub fn reload_policies(path: &Path, pools: &Pools, running: Option<&toml::Value>
         Ok(c) => c,
         Err(e) => return Outcome::Refused(format!("invalid config: {e}")),
     };
-    let notes = match pools.reload_policies(&config) {
+    let notes = match pools.reload(&config) {
         Ok(notes) => notes,
         Err(e) => return Outcome::Refused(format!("{}: {e}", path.display())),
     };
@@ -69,15 +75,19 @@ fn sweep(workers: &Workers) {
     }
 }
 
-/// Whether a reload applies a change to this key: the routing policies and what only they use.
+/// Whether a reload applies a change to this key (see the module's doc).
 fn reloads(key: &[String]) -> bool {
     let k: Vec<&str> = key.iter().map(String::as_str).collect();
     match k.as_slice() {
         ["general", "plugin_deadline_ms" | "plugin_memory_mb"] => true,
-        ["pools", _, "policies", ..] | ["pools", _, "write_functions" | "fallback_reads", ..] => {
-            true
-        }
-        ["pools", _, "servers", server, "weight"] => server.starts_with('['),
+        // Added: in service; removed: a note says it stays until a restart.
+        ["pools", _] | ["pools", _, "users", _] => true,
+        ["pools", _, "policies" | "write_functions" | "fallback_reads" | "servers", ..] => true,
+        ["pools", _, "pool_size" | "min_pool_size" | "server_database"] => true,
+        ["pools", _, "users", _, setting, ..] => matches!(
+            *setting,
+            "password" | "auth" | "server_user" | "server_password" | "pool_size" | "min_pool_size"
+        ),
         _ => false,
     }
 }
@@ -131,8 +141,8 @@ impl Hangups {
     }
 }
 
-/// Reloads the routing policies from the config file the proxy started with: at `SIGHUP`,
-/// and at the admin console's `RELOAD`. One reload runs at a time.
+/// Reloads the config file the proxy started with: at `SIGHUP`, and at the admin console's
+/// `RELOAD`. One reload runs at a time.
 pub struct Reloader {
     path: PathBuf,
     /// The file as it was at startup: what the running settings came from.
@@ -157,25 +167,25 @@ impl Reloader {
     pub async fn reload(&self, why: &str) -> Outcome {
         let _one = self.one_at_a_time.lock().await;
         let path = self.path.clone();
-        tracing::info!(config = %path.display(), "{why}: reloading the routing policies");
+        tracing::info!(config = %path.display(), "{why}: reloading the config");
         let started = std::time::Instant::now();
         let pools = self.pools.clone();
         let running = self.running.clone();
-        let reload = move || reload_policies(&path, &pools, running.as_ref());
+        let reload = move || reload_config(&path, &pools, running.as_ref());
         let outcome = tokio::task::spawn_blocking(reload)
             .await
             .unwrap_or_else(|e| Outcome::Refused(format!("the reload failed: {e}")));
         match &outcome {
             Outcome::Reloaded { notes, unapplied } => {
                 for note in notes {
-                    tracing::warn!(%note, "reload");
+                    tracing::info!(%note, "reload");
                 }
                 for key in unapplied {
                     tracing::warn!(%key, "changed in the config file; takes effect at the next start");
                 }
                 tracing::info!(
                     ms = started.elapsed().as_millis() as u64,
-                    "routing policies reloaded; other settings take effect at the next start"
+                    "routing policies and servers reloaded; other settings take effect at the next start"
                 );
                 if let Some(workers) = self.workers.upgrade() {
                     sweep(&workers);
@@ -203,23 +213,28 @@ mod tests {
     }
 
     #[test]
-    fn only_policy_keys_reload() {
+    fn policies_servers_sizes_and_passwords_reload() {
         for k in [
             "pools.app.policies",
             "pools.app.policies[0].config",
             "pools.app.write_functions",
             "pools.app.fallback_reads",
             "pools.app.servers[1].weight",
+            "pools.app.servers",
+            "pools.app.servers[1].port",
+            "pools.app.pool_size",
+            "pools.app.users.alice.password",
+            "pools.app.users.alice.pool_size",
+            "pools.app",
+            "pools.app.users.alice",
             "general.plugin_deadline_ms",
         ] {
             assert!(reloads(&key(k)), "{k}");
         }
         for k in [
-            "pools.app",
-            "pools.app.servers",
-            "pools.app.servers[1].port",
-            "pools.app.pool_size",
-            "pools.app.users.alice.password",
+            "pools.app.pool_mode",
+            "pools.app.reset_query",
+            "pools.app.users.alice.nonsense",
             "general.query_timeout_ms",
         ] {
             assert!(!reloads(&key(k)), "{k}");

@@ -202,6 +202,31 @@ impl Proxy {
         )
     }
 
+    /// Rewrites the config file's pools (everything from the first `[pools.` on) with `pools`,
+    /// sends `SIGHUP`, and waits until the log shows `expect` once more (the reload's outcome);
+    /// returns the log.
+    pub fn reload(&self, pools: &str, expect: &str) -> String {
+        let config = std::fs::read_to_string(&self.config_path).expect("read config");
+        let general = &config[..config.find("[pools.").expect("a pool")];
+        let before = self.log().matches(expect).count();
+        std::fs::write(&self.config_path, format!("{general}{pools}")).expect("write config");
+        self.signal(libc::SIGHUP);
+        self.logged(expect, before + 1)
+    }
+
+    /// Waits (up to 20 s) until the log has `expect` `times` times, and returns it.
+    pub fn logged(&self, expect: &str, times: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log();
+            if log.matches(expect).count() >= times {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no \"{expect}\" in:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the proxy logged so far.
     pub fn log(&self) -> String {
         let mut s = String::new();

@@ -272,19 +272,34 @@ async fn reload_from_the_console_swaps_policies_or_says_why_not() {
         "1"
     );
 
-    // Back to read-write-split, with a pool_size change that waits for a restart: psql shows
-    // the notice naming the key.
-    rewrite(&proxy, &config(&db, &["read-write-split"], 5));
+    // Back to read-write-split, with a pool_size change, which applies (each server's pool is
+    // replaced), and a pool_mode change, which waits for a restart: psql shows the notices.
+    let resized = config(&db, &["read-write-split"], 5).replace("\"transaction\"", "\"session\"");
+    rewrite(&proxy, &resized);
     let (ok, _out, err) = psql(&proxy, "RELOAD");
     assert!(ok, "{err}\n{}", proxy.log());
     assert!(
-        err.contains(&format!("pools.{db}.pool_size changed in the config file")),
+        err.contains(&format!("pools.{db}.pool_mode changed in the config file")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "pools.{db}.users.{}: server \"primary\" (Primary, 127.0.0.1:{}, pool_size 5) in service",
+            roles::TRUST,
+            c.primary.port
+        )),
         "{err}"
     );
     assert_ne!(read_port(&app).await, c.primary.port);
     assert_eq!(
         get(of(&show(&admin, "SHOW POLICIES").await, &db)[0], "reloads"),
         "2"
+    );
+    let pools = show(&admin, "SHOW POOLS").await;
+    let pool = of(&pools, &db)[0];
+    assert_eq!(
+        (get(pool, "pool_size"), get(pool, "pool_mode")),
+        ("5", "transaction")
     );
     assert!(proxy.log().contains("RELOAD by admin user \"ops\""));
 }

@@ -25,30 +25,6 @@ fn pool_with(db: &str, policies: &[(&str, &str)]) -> String {
     )
 }
 
-/// Rewrites the proxy's config with this pool and sends SIGHUP; waits until the log shows the
-/// reload's outcome (`expect` is the line's text) and returns the log.
-fn reload(proxy: &Proxy, pool: &str, expect: &str) -> String {
-    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
-    let general = &config[..config.find("[pools.").unwrap()];
-    let before = proxy.log().matches(expect).count();
-    std::fs::write(&proxy.config_path, format!("{general}{pool}")).unwrap();
-    proxy.signal(libc::SIGHUP);
-    logged(proxy, expect, before + 1)
-}
-
-/// Waits (up to 20 s) until the log has `expect` `times` times, and returns it.
-fn logged(proxy: &Proxy, expect: &str, times: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let log = proxy.log();
-        if log.matches(expect).count() >= times {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "no \"{expect}\" in:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 async fn port(c: &tokio_postgres::Client) -> u16 {
     c.query_one("SELECT inet_server_port()", &[])
         .await
@@ -138,7 +114,7 @@ async fn sighup_swaps_policies_while_clients_run() {
     // The port opens before the policies are compiled (seconds in a debug build): a SIGHUP
     // sent then is kept for later, not fatal.
     proxy.signal(libc::SIGHUP);
-    logged(&proxy, "routing policies reloaded", 1);
+    proxy.logged("routing policies and servers reloaded", 1);
     let readers = Readers::start(&proxy, &db, 4).await;
     let before = readers.next_reads().await;
     assert!(
@@ -153,7 +129,10 @@ async fn sighup_swaps_policies_while_clients_run() {
     assert!(replicas.contains(&first), "{first}");
 
     // No policy: everything to the primary.
-    reload(&proxy, &pool_with(&db, &[]), "routing policies reloaded");
+    proxy.reload(
+        &pool_with(&db, &[]),
+        "routing policies and servers reloaded",
+    );
     assert_eq!(port(&t).await, first, "the open transaction stayed");
     t.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
@@ -170,13 +149,13 @@ async fn sighup_swaps_policies_while_clients_run() {
     // A reload that cannot load changes nothing and says why.
     let missing = pool_with(&db, &[("read-write-split", "\"\"")])
         .replace("read_write_split.wasm", "no-such-policy.wasm");
-    let log = reload(&proxy, &missing, "reload refused");
+    let log = proxy.reload(&missing, "reload refused");
     assert!(log.contains("no-such-policy.wasm"), "{log}");
     let invalid = pool_with(&db, &split).replace("pool_size = 6", "pool_size = 6\npool_sise = 1");
-    let log = reload(&proxy, &invalid, "reload refused");
+    let log = proxy.reload(&invalid, "reload refused");
     assert!(log.contains("pool_sise"), "{log}");
     let refused = pool_with(&db, &[("read-write-split", "\"primary_reeds = true\"")]);
-    let log = reload(&proxy, &refused, "reload refused");
+    let log = proxy.reload(&refused, "reload refused");
     assert!(log.contains("primary_reeds"), "{log}");
     let kept = readers.next_reads().await;
     assert!(
@@ -190,11 +169,11 @@ async fn sighup_swaps_policies_while_clients_run() {
         !log.contains("takes effect at the next start key="),
         "{log}"
     );
-    let resized = pool_with(&db, &[]).replace("pool_size = 6", "pool_size = 7");
-    let log = reload(&proxy, &resized, "routing policies reloaded");
+    let remoded = pool_with(&db, &[]).replace("\"transaction\"", "\"session\"");
+    let log = proxy.reload(&remoded, "routing policies and servers reloaded");
     assert!(
         log.contains(&format!(
-            "changed in the config file; takes effect at the next start key=pools.{db}.pool_size"
+            "changed in the config file; takes effect at the next start key=pools.{db}.pool_mode"
         )),
         "{log}"
     );
@@ -202,13 +181,15 @@ async fn sighup_swaps_policies_while_clients_run() {
     // And back, many times over while the readers run: every swap is clean.
     for i in 0..6 {
         let policies: &[(&str, &str)] = if i % 2 == 0 { &split } else { &[] };
-        reload(
-            &proxy,
+        proxy.reload(
             &pool_with(&db, policies),
-            "routing policies reloaded",
+            "routing policies and servers reloaded",
         );
     }
-    reload(&proxy, &pool_with(&db, &split), "routing policies reloaded");
+    proxy.reload(
+        &pool_with(&db, &split),
+        "routing policies and servers reloaded",
+    );
     let back = readers.next_reads().await;
     assert!(
         !back.is_empty() && back.keys().all(|p| replicas.contains(p)),
@@ -234,10 +215,9 @@ fn pgbench_through_swaps_has_no_failed_transaction() {
             while !done.load(Ordering::Relaxed) && swaps < 30 {
                 std::thread::sleep(Duration::from_millis(300));
                 let policies: &[(&str, &str)] = if swaps % 2 == 0 { &[] } else { &split };
-                reload(
-                    &proxy,
+                proxy.reload(
                     &pool_with(&db, policies),
-                    "routing policies reloaded",
+                    "routing policies and servers reloaded",
                 );
                 swaps += 1;
             }

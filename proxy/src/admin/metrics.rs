@@ -78,7 +78,7 @@ pub fn render(proxy: &Proxy) -> String {
             "switchyard_clients_waiting",
             "gauge",
             "Checkouts waiting in line for a server connection of the pool.",
-            |p| p.servers.iter().map(|s| s.waiting() as u64).sum(),
+            |p| p.servers().iter().map(|s| s.waiting() as u64).sum(),
         ),
         (
             "switchyard_pool_paused",
@@ -102,13 +102,13 @@ pub fn render(proxy: &Proxy) -> String {
             "switchyard_policy_traps_total",
             "counter",
             "Routing-policy calls that trapped or could not run and were routed by the fallback.",
-            |p| crate::router::Router::report(&p.router).traps,
+            |p| p.backends.report().traps,
         ),
         (
             "switchyard_policy_reloads_total",
             "counter",
             "Times a reload replaced the pool's routing policies.",
-            |p| p.router.swaps(),
+            |p| p.backends.swaps(),
         ),
     ];
     for (name, kind, help, value) in per_pool {
@@ -127,7 +127,7 @@ pub fn render(proxy: &Proxy) -> String {
         "Time checkouts waited in line for a server connection of the pool.",
     );
     for p in &pools {
-        let us: u64 = p.servers.iter().map(|s| s.waited_us()).sum();
+        let us: u64 = p.servers().iter().map(|s| s.waited_us()).sum();
         e.sample(
             "switchyard_wait_seconds_total",
             &[("database", &p.database), ("user", &p.user)],
@@ -142,7 +142,7 @@ pub fn render(proxy: &Proxy) -> String {
         "Server connections of the pool to this server, checked out (active) or in the pool (idle).",
     );
     for p in &pools {
-        for s in p.servers.iter() {
+        for s in p.servers().iter() {
             for (state, n) in [("active", s.in_use()), ("idle", s.idle_count())] {
                 let labels = [
                     ("database", p.database.as_str()),
@@ -173,7 +173,7 @@ pub fn render(proxy: &Proxy) -> String {
     for (name, kind, help, value) in per_server {
         e.family(name, kind, help);
         for p in &pools {
-            for s in p.servers.iter() {
+            for s in p.servers().iter() {
                 let labels = [
                     ("database", p.database.as_str()),
                     ("user", &p.user),

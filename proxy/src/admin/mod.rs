@@ -247,7 +247,7 @@ impl<'p> Console<'p> {
                 true
             }
             Outcome::Refused(why) => {
-                let m = format!("reload refused; the running policies stay: {why}");
+                let m = format!("reload refused; the running pools and policies stay: {why}");
                 backend::error(out, Severity::Error, CONFIG_FILE_ERROR, &m);
                 false
             }

@@ -59,7 +59,7 @@ pub(super) struct Paused {
 }
 
 /// The pools a command names: those of `database`, or all.
-fn select<'p>(proxy: &'p Proxy, database: Option<&str>) -> Result<Vec<&'p Arc<UserPool>>, Refused> {
+fn select(proxy: &Proxy, database: Option<&str>) -> Result<Vec<Arc<UserPool>>, Refused> {
     let pools = proxy.pools.of_database(database);
     match database {
         Some(db) if pools.is_empty() => Err((
@@ -71,7 +71,7 @@ fn select<'p>(proxy: &'p Proxy, database: Option<&str>) -> Result<Vec<&'p Arc<Us
 }
 
 /// Pauses those of `pools` that are running; returns how many.
-fn pause_running(pools: &[&Arc<UserPool>]) -> usize {
+fn pause_running(pools: &[Arc<UserPool>]) -> usize {
     let running: Vec<_> = pools.iter().filter(|p| !p.is_paused()).collect();
     running.iter().for_each(|p| p.pause());
     running.len()
@@ -155,11 +155,7 @@ pub(super) fn kill_client(proxy: &Proxy, pid: i32) -> Result<(), Refused> {
 
 /// Waits until no pool of `pools` has a server connection in use, then closes their idle
 /// ones; returns how many. Gives up when the console client leaves or the proxy shuts down.
-async fn drain(
-    proxy: &Proxy,
-    pools: &[&Arc<UserPool>],
-    console: &Stream,
-) -> Result<usize, Refused> {
+async fn drain(proxy: &Proxy, pools: &[Arc<UserPool>], console: &Stream) -> Result<usize, Refused> {
     let mut shutdown = proxy.shutdown.clone();
     while pools.iter().any(|p| p.in_use() > 0) {
         tokio::select! {

@@ -4,12 +4,11 @@
 use super::command::HELP;
 use super::table::{Cell, Kind, Table};
 use crate::cancel::Who;
-use crate::router::Router;
 use crate::Proxy;
 
 /// The pools by database, then user: the order an operator reads them in.
-pub(super) fn sorted(proxy: &Proxy) -> Vec<&std::sync::Arc<crate::pool::UserPool>> {
-    let mut pools: Vec<_> = proxy.pools.all().collect();
+pub(super) fn sorted(proxy: &Proxy) -> Vec<std::sync::Arc<crate::pool::UserPool>> {
+    let mut pools = proxy.pools.all();
     pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
     pools
 }
@@ -47,10 +46,10 @@ pub fn pools(proxy: &Proxy) -> Table {
         ("paused", Kind::Int),
     ]);
     for pool in sorted(proxy) {
-        let waiting: usize = pool.servers.iter().map(|s| s.waiting()).sum();
-        let active: usize = pool.servers.iter().map(|s| s.in_use()).sum();
-        let idle: usize = pool.servers.iter().map(|s| s.idle_count()).sum();
-        let size = pool.servers.first().map_or(0, |s| s.size);
+        let waiting: usize = pool.servers().iter().map(|s| s.waiting()).sum();
+        let active: usize = pool.servers().iter().map(|s| s.in_use()).sum();
+        let idle: usize = pool.servers().iter().map(|s| s.idle_count()).sum();
+        let size = pool.servers().first().map_or(0, |s| s.size);
         t.push(vec![
             pool.database.as_str().into(),
             pool.user.as_str().into(),
@@ -135,7 +134,7 @@ pub fn stats(proxy: &Proxy) -> Table {
     ]);
     for pool in sorted(proxy) {
         let totals = pool.stats.totals();
-        let waited: u64 = pool.servers.iter().map(|s| s.waited_us()).sum();
+        let waited: u64 = pool.servers().iter().map(|s| s.waited_us()).sum();
         t.push(vec![
             pool.database.as_str().into(),
             pool.user.as_str().into(),
@@ -165,7 +164,7 @@ pub fn servers(proxy: &Proxy) -> Table {
     ]);
     let now = crate::clock::now_ms();
     for pool in sorted(proxy) {
-        for s in pool.servers.iter() {
+        for s in pool.servers().iter() {
             t.push(vec![
                 pool.database.as_str().into(),
                 pool.user.as_str().into(),
@@ -196,13 +195,13 @@ pub fn policies(proxy: &Proxy) -> Table {
         ("reloads", Kind::Int),
     ]);
     for pool in sorted(proxy) {
-        let report = pool.router.report();
+        let report = pool.backends.report();
         t.push(vec![
             pool.database.as_str().into(),
             pool.user.as_str().into(),
             report.policies.join(", ").into(),
             report.traps.into(),
-            pool.router.swaps().into(),
+            pool.backends.swaps().into(),
         ]);
     }
     t

@@ -146,7 +146,7 @@ pub(crate) async fn handshake(
         });
     }
     let pool = match proxy.pools.get(database, user) {
-        Some(p) => p.clone(),
+        Some(p) => p,
         None if !proxy.pools.has_database(database) => {
             return Err(Refusal::fatal(
                 sqlstate::INVALID_CATALOG_NAME,
@@ -160,34 +160,38 @@ pub(crate) async fn handshake(
             ))
         }
     };
+    let credentials = pool.credentials();
     authenticate(
         stream,
         buf,
         &pool.user,
-        (pool.auth, pool.secret.as_ref()),
+        (credentials.auth, credentials.secret.as_ref()),
         proxy.config.general.max_message_size,
     )
     .await?;
 
     // The client's view of the session parameters starts from what a fresh server reports.
     if pool.defaults().is_none() {
-        let primary = &pool.servers[pool.primary()];
         // A server that is restarting is waited for, within checkout_timeout_ms.
         let until = std::time::Instant::now()
             + std::time::Duration::from_millis(proxy.config.general.checkout_timeout_ms);
-        let conn = Box::pin(primary.checkout_riding_out(until))
-            .await
-            .map_err(|e| match e {
-                crate::pool::CheckoutError::Connect(c) => {
-                    Refusal::fatal(c.sqlstate(), c.to_string())
-                }
-                paused @ crate::pool::CheckoutError::Paused { .. } => {
-                    Refusal::fatal(sqlstate::CANNOT_CONNECT_NOW, paused.to_string())
-                }
-                other => Refusal::fatal(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
-            })?;
+        let conn = loop {
+            let primary = pool.backends.load().primary_server().clone();
+            match Box::pin(primary.checkout_riding_out(until)).await {
+                // A reload replaced the primary meanwhile: ask the new one.
+                Err(crate::pool::CheckoutError::Retired) => continue,
+                done => break done,
+            }
+        }
+        .map_err(|e| match e {
+            crate::pool::CheckoutError::Connect(c) => Refusal::fatal(c.sqlstate(), c.to_string()),
+            paused @ crate::pool::CheckoutError::Paused { .. } => {
+                Refusal::fatal(sqlstate::CANNOT_CONNECT_NOW, paused.to_string())
+            }
+            other => Refusal::fatal(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
+        })?;
         pool.learn_defaults(&conn.reported);
-        primary.checkin(conn);
+        conn.checkin();
     }
     let defaults = pool.defaults().expect("learnt above");
     let params = ClientParams::from_startup(defaults, &params)

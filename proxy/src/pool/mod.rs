@@ -4,30 +4,41 @@
 //! configured server (the primary and each replica) and the [`Router`](crate::router::Router) that
 //! picks among them. A `ServerPool` hands out logged-in connections, at most `pool_size` at once.
 
+mod backends;
 mod reaper;
 mod server_pool;
 mod slots;
 mod stats;
 mod user_pool;
 
+pub use backends::{Backends, LiveBackends};
 pub use reaper::{expire_waiters, reaper};
-pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool};
+pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool, Servers};
 pub use stats::{PoolStats, Totals};
 pub use user_pool::{PoolClient, UserPool};
+
+use user_pool::server_pools;
 
 use crate::config::{Config, PoolConfig};
 use crate::router::classify::Classifier;
 use crate::router::wasm::{LoadError, LoadedPlugin, PolicyChain};
 use crate::router::{PrimaryOnly, Router};
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// database → user → pool: two lookups by borrowed name, no key built per login.
+type PoolMap = HashMap<String, HashMap<String, Arc<UserPool>>>;
+
 /// Every pool of the running config, found by (database, user) at client login.
 #[derive(Debug)]
 pub struct Pools {
-    /// database → user → pool: two lookups by borrowed name, no key built per login.
-    by_database: HashMap<String, HashMap<String, Arc<UserPool>>>,
+    /// Replaced whole when a reload adds pools: a login sees the old map or the new one.
+    by_database: ArcSwap<PoolMap>,
+    /// The running timeouts and worker count, for the server pools a reload adds.
+    timeouts: PoolTimeouts,
+    workers: usize,
 }
 
 impl Pools {
@@ -36,7 +47,7 @@ impl Pools {
     /// server connection is opened here.
     pub fn from_config(config: &Config, workers: usize) -> Result<Self, LoadError> {
         let timeouts = PoolTimeouts::from_general(&config.general);
-        let mut by_database: HashMap<String, HashMap<String, Arc<UserPool>>> = HashMap::new();
+        let mut by_database = PoolMap::new();
         for (db, pool) in &config.pools {
             let plugins = load_policies(config, pool)?;
             for (user, u) in &pool.users {
@@ -49,70 +60,114 @@ impl Pools {
                     .insert(user.clone(), Arc::new(up));
             }
         }
-        Ok(Pools { by_database })
+        Ok(Pools {
+            by_database: ArcSwap::from_pointee(by_database),
+            timeouts,
+            workers,
+        })
     }
 
-    /// Replaces the routing policies of every pool with those of `config` (the config file
-    /// read again), all or nothing: every policy is loaded and checked (compiled, its imports
-    /// checked, `init` run on a canary) before any is published. A pool that `config` no longer
-    /// has, or whose servers changed, keeps its policies: those changes need a restart. Returns
-    /// a note for each pool left as it was.
+    /// Applies `config` (the config file read again) to the running pools, all or nothing:
+    /// every policy is loaded and checked (compiled, its imports checked, `init` run on a
+    /// canary) before anything is published. Then, pool by pool, in one atomic swap each (see
+    /// [`LiveBackends`]): the new server list (a server whose address, credentials or pool
+    /// size are unchanged keeps its pool and connections; the others are retired, see
+    /// [`ServerPool::retire`]) with the new policy chain over it, and the clients' passwords.
+    /// Pools and users the config adds serve the next login; those it removes stay as they
+    /// are until a restart. Returns notes for the log: what changed, and what was left as it
+    /// was.
     ///
     /// Compiles, so it blocks for milliseconds per plugin: call it off the tokio workers.
-    pub fn reload_policies(&self, config: &Config) -> Result<Vec<String>, LoadError> {
+    pub fn reload(&self, config: &Config) -> Result<Vec<String>, LoadError> {
+        let running = self.by_database.load_full();
         let mut notes = Vec::new();
         let mut ready = Vec::new();
-        for (db, users) in &self.by_database {
-            let Some(pool) = config.pools.get(db) else {
+        let mut added = PoolMap::new();
+        for (db, users) in running.iter() {
+            if !config.pools.contains_key(db) {
                 notes.push(format!(
                     "pools.{db}: gone from the config; kept as it was until a restart"
                 ));
-                continue;
-            };
-            let running = users.values().next().map(|u| &u.servers);
-            if running.is_some_and(|servers| !same_servers(servers, pool)) {
-                notes.push(format!(
-                    "pools.{db}.servers: changed; the pool keeps its policies until a restart"
-                ));
-                continue;
             }
-            ready.push((users, pool, load_policies(config, pool)?));
+            for user in users.keys() {
+                if config
+                    .pools
+                    .get(db)
+                    .is_some_and(|p| !p.users.contains_key(user))
+                {
+                    notes.push(format!(
+                        "pools.{db}.users.{user}: gone from the config; kept as it was until a restart"
+                    ));
+                }
+            }
         }
-        for (users, pool, plugins) in ready {
-            for up in users.values() {
-                up.router
-                    .replace(router(config, pool, &plugins, &up.servers));
+        for (db, pool) in &config.pools {
+            let plugins = load_policies(config, pool)?;
+            for (user, u) in &pool.users {
+                let Some(up) = running.get(db).and_then(|users| users.get(user)) else {
+                    let up = UserPool::new(db, user, pool, u, self.timeouts, self.workers, |s| {
+                        router(config, pool, &plugins, s)
+                    });
+                    notes.push(format!("pools.{db}.users.{user}: added"));
+                    added
+                        .entry(db.clone())
+                        .or_default()
+                        .insert(user.clone(), Arc::new(up));
+                    continue;
+                };
+                let fresh = server_pools(db, user, pool, u, self.timeouts, self.workers);
+                let servers = keep_unchanged(&up.servers(), fresh);
+                ready.push((up, pool, u, plugins.clone(), servers));
             }
+        }
+        for (up, pool, u, plugins, servers) in ready {
+            let servers: Servers = Arc::new(servers);
+            if up.is_paused() {
+                servers.iter().for_each(|s| s.pause());
+            }
+            let router = router(config, pool, &plugins, &servers);
+            up.set_credentials(u);
+            let old = up.backends.replace(Backends::new(servers.clone(), router));
+            notes.extend(retire_replaced(up, &old.servers, &servers));
+        }
+        if !added.is_empty() {
+            let mut map = PoolMap::clone(&running);
+            for (db, users) in added {
+                map.entry(db).or_default().extend(users);
+            }
+            self.by_database.store(Arc::new(map));
         }
         Ok(notes)
     }
 
     /// The pool for a client's (database, user).
-    pub fn get(&self, database: &str, user: &str) -> Option<&Arc<UserPool>> {
-        self.by_database.get(database)?.get(user)
+    pub fn get(&self, database: &str, user: &str) -> Option<Arc<UserPool>> {
+        self.by_database.load().get(database)?.get(user).cloned()
     }
 
     /// Whether any pool serves `database`.
     pub fn has_database(&self, database: &str) -> bool {
-        self.by_database.contains_key(database)
+        self.by_database.load().contains_key(database)
     }
 
     /// The pools of `database`, or every pool when `None` (the admin console's `PAUSE` and
     /// `RESUME` name a database or none).
-    pub fn of_database(&self, database: Option<&str>) -> Vec<&Arc<UserPool>> {
+    pub fn of_database(&self, database: Option<&str>) -> Vec<Arc<UserPool>> {
         match database {
             Some(db) => self
                 .by_database
+                .load()
                 .get(db)
-                .map(|users| users.values().collect())
+                .map(|users| users.values().cloned().collect())
                 .unwrap_or_default(),
-            None => self.all().collect(),
+            None => self.all(),
         }
     }
 
-    /// Every pool, for maintenance.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<UserPool>> {
-        self.by_database.values().flat_map(|users| users.values())
+    /// Every pool now, for maintenance.
+    pub fn all(&self) -> Vec<Arc<UserPool>> {
+        let map = self.by_database.load();
+        map.values().flat_map(|u| u.values().cloned()).collect()
     }
 }
 
@@ -131,7 +186,7 @@ fn router(
     config: &Config,
     pool: &PoolConfig,
     plugins: &[Arc<LoadedPlugin>],
-    servers: &Arc<Vec<ServerPool>>,
+    servers: &Servers,
 ) -> Arc<dyn Router> {
     if plugins.is_empty() {
         return Arc::new(PrimaryOnly);
@@ -147,11 +202,41 @@ fn router(
     ))
 }
 
-/// Whether the running `servers` are the ones `pool` lists, in the same order (a policy's
-/// backend ids are indexes into that list).
-fn same_servers(servers: &[ServerPool], pool: &PoolConfig) -> bool {
-    servers.len() == pool.servers.len()
-        && servers.iter().zip(&pool.servers).all(|(running, s)| {
-            running.role == s.role && running.target.host == s.host && running.target.port == s.port
-        })
+/// Retires the servers of `old` that `new` no longer has; returns a note for the log on each
+/// server retired and each put in service.
+fn retire_replaced(up: &UserPool, old: &[Arc<ServerPool>], new: &[Arc<ServerPool>]) -> Vec<String> {
+    let (db, user) = (&up.database, &up.user);
+    let mut notes = Vec::new();
+    for s in old {
+        if !new.iter().any(|n| Arc::ptr_eq(n, s)) {
+            s.retire();
+            notes.push(format!(
+                "pools.{db}.users.{user}: server \"{}\" retired: its connections close once idle",
+                s.name
+            ));
+        }
+    }
+    for s in new {
+        if !old.iter().any(|o| Arc::ptr_eq(o, s)) {
+            notes.push(format!(
+                "pools.{db}.users.{user}: server \"{}\" ({:?}, {}, pool_size {}) in service",
+                s.name, s.role, s.target.addr, s.size
+            ));
+        }
+    }
+    notes
+}
+
+/// The server list a reload publishes: each of `fresh` (in config order), or the running pool
+/// that is the same server reached the same way ([`ServerPool::same_as`]), with its
+/// connections. Each running pool is kept at most once.
+fn keep_unchanged(running: &[Arc<ServerPool>], fresh: Vec<ServerPool>) -> Vec<Arc<ServerPool>> {
+    let mut kept: Vec<Arc<ServerPool>> = Vec::with_capacity(fresh.len());
+    for f in fresh {
+        let same = running
+            .iter()
+            .find(|r| r.same_as(&f) && !kept.iter().any(|k| Arc::ptr_eq(k, r)));
+        kept.push(same.cloned().unwrap_or_else(|| Arc::new(f)));
+    }
+    kept
 }

@@ -18,7 +18,7 @@ pub async fn reaper(pools: Arc<Pools>, period: Duration, mut shutdown: Shutdown)
         }
         let now = crate::clock::now_ms();
         for pool in pools.all() {
-            for server in pool.servers.iter() {
+            for server in pool.servers().iter() {
                 let closed = server.reap(now);
                 if closed > 0 {
                     tracing::debug!(server = %server.name, closed, "closed idle server connections");
@@ -45,7 +45,7 @@ pub async fn expire_waiters(pools: Arc<Pools>, mut shutdown: Shutdown) {
         }
         let now = std::time::Instant::now();
         for pool in pools.all() {
-            for server in pool.servers.iter() {
+            for server in pool.servers().iter() {
                 let expired = server.expire_waiters(now);
                 if expired > 0 {
                     tracing::debug!(server = %server.name, expired, "checkouts timed out");

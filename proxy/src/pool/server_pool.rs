@@ -6,12 +6,16 @@
 //! stays on one thread, and from the others before opening a new connection, so `pool_size` is
 //! never exceeded. The fast path of a checkout and of a checkin is two uncontended locks each
 //! (the slots, the idle stack): no allocation, no syscall, no timer.
+//!
+//! A reload that changes a server (its address, credentials or pool size) or removes it
+//! retires its pool ([`ServerPool::retire`]): the idle connections close at once, those in use
+//! when their transaction ends, and checkouts still queued there are told to route again.
 
 use super::slots::{Expired, Slots};
 use crate::config::{General, Role};
 use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -70,7 +74,16 @@ pub enum CheckoutError {
     Paused { waited_ms: u128 },
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// A reload replaced this server's pool while the checkout waited: route again, in the
+    /// pool's new server list.
+    #[error("the server was removed or changed by a reload")]
+    Retired,
 }
+
+/// A pool's servers in config order: the indexes a router's decision names. Each server's
+/// pool is shared, so a reload can keep the unchanged ones (with their connections) in the
+/// next list.
+pub type Servers = Arc<Vec<Arc<ServerPool>>>;
 
 /// Connections to one server for one (database, user).
 #[derive(Debug)]
@@ -91,24 +104,41 @@ pub struct ServerPool {
     down_until_ms: AtomicU64,
     /// Bumped by [`ServerPool::reconnect`]: connections opened before are closed when released.
     generation: AtomicU64,
+    /// Set by [`ServerPool::retire`]: a reload took the server out of its pool's list.
+    retired: AtomicBool,
 }
 
-/// A slot taken from a pool's [`Slots`]; dropping it gives the slot back.
-#[derive(Debug)]
-struct Slot(Arc<Slots>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.give_back();
-    }
-}
-
-/// A checked-out connection. Dropping it closes the connection; [`ServerPool::checkin`] returns it.
-/// Either way its slot goes back to the pool (after the connection went to the idle list).
+/// A checked-out connection, with the pool it came from (which holds its slot). Dropping it
+/// closes the connection; [`Pooled::checkin`] returns it. Either way its slot goes back to
+/// the pool (after the connection went to the idle list).
 #[derive(Debug)]
 pub struct Pooled {
     conn: Option<Box<ServerConn>>,
-    _slot: Slot,
+    pool: Arc<ServerPool>,
+}
+
+impl Pooled {
+    /// The pool this connection belongs to.
+    pub fn server(&self) -> &Arc<ServerPool> {
+        &self.pool
+    }
+
+    /// The connection and its pool, borrowed together.
+    pub fn split(&mut self) -> (&mut ServerConn, &ServerPool) {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("connection present until checkin");
+        (conn, &self.pool)
+    }
+
+    /// Returns the connection to its pool's idle list, or closes it if it has outlived
+    /// `server_lifetime`, a cancel may still hit it, or its pool was retired or reconnected.
+    pub fn checkin(mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put_back(conn);
+        }
+    }
 }
 
 impl Deref for Pooled {
@@ -133,6 +163,7 @@ impl Drop for Pooled {
         if let Some(c) = self.conn.take() {
             c.terminate();
         }
+        self.pool.slots.give_back();
     }
 }
 
@@ -160,6 +191,7 @@ impl ServerPool {
             opened: AtomicU64::new(0),
             down_until_ms: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -208,8 +240,15 @@ impl ServerPool {
 
     /// Hands out a connection: an idle one if any is sound, else a new one. Waits up to
     /// `checkout_timeout` for a free slot.
-    pub async fn checkout(&self) -> Result<Pooled, CheckoutError> {
-        if let Err(Expired(waited)) = self.slots.take(self.timeouts.checkout).await {
+    pub async fn checkout(self: Arc<Self>) -> Result<Pooled, CheckoutError> {
+        let taken = self.slots.take(self.timeouts.checkout).await;
+        if self.retired.load(Ordering::Relaxed) {
+            if taken.is_ok() {
+                self.slots.give_back();
+            }
+            return Err(CheckoutError::Retired);
+        }
+        if let Err(Expired(waited)) = taken {
             if self.slots.is_paused() {
                 return Err(CheckoutError::Paused {
                     waited_ms: waited.as_millis(),
@@ -221,23 +260,25 @@ impl ServerPool {
                 size: self.size,
             });
         }
-        let slot = Slot(self.slots.clone());
         while let Some(mut conn) = self.pop_idle() {
             if conn.idle_check() && conn.generation == self.generation.load(Ordering::Relaxed) {
                 return Ok(Pooled {
                     conn: Some(conn),
-                    _slot: slot,
+                    pool: self,
                 });
             }
             tracing::debug!(server = %self.name, "discarding a broken idle server connection");
         }
+        // The slot is held by `pooled` from here: a failed connect gives it back.
+        let mut pooled = Pooled {
+            conn: None,
+            pool: self,
+        };
         // Rare (a new connection): boxed, so its large login state is not part of every
         // session's future.
-        let conn = Box::pin(self.open()).await?;
-        Ok(Pooled {
-            conn: Some(conn),
-            _slot: slot,
-        })
+        let conn = Box::pin(pooled.pool.open()).await?;
+        pooled.conn = Some(conn);
+        Ok(pooled)
     }
 
     /// Fails the checkouts that have waited past `checkout_timeout`; returns how many.
@@ -271,9 +312,12 @@ impl ServerPool {
     /// tried again every [`RIDE_OUT_RETRY`] until `until`, so the client waits instead of
     /// failing. Each try takes a slot as any checkout does, so at most `pool_size` clients of
     /// a pool try at once.
-    pub async fn checkout_riding_out(&self, until: Instant) -> Result<Pooled, CheckoutError> {
+    pub async fn checkout_riding_out(
+        self: Arc<Self>,
+        until: Instant,
+    ) -> Result<Pooled, CheckoutError> {
         loop {
-            match self.checkout().await {
+            match self.clone().checkout().await {
                 Err(CheckoutError::Connect(e))
                     if e.passing() && Instant::now() + RIDE_OUT_RETRY < until =>
                 {
@@ -285,16 +329,13 @@ impl ServerPool {
         }
     }
 
-    /// Returns a connection to the idle list, or closes it if it has outlived `server_lifetime`
-    /// or a cancel may still hit it.
-    pub fn checkin(&self, mut pooled: Pooled) {
-        let Some(mut conn) = pooled.conn.take() else {
-            return;
-        };
+    /// Puts a connection back on the idle list (see [`Pooled::checkin`]).
+    fn put_back(&self, mut conn: Box<ServerConn>) {
         let now = crate::clock::now_ms();
         if conn.retire_at_ms.is_some_and(|t| now >= t)
             || conn.key.cancel_pending()
             || conn.generation != self.generation.load(Ordering::Relaxed)
+            || self.retired.load(Ordering::Relaxed)
         {
             conn.terminate();
             return;
@@ -368,18 +409,48 @@ impl ServerPool {
         self.close_idle()
     }
 
+    /// Takes the server out of service after a reload removed or changed it: checkouts waiting
+    /// for a slot are told to route again ([`CheckoutError::Retired`]), the idle connections
+    /// close now, and those in use when released. A pause no longer holds its queue.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.slots.expire_all();
+        self.slots.resume();
+        self.reconnect();
+    }
+
+    /// Whether a reload took this server out of service.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// Whether `other` would be this pool again: the same server, reached the same way, as the
+    /// same user, with the same limits. A reload keeps such a pool and its connections.
+    pub fn same_as(&self, other: &ServerPool) -> bool {
+        let (a, b) = (&self.target, &other.target);
+        self.name == other.name
+            && self.role == other.role
+            && self.size == other.size
+            && self.min_size == other.min_size
+            && (&a.host, a.port, &a.addr, &a.user, &a.database, &a.password)
+                == (&b.host, b.port, &b.addr, &b.user, &b.database, &b.password)
+    }
+
     /// Opens connections until `min_pool_size` are open (idle or in use).
-    pub async fn fill_to_min(&self) {
-        while self.open_count() < self.min_size as usize {
+    pub async fn fill_to_min(self: &Arc<Self>) {
+        while self.open_count() < self.min_size as usize && !self.is_retired() {
             if !self.slots.try_take() {
                 return;
             }
-            let slot = Slot(self.slots.clone());
+            let mut pooled = Pooled {
+                conn: None,
+                pool: self.clone(),
+            };
             match self.open().await {
-                Ok(conn) => self.checkin(Pooled {
-                    conn: Some(conn),
-                    _slot: slot,
-                }),
+                Ok(conn) => {
+                    pooled.conn = Some(conn);
+                    pooled.checkin();
+                }
                 Err(e) => {
                     tracing::warn!(server = %self.name, error = %e, "cannot open min_pool_size connection");
                     return;

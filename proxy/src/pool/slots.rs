@@ -206,13 +206,22 @@ impl Slots {
 
     /// Fails the waiters whose deadline is past; returns how many.
     pub fn expire(&self, now: Instant) -> usize {
+        self.expire_where(|w| w.deadline <= now)
+    }
+
+    /// Fails every waiting checkout now (its pool was retired by a reload); returns how many.
+    pub fn expire_all(&self) -> usize {
+        self.expire_where(|_| true)
+    }
+
+    fn expire_where(&self, due: impl Fn(&Waiter) -> bool) -> usize {
         let mut queue = self.lock();
-        if !queue.iter().any(|w| w.deadline <= now) {
+        if !queue.iter().any(|w| due(w)) {
             return 0;
         }
         let mut expired = Vec::new();
         queue.retain(|w| {
-            if w.deadline <= now {
+            if due(w) {
                 w.status.store(EXPIRED, Ordering::Release);
                 expired.push(w.clone());
                 false

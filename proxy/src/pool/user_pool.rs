@@ -3,9 +3,10 @@
 
 use crate::auth::{AuthMethod, ClientSecret};
 use crate::config::{PoolConfig, PoolMode, Role, UserConfig};
-use crate::pool::{PoolStats, PoolTimeouts, ServerPool};
-use crate::router::{Route, Router, SwappableRouter};
+use crate::pool::{Backends, LiveBackends, PoolStats, PoolTimeouts, ServerPool, Servers};
+use crate::router::{Route, Router};
 use crate::server::{ParamList, ServerTarget};
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -17,13 +18,11 @@ pub struct UserPool {
     pub reset_query: String,
     /// Transaction mode: session state follows the client (`track_session_state`).
     pub track_session_state: bool,
-    pub auth: AuthMethod,
-    pub secret: Option<ClientSecret>,
-    /// One pool per configured server, in config order (the router's backend indexes).
-    pub servers: Arc<Vec<ServerPool>>,
-    primary: usize,
-    /// Its routing policies, replaced by a reload while clients are served.
-    pub router: SwappableRouter,
+    /// How its clients log in; a reload replaces it (a new password counts for the next login).
+    credentials: ArcSwap<Credentials>,
+    /// Its servers and routing policies, replaced together by a reload while clients are
+    /// served.
+    pub backends: LiveBackends,
     /// ParameterStatus of a fresh server connection, learnt from the first one.
     defaults: OnceLock<ParamList>,
     next_replica: AtomicUsize,
@@ -31,6 +30,19 @@ pub struct UserPool {
     clients: AtomicUsize,
     /// Requests, transactions and waits, for the admin console's `SHOW STATS`.
     pub stats: PoolStats,
+}
+
+/// How a pool's clients prove who they are.
+pub struct Credentials {
+    pub auth: AuthMethod,
+    pub secret: Option<ClientSecret>,
+}
+
+impl Credentials {
+    fn of(u: &UserConfig) -> Credentials {
+        let (auth, secret) = u.client_auth().expect("config was validated");
+        Credentials { auth, secret }
+    }
 }
 
 /// A client's place in its pool's count, given back when the client leaves.
@@ -60,64 +72,23 @@ impl UserPool {
         u: &UserConfig,
         timeouts: PoolTimeouts,
         workers: usize,
-        make_router: impl FnOnce(&Arc<Vec<ServerPool>>) -> Arc<dyn Router>,
+        make_router: impl FnOnce(&Servers) -> Arc<dyn Router>,
     ) -> Self {
-        let (auth, secret) = u.client_auth().expect("config was validated");
-        let size = u.pool_size.unwrap_or(pool.pool_size);
-        let min_size = u.min_pool_size.unwrap_or(pool.min_pool_size);
-        let server_user = u.server_user.clone().unwrap_or_else(|| user.to_owned());
-        let server_password = u.server_password();
-        let servers: Vec<ServerPool> = pool
-            .servers
-            .iter()
-            .map(|s| {
-                let addr = if s.host.starts_with('/') {
-                    crate::socket::socket_path(&s.host, s.port)
-                        .display()
-                        .to_string()
-                } else {
-                    format!("{}:{}", s.host, s.port)
-                };
-                let target = ServerTarget {
-                    host: s.host.clone(),
-                    port: s.port,
-                    addr: addr.clone(),
-                    user: server_user.clone(),
-                    database: pool
-                        .server_database
-                        .clone()
-                        .unwrap_or_else(|| database.to_owned()),
-                    password: server_password.clone(),
-                    liveness: timeouts.liveness,
-                };
-                ServerPool::new(
-                    s.name.clone().unwrap_or(addr),
-                    s.role,
-                    target,
-                    size,
-                    min_size,
-                    timeouts,
-                    workers,
-                )
-            })
-            .collect();
-        let servers = Arc::new(servers);
-        let router = SwappableRouter::new(make_router(&servers));
-        let primary = servers
-            .iter()
-            .position(|s| s.role == Role::Primary)
-            .expect("validated");
+        let servers: Servers = Arc::new(
+            server_pools(database, user, pool, u, timeouts, workers)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+        );
+        let router = make_router(&servers);
         UserPool {
             database: database.to_owned(),
             user: user.to_owned(),
             mode: pool.pool_mode,
             reset_query: pool.reset_query.clone(),
             track_session_state: pool.track_session_state,
-            auth,
-            secret,
-            servers,
-            primary,
-            router,
+            credentials: ArcSwap::from_pointee(Credentials::of(u)),
+            backends: LiveBackends::new(Backends::new(servers, router)),
             defaults: OnceLock::new(),
             next_replica: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
@@ -125,37 +96,53 @@ impl UserPool {
         }
     }
 
-    /// Turns a routing decision into a server index, or the SQLSTATE and message for the client.
-    pub fn resolve(&self, route: Route) -> Result<usize, (&'static str, String)> {
+    /// How a client logs in now.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.load_full()
+    }
+
+    /// Takes the client authentication of `u` (a reload): for logins from now on.
+    pub fn set_credentials(&self, u: &UserConfig) {
+        self.credentials.store(Arc::new(Credentials::of(u)));
+    }
+
+    /// The servers in use now (a snapshot: a reload may publish others meanwhile).
+    pub fn servers(&self) -> Servers {
+        self.backends.load().servers.clone()
+    }
+
+    /// Turns a routing decision of `backends`' router into an index in its servers, or the
+    /// SQLSTATE and message for the client.
+    pub fn resolve(
+        &self,
+        backends: &Backends,
+        route: Route,
+    ) -> Result<usize, (&'static str, String)> {
+        let servers = &backends.servers;
         match route {
-            Route::Primary => Ok(self.primary),
-            Route::Backend(i) if i < self.servers.len() => Ok(i),
+            Route::Primary => Ok(backends.primary),
+            Route::Backend(i) if i < servers.len() => Ok(i),
             Route::Backend(i) => Err((
                 crate::protocol::sqlstate::INTERNAL_ERROR,
                 format!(
                     "routing policy chose server {i}, but pool \"{}\" has {} servers",
                     self.database,
-                    self.servers.len()
+                    servers.len()
                 ),
             )),
             Route::AnyReplica => {
-                let replicas = self
-                    .servers
-                    .iter()
-                    .filter(|s| s.role == Role::Replica)
-                    .count();
+                let replicas = servers.iter().filter(|s| s.role == Role::Replica).count();
                 if replicas == 0 {
-                    return Ok(self.primary);
+                    return Ok(backends.primary);
                 }
                 let n = self.next_replica.fetch_add(1, Ordering::Relaxed) % replicas;
-                Ok(self
-                    .servers
+                Ok(servers
                     .iter()
                     .enumerate()
                     .filter(|(_, s)| s.role == Role::Replica)
                     .nth(n)
                     .map(|(i, _)| i)
-                    .unwrap_or(self.primary))
+                    .unwrap_or(backends.primary))
             }
             Route::Reject(msg) => Err((crate::protocol::sqlstate::ROUTING_REJECTED, msg)),
         }
@@ -176,38 +163,33 @@ impl UserPool {
     /// Stops handing out server connections (the admin console's `PAUSE`): new transactions
     /// wait in line; those running keep their servers until they end.
     pub fn pause(&self) {
-        self.servers.iter().for_each(ServerPool::pause);
+        self.servers().iter().for_each(|s| s.pause());
     }
 
     /// Serves the transactions that waited during a pause (the admin console's `RESUME`).
     pub fn resume(&self) {
-        self.servers.iter().for_each(ServerPool::resume);
+        self.servers().iter().for_each(|s| s.resume());
     }
 
     /// Whether the pool is paused.
     pub fn is_paused(&self) -> bool {
-        self.servers.iter().any(ServerPool::is_paused)
+        self.servers().iter().any(|s| s.is_paused())
     }
 
     /// Replaces every server connection (the admin console's `RECONNECT`): idle ones now,
     /// those in use when released. Returns how many idle ones were closed.
     pub fn reconnect(&self) -> usize {
-        self.servers.iter().map(ServerPool::reconnect).sum()
+        self.servers().iter().map(|s| s.reconnect()).sum()
     }
 
     /// Server connections checked out now, over all servers.
     pub fn in_use(&self) -> usize {
-        self.servers.iter().map(ServerPool::in_use).sum()
+        self.servers().iter().map(|s| s.in_use()).sum()
     }
 
     /// Closes every idle server connection; returns how many.
     pub fn close_idle(&self) -> usize {
-        self.servers.iter().map(ServerPool::close_idle).sum()
-    }
-
-    /// The index of the primary.
-    pub fn primary(&self) -> usize {
-        self.primary
+        self.servers().iter().map(|s| s.close_idle()).sum()
     }
 
     /// The parameters a fresh server connection reports, once known.
@@ -219,4 +201,53 @@ impl UserPool {
     pub fn learn_defaults(&self, params: &ParamList) {
         let _ = self.defaults.set(params.clone());
     }
+}
+
+/// The server pools `pool` configures for (`database`, `user`), in config order, none
+/// connected yet.
+pub(super) fn server_pools(
+    database: &str,
+    user: &str,
+    pool: &PoolConfig,
+    u: &UserConfig,
+    timeouts: PoolTimeouts,
+    workers: usize,
+) -> Vec<ServerPool> {
+    let size = u.pool_size.unwrap_or(pool.pool_size);
+    let min_size = u.min_pool_size.unwrap_or(pool.min_pool_size);
+    let server_user = u.server_user.clone().unwrap_or_else(|| user.to_owned());
+    let server_password = u.server_password();
+    pool.servers
+        .iter()
+        .map(|s| {
+            let addr = if s.host.starts_with('/') {
+                crate::socket::socket_path(&s.host, s.port)
+                    .display()
+                    .to_string()
+            } else {
+                format!("{}:{}", s.host, s.port)
+            };
+            let target = ServerTarget {
+                host: s.host.clone(),
+                port: s.port,
+                addr: addr.clone(),
+                user: server_user.clone(),
+                database: pool
+                    .server_database
+                    .clone()
+                    .unwrap_or_else(|| database.to_owned()),
+                password: server_password.clone(),
+                liveness: timeouts.liveness,
+            };
+            ServerPool::new(
+                s.name.clone().unwrap_or(addr),
+                s.role,
+                target,
+                size,
+                min_size,
+                timeouts,
+                workers,
+            )
+        })
+        .collect()
 }

@@ -8,13 +8,11 @@ pub mod classify;
 pub mod hints;
 mod plain_select;
 mod primary;
-mod swap;
 pub mod wasm;
 
 pub use classify::{Classification, Classifier, StatementKind};
 pub use hints::Hint;
 pub use primary::PrimaryOnly;
-pub use swap::SwappableRouter;
 
 /// What a router sees when a client needs a server.
 #[derive(Debug)]
@@ -89,6 +87,6 @@ pub struct RouterReport {
     /// The policies in chain order (component file names); empty: everything to the primary.
     pub policies: Vec<String>,
     /// Calls that trapped or could not run (and were routed by the fallback): since this
-    /// router was loaded, or, for a pool's [`SwappableRouter`], since start.
+    /// router was loaded, or, for a pool's `LiveBackends`, since start.
     pub traps: u64,
 }

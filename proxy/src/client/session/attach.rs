@@ -29,28 +29,34 @@ impl Session<'_> {
         let mut last_error: Option<(&str, String)> = None;
         // Every failure so far was a passing one.
         let mut passing = true;
-        let (sql, application_name) = if pool.router.reads_requests() {
+        let (sql, application_name) = if pool.backends.reads_requests() {
             let app = self.params.tracked.get(TrackedParams::APPLICATION_NAME);
             (self.sql_of(msg), app)
         } else {
             (None, "")
         };
-        let (index, mut conn, keeps) = loop {
-            let route = pool.router.route(&RouteRequest {
-                message: msg,
-                sql,
-                session_id: self.pid,
-                database: &pool.database,
-                user: &pool.user,
-                application_name,
-                client_addr: self.peer,
-                options: &self.params.startup,
-                in_transaction: !self.deferred.is_empty(),
-                read_only_transaction: !self.deferred.is_empty() && self.deferred_read_only,
-                session_hint: &self.route_hint,
-            });
-            let index = pool.resolve(route)?;
-            let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
+        let (mut conn, keeps) = loop {
+            // Route and pick the server under one load of the pool's backends: the decision's
+            // index names a server of the list its router was built for.
+            let (server, bit) = {
+                let backends = pool.backends.load();
+                let route = backends.router.route(&RouteRequest {
+                    message: msg,
+                    sql,
+                    session_id: self.pid,
+                    database: &pool.database,
+                    user: &pool.user,
+                    application_name,
+                    client_addr: self.peer,
+                    options: &self.params.startup,
+                    in_transaction: !self.deferred.is_empty(),
+                    read_only_transaction: !self.deferred.is_empty() && self.deferred_read_only,
+                    session_hint: &self.route_hint,
+                });
+                let index = pool.resolve(&backends, route)?;
+                let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
+                (backends.servers[index].clone(), bit)
+            };
             if failed & bit != 0 {
                 if !passing {
                     return Err(last_error.expect("set with the bit").into());
@@ -58,16 +64,33 @@ impl Session<'_> {
                 let wait = Duration::from_millis(self.proxy.config.general.checkout_timeout_ms);
                 // Rare (a server restarting): boxed, to keep the session future small.
                 let until = std::time::Instant::now() + wait;
-                let client = (&self.client, &*self.cancel);
-                let waiting = ride_out(&pool, index, client, !self.more_buffered, until);
-                let conn = Box::pin(waiting).await?;
-                break (index, conn, false);
+                let checkout = server.checkout_riding_out(until);
+                let waiting = queued::unless_client_leaves(
+                    &self.client,
+                    &self.cancel,
+                    !self.more_buffered,
+                    checkout,
+                );
+                match Box::pin(waiting).await {
+                    None => return Err(NoServer::ClientLeft),
+                    Some(Ok(conn)) => break (conn, false),
+                    // A reload replaced the server meanwhile: route again, afresh.
+                    Some(Err(CheckoutError::Retired)) => {
+                        (failed, passing, last_error) = (0, true, None);
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(checkout_error(&pool, e).into()),
+                }
             }
-            if let Some(i) = self.parked.iter().position(|p| p.index == index) {
+            let parked = self
+                .parked
+                .iter()
+                .position(|p| Arc::ptr_eq(p.conn.server(), &server));
+            if let Some(i) = parked {
                 let parked = self.parked.swap_remove(i);
-                break (index, parked.conn, parked.keeps);
+                break (parked.conn, parked.keeps);
             }
-            let checkout = pool.servers[index].checkout();
+            let checkout = server.checkout();
             let Some(checked_out) = queued::unless_client_leaves(
                 &self.client,
                 &self.cancel,
@@ -79,16 +102,17 @@ impl Session<'_> {
                 return Err(NoServer::ClientLeft);
             };
             match checked_out {
-                Ok(conn) => break (index, conn, false),
+                Ok(conn) => break (conn, false),
                 Err(CheckoutError::Connect(e)) if bit != 0 => {
                     passing &= e.passing();
                     failed |= bit;
                     last_error = Some(checkout_error(&pool, CheckoutError::Connect(e)));
                 }
+                // A reload replaced the server while this waited: route again, afresh.
+                Err(CheckoutError::Retired) => (failed, passing, last_error) = (0, true, None),
                 Err(e) => return Err(checkout_error(&pool, e).into()),
             }
         };
-        let server = &pool.servers[index];
         self.cancel.set(&conn.key);
         let hidden = conn.hidden_settings_of.is_some_and(|pid| pid != self.pid);
         if hidden || !self.params.in_sync(&conn) {
@@ -98,7 +122,7 @@ impl Session<'_> {
             if let Err((idle, code, message)) = applied.await {
                 self.cancel.clear();
                 if idle {
-                    server.checkin(conn);
+                    conn.checkin();
                 }
                 return Err(NoServer::Refused(code, message));
             }
@@ -106,25 +130,8 @@ impl Session<'_> {
         self.responses.reset();
         // Statements this attachment uses are in flight from here on: never evicted under it.
         conn.prepared.start_batch();
-        self.server = Some(Attached { conn, index, keeps });
+        self.server = Some(Attached { conn, keeps });
         Ok(())
-    }
-}
-
-/// Checks out the server at `index` for a client no other server will do, waiting for it
-/// while it cannot be reached for a passing reason (a restart), until `until`.
-async fn ride_out(
-    pool: &UserPool,
-    index: usize,
-    (client, slot): (&Stream, &CancelSlot),
-    terminate_counts: bool,
-    until: std::time::Instant,
-) -> Result<crate::pool::Pooled, NoServer> {
-    let checkout = pool.servers[index].checkout_riding_out(until);
-    match queued::unless_client_leaves(client, slot, terminate_counts, checkout).await {
-        None => Err(NoServer::ClientLeft),
-        Some(Ok(conn)) => Ok(conn),
-        Some(Err(e)) => Err(checkout_error(pool, e).into()),
     }
 }
 
@@ -198,6 +205,8 @@ pub(super) fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str
             sqlstate::CANNOT_CONNECT_NOW,
             format!("database \"{}\" user \"{}\": {e}", pool.database, pool.user),
         ),
+        // Retried in `attach`, so not seen here in practice.
+        CheckoutError::Retired => (sqlstate::CANNOT_CONNECT_NOW, e.to_string()),
         CheckoutError::Connect(c) => {
             let code = if c.sqlstate() == sqlstate::CANNOT_CONNECT {
                 sqlstate::CANNOT_CONNECT

@@ -22,7 +22,6 @@ impl Session<'_> {
     /// Returns one server connection to its pool after the session, or closes it.
     pub(super) async fn clean_up(&mut self, att: Attached) {
         self.cancel.clear();
-        let server = &self.pool.servers[att.index];
         let mut conn = att.conn;
         if !self.responses.quiet() {
             let key = conn.key.clone();
@@ -51,7 +50,7 @@ impl Session<'_> {
             statements.push("UNLISTEN *");
         }
         if statements.is_empty() {
-            server.checkin(conn);
+            conn.checkin();
             return;
         }
         let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
@@ -61,14 +60,14 @@ impl Session<'_> {
                     conn.applied_extras = ParamList::new();
                     conn.hidden_settings_of = None;
                 }
-                server.checkin(conn);
+                conn.checkin();
             }
             Ok(o) => {
                 let detail = o.error.as_deref().map(error_message).unwrap_or_default();
-                tracing::warn!(server = %server.name, %detail, "reset failed; closing the server connection");
+                tracing::warn!(server = %conn.server().name, %detail, "reset failed; closing the server connection");
             }
             Err(e) => {
-                tracing::warn!(server = %server.name, error = %e, "reset failed; closing the server connection")
+                tracing::warn!(server = %conn.server().name, error = %e, "reset failed; closing the server connection")
             }
         }
     }

@@ -34,7 +34,7 @@ use crate::config::PoolMode;
 use crate::pool::{CheckoutError, Pooled, UserPool};
 use crate::protocol::backend::{self, error_message, Severity};
 use crate::protocol::{frame, sqlstate};
-use crate::router::{hints, Hint, RouteRequest, Router};
+use crate::router::{hints, Hint, RouteRequest};
 use crate::server::maintenance;
 use crate::server::params::parse_parameter_status;
 use crate::server::params::TrackedParams;
@@ -62,9 +62,8 @@ enum End {
 
 /// A server connection attached to the session.
 struct Attached {
+    /// The connection, with the server pool it goes back to.
     conn: Pooled,
-    /// Its index in the pool's server list.
-    index: usize,
     /// Transaction mode: the client's session keeps state on it that cannot move (see
     /// `session_sql`), so it stays with the client, parked between transactions, until the
     /// session ends.
@@ -187,7 +186,7 @@ impl<'p> Session<'p> {
     ) -> Self {
         let shutdown = proxy.shutdown.clone();
         let per_transaction =
-            login.pool.mode.per_transaction() || login.pool.router.per_statement_in_session();
+            login.pool.mode.per_transaction() || login.pool.backends.per_statement_in_session();
         let route_hint = std::cell::Cell::new(hints::startup_hint(&login.params.startup));
         Session {
             proxy,
@@ -279,7 +278,7 @@ impl<'p> Session<'p> {
         if matches!(end, End::Fatal(..) | End::Told) {
             super::linger_close(&mut self.client).await;
         }
-        self.pool.router.session_closed(self.pid);
+        self.pool.backends.session_closed(self.pid);
         self.detach_at_end().await;
     }
 

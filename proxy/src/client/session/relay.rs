@@ -9,7 +9,7 @@ impl Session<'_> {
         let transaction_mode = self.transaction_mode();
         let statement_mode = self.statement_mode();
         let att = self.server.as_mut().expect("relay needs a server");
-        let conn = &mut *att.conn;
+        let (conn, server) = att.conn.split();
         let r = &mut self.responses;
         let out = &mut self.to_client;
         let buf = &conn.rbuf[..];
@@ -74,7 +74,7 @@ impl Session<'_> {
                     fatal = Some(code == Some(sqlstate::PROTOCOL_VIOLATION.as_bytes()));
                 } else if !stale && is_stale_statement(body) && !conn.to_be_replaced() {
                     tracing::info!(
-                        server = %self.pool.servers[att.index].name,
+                        server = %server.name,
                         "a prepared statement's result type changed (a table it reads was \
                          altered): the server connection is replaced once released, so the \
                          statement is prepared afresh"
@@ -200,7 +200,7 @@ impl Session<'_> {
         let att = self.server.take().expect("checked above");
         self.cancel.clear();
         if self.transaction_mode() && !att.keeps {
-            self.pool.servers[att.index].checkin(att.conn);
+            att.conn.checkin();
         } else {
             self.parked.push(att);
         }
@@ -214,7 +214,7 @@ impl Session<'_> {
             return Ok(());
         };
         tracing::warn!(
-            server = %self.pool.servers[att.index].name,
+            server = %att.conn.server().name,
             pid = self.pid,
             reason = why,
             "server connection lost"

@@ -82,7 +82,7 @@ impl Session<'_> {
                 if !snapshot.kept.is_empty() {
                     tracing::debug!(
                         pid = self.pid,
-                        server = %self.pool.servers[att.index].name,
+                        server = %att.conn.server().name,
                         kept = %snapshot.kept.join(", "),
                         "the session keeps objects on this server connection: it stays with \
                          the client until the client leaves"
@@ -94,7 +94,7 @@ impl Session<'_> {
             Ok(Err(refused)) => {
                 tracing::warn!(
                     pid = self.pid,
-                    server = %self.pool.servers[att.index].name,
+                    server = %att.conn.server().name,
                     error = %refused,
                     "could not read the session's state after statements that change it: \
                      the server stays with the client until the client leaves"

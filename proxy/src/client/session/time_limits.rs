@@ -85,7 +85,7 @@ impl Session<'_> {
                 };
                 let ms = self.proxy.config.general.query_timeout_ms;
                 tracing::warn!(
-                    server = %self.pool.servers[att.index].name,
+                    server = %att.conn.server().name,
                     pid = self.pid,
                     query_timeout_ms = ms,
                     "no answer from the server in time; cancelling and closing its connection"

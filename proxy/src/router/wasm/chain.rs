@@ -23,7 +23,7 @@ use super::bindings::switchyard::policy::types::{
 use super::engine::{deadline_ticks, LoadedPlugin};
 use super::instance::{new_slot, retire, with_live, InstanceError, Live};
 use crate::config::{FallbackReads, Role};
-use crate::pool::ServerPool;
+use crate::pool::Servers;
 use crate::router::classify::{Classification, Classifier, StatementKind};
 use crate::router::hints::{self, Hint};
 use crate::router::{Route, RouteRequest, Router, RouterReport};
@@ -40,7 +40,7 @@ struct Link {
 /// The routing policies of one (database, user) pool.
 pub struct PolicyChain {
     links: Vec<Link>,
-    servers: Arc<Vec<ServerPool>>,
+    servers: Servers,
     /// The backends as plugins see them (name, role, weight).
     backends: Vec<(String, WitRole, u32)>,
     /// The topology's generation: bumped when a backend's health changes.
@@ -70,7 +70,7 @@ impl PolicyChain {
     /// A chain over `servers` running `plugins` in order.
     pub fn new(
         plugins: Vec<Arc<LoadedPlugin>>,
-        servers: Arc<Vec<ServerPool>>,
+        servers: Servers,
         weights: Vec<u32>,
         classifier: Classifier,
         deadline: Duration,
@@ -353,6 +353,7 @@ impl Router for PolicyChain {
 mod tests {
     use super::super::fixture;
     use super::*;
+    use crate::pool::ServerPool;
     use crate::server::ParamList;
     use std::cell::Cell;
 
@@ -361,9 +362,9 @@ mod tests {
             .expect("load the component");
         let retry = Duration::from_secs(5);
         let servers = Arc::new(vec![
-            ServerPool::detached("primary", Role::Primary, 1, retry),
-            ServerPool::detached("replica1", Role::Replica, 2, retry),
-            ServerPool::detached("replica2", Role::Replica, 3, retry),
+            Arc::new(ServerPool::detached("primary", Role::Primary, 1, retry)),
+            Arc::new(ServerPool::detached("replica1", Role::Replica, 2, retry)),
+            Arc::new(ServerPool::detached("replica2", Role::Replica, 3, retry)),
         ]);
         PolicyChain::new(
             vec![plugin],

@@ -3,7 +3,7 @@
 use super::bindings::switchyard::policy::host::{Host, Level};
 use super::bindings::switchyard::policy::types;
 use super::cpu_deadline::CpuDeadline;
-use crate::pool::ServerPool;
+use crate::pool::Servers;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
@@ -12,7 +12,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 /// query being routed.
 pub struct HostState {
     pub plugin: Arc<str>,
-    pub servers: Arc<Vec<ServerPool>>,
+    pub servers: Servers,
     pub limits: StoreLimits,
     /// What `sql()` answers: copied in per call (a memcpy into a kept buffer, cheaper than
     /// passing a string across the boundary that most calls never read).
@@ -25,7 +25,7 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub fn new(plugin: Arc<str>, servers: Arc<Vec<ServerPool>>, memory_bytes: usize) -> Self {
+    pub fn new(plugin: Arc<str>, servers: Servers, memory_bytes: usize) -> Self {
         HostState {
             plugin,
             servers,

@@ -12,12 +12,12 @@ use super::cpu_deadline::thread_cpu_time;
 use super::engine::LoadedPlugin;
 use super::host::HostState;
 use super::memo::Memo;
-use crate::pool::ServerPool;
+use crate::pool::Servers;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use wasmtime::{Store, UpdateDeadline};
 
 /// Why an instance could not be made or used.
@@ -73,7 +73,7 @@ impl Live {
     /// Instantiates the plugin, runs `init`, and pushes the topology if given.
     pub fn new(
         plugin: &LoadedPlugin,
-        servers: Arc<Vec<ServerPool>>,
+        servers: Servers,
         topology: Option<&Topology>,
     ) -> Result<Live, InstanceError> {
         let engine = plugin.pre.engine();
@@ -302,6 +302,7 @@ mod tests {
     use super::super::engine::{deadline_ticks, PluginEngine};
     use super::super::fixture;
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn plain_read() -> Query {

@@ -1,0 +1,337 @@
+//! `SIGHUP` applies a pool's new servers, sizes and passwords while clients stay connected,
+//! against a real primary and two streaming replicas. Where each statement ran is proven
+//! server-side: `inet_server_port()` (NULL over a Unix socket) and backend pids.
+
+use std::time::{Duration, Instant};
+use switchyard_tests::{plugin, roles, shared_cluster, sqlstate, unique_name, Proxy};
+
+const RELOADED: &str = "routing policies and servers reloaded";
+
+/// A `servers = [...]` entry.
+fn server(host: &str, port: u16, role: &str, name: &str) -> String {
+    format!("{{ host = \"{host}\", port = {port}, role = \"{role}\", name = \"{name}\" }}")
+}
+
+/// The primary over TCP, as the proxy starts.
+fn primary_tcp() -> String {
+    server(
+        "127.0.0.1",
+        shared_cluster().primary.port,
+        "primary",
+        "primary",
+    )
+}
+
+/// The same primary reached through its Unix socket, under the same name: a moved server.
+fn primary_unix() -> String {
+    let c = shared_cluster();
+    server(
+        &c.dir.join("sock").display().to_string(),
+        c.primary.port,
+        "primary",
+        "primary",
+    )
+}
+
+fn replicas() -> Vec<String> {
+    shared_cluster()
+        .replicas
+        .iter()
+        .map(|r| server("127.0.0.1", r.port, "replica", &r.name))
+        .collect()
+}
+
+/// A transaction-mode pool for `db` over `servers` with `read-write-split` +
+/// `least-outstanding`, and `users` (TOML tables).
+fn pool(db: &str, servers: &[String], size: u32, users: &str) -> String {
+    format!(
+        "[pools.{db}]\nservers = [{}]\npool_mode = \"transaction\"\npool_size = {size}\n\
+         [[pools.{db}.policies]]\nplugin = \"{}\"\n\
+         [[pools.{db}.policies]]\nplugin = \"{}\"\n{users}",
+        servers.join(", "),
+        plugin("read-write-split").display(),
+        plugin("least-outstanding").display(),
+    )
+}
+
+fn trust_user(db: &str) -> String {
+    format!("[pools.{db}.users.{}]\n", roles::TRUST)
+}
+
+async fn port(c: &tokio_postgres::Client) -> Option<i32> {
+    c.query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The backends of `db` on the server at `port`, other than the asking one, with their client
+/// address (empty over a Unix socket).
+fn backends(port: u16, db: &str) -> Vec<(i32, String)> {
+    let out = shared_cluster()
+        .psql(
+            port,
+            "postgres",
+            &format!(
+                "select pid, coalesce(host(client_addr), '') from pg_stat_activity \
+                 where datname = '{db}' and backend_type = 'client backend' \
+                 and pid <> pg_backend_pid()"
+            ),
+        )
+        .unwrap();
+    out.lines()
+        .filter_map(|l| {
+            let (pid, addr) = l.split_once('|')?;
+            Some((pid.parse().ok()?, addr.to_string()))
+        })
+        .collect()
+}
+
+/// Waits (up to 10 s) until `done` holds for the backends of `db` at `port`.
+fn wait_backends(port: u16, db: &str, what: &str, done: impl Fn(&[(i32, String)]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = backends(port, db);
+        if done(&now) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: backends {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn a_reload_moves_the_primary_and_adds_replicas_under_connected_clients() {
+    let cluster = shared_cluster();
+    let db = unique_name("srvreload");
+    cluster.create_database(&db, roles::TRUST);
+    let users = trust_user(&db);
+    let proxy = Proxy::start("", &pool(&db, &[primary_tcp()], 4, &users));
+    let primary = cluster.primary.port;
+    let replica_ports: Vec<i32> = cluster.replicas.iter().map(|r| r.port as i32).collect();
+
+    let reader = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let mut writer = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    writer
+        .batch_execute("CREATE TABLE t (id int primary key, at text)")
+        .await
+        .unwrap();
+    assert_eq!(port(&reader).await, Some(primary as i32));
+    // A transaction in flight on the old primary connection, over TCP.
+    writer
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1, 'before')")
+        .await
+        .unwrap();
+    let in_flight = backend_pid(&writer).await;
+
+    let mut servers = vec![primary_unix()];
+    servers.extend(replicas());
+    let log = proxy.reload(&pool(&db, &servers, 4, &users), RELOADED);
+    assert!(log.contains("server \"primary\" retired"), "{log}");
+    assert!(log.contains("in service"), "{log}");
+
+    // The transaction in flight stays where it began, and commits there.
+    assert_eq!(backend_pid(&writer).await, in_flight);
+    writer.batch_execute("COMMIT").await.unwrap();
+    // Then its connection closes: no TCP backend of this database is left on the primary.
+    wait_backends(primary, &db, "old TCP connections closed", |b| {
+        b.iter()
+            .all(|(pid, addr)| *pid != in_flight && addr.is_empty())
+    });
+
+    // The same client connections now read from the replicas and write over the socket.
+    for _ in 0..6 {
+        let p = port(&reader).await;
+        assert!(
+            p.is_some_and(|p| replica_ports.contains(&p)),
+            "read ran on {p:?}"
+        );
+    }
+    let tx = writer.transaction().await.unwrap();
+    tx.execute("INSERT INTO t VALUES (2, 'after')", &[])
+        .await
+        .unwrap();
+    let p: Option<i32> = tx
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        p, None,
+        "the write ran over TCP, not through the moved primary's socket"
+    );
+    tx.commit().await.unwrap();
+
+    // Back to the primary alone over TCP: the replicas' connections close, reads return.
+    proxy.reload(&pool(&db, &[primary_tcp()], 4, &users), RELOADED);
+    for r in &cluster.replicas {
+        wait_backends(r.port, &db, "replica connections closed", |b| b.is_empty());
+    }
+    assert_eq!(port(&reader).await, Some(primary as i32));
+    let rows = writer
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[tokio::test]
+async fn a_larger_pool_size_serves_a_client_queued_before_the_reload() {
+    let cluster = shared_cluster();
+    let db = unique_name("sizereload");
+    cluster.create_database(&db, roles::TRUST);
+    let users = trust_user(&db);
+    let proxy = Proxy::start(
+        "checkout_timeout_ms = 20000",
+        &pool(&db, &[primary_tcp()], 1, &users),
+    );
+
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let held = backend_pid(&holder).await;
+    let waiter = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let queued = tokio::spawn(async move {
+        let pid = backend_pid(&waiter).await;
+        (pid, waiter)
+    });
+    // The only connection is held: the second client waits in the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!queued.is_finished());
+
+    proxy.reload(&pool(&db, &[primary_tcp()], 2, &users), RELOADED);
+    // Well before its checkout_timeout_ms.
+    let (pid, waiter) = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("the queued client was served after the reload")
+        .unwrap();
+    assert_ne!(pid, held);
+
+    // The new size holds: both clients hold a transaction at once.
+    waiter.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    assert_eq!(backend_pid(&holder).await, held);
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiter.batch_execute("COMMIT").await.unwrap();
+    // The old pool's connection closed when released.
+    wait_backends(
+        cluster.primary.port,
+        &db,
+        "old pool's connection closed",
+        |b| b.iter().all(|(p, _)| *p != held),
+    );
+}
+
+#[tokio::test]
+async fn a_new_password_counts_for_the_next_login_and_spares_sessions() {
+    let cluster = shared_cluster();
+    let db = unique_name("pwreload");
+    cluster.create_database(&db, roles::TRUST);
+    let user = |password: &str| {
+        format!(
+            "[pools.{db}.users.{}]\npassword = \"{password}\"\nserver_password = \"{}\"\n",
+            roles::MD5,
+            roles::MD5_PASSWORD
+        )
+    };
+    let proxy = Proxy::start("", &pool(&db, &[primary_tcp()], 2, &user("first-pw")));
+    let session = proxy
+        .connect(roles::MD5, Some("first-pw"), &db)
+        .await
+        .unwrap();
+
+    proxy.reload(
+        &pool(&db, &[primary_tcp()], 2, &user("second-pw")),
+        RELOADED,
+    );
+    let old = proxy.connect(roles::MD5, Some("first-pw"), &db).await;
+    assert_eq!(old.err().as_ref().and_then(sqlstate), Some("28P01"));
+    let new = proxy
+        .connect(roles::MD5, Some("second-pw"), &db)
+        .await
+        .unwrap();
+    new.batch_execute("SELECT 1").await.unwrap();
+    // The session that logged in before the reload goes on.
+    session.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pool_and_a_user_added_serve_the_next_login() {
+    let cluster = shared_cluster();
+    let (db, other) = (unique_name("addpool"), unique_name("addpool"));
+    cluster.create_database(&db, roles::TRUST);
+    cluster.create_database(&other, roles::TRUST);
+    let md5_user = format!(
+        "[pools.{db}.users.{}]\npassword = \"{}\"\n",
+        roles::MD5,
+        roles::MD5_PASSWORD
+    );
+    let proxy = Proxy::start("", &pool(&db, &[primary_tcp()], 2, &trust_user(&db)));
+    let session = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let unknown = proxy.connect(roles::TRUST, None, &other).await.err();
+    assert_eq!(unknown.as_ref().and_then(sqlstate), Some("3D000"));
+    let unknown = proxy
+        .connect(roles::MD5, Some(roles::MD5_PASSWORD), &db)
+        .await
+        .err();
+    assert_eq!(unknown.as_ref().and_then(sqlstate), Some("28000"));
+
+    let both = format!(
+        "{}{}",
+        pool(
+            &db,
+            &[primary_tcp()],
+            2,
+            &format!("{}{md5_user}", trust_user(&db))
+        ),
+        pool(&other, &[primary_tcp()], 2, &trust_user(&other)),
+    );
+    let log = proxy.reload(&both, RELOADED);
+    assert!(
+        log.contains(&format!("pools.{other}.users.{}: added", roles::TRUST)),
+        "{log}"
+    );
+    let c = proxy.connect(roles::TRUST, None, &other).await.unwrap();
+    let name: String = c
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, other);
+    let m = proxy
+        .connect(roles::MD5, Some(roles::MD5_PASSWORD), &db)
+        .await
+        .unwrap();
+    let who: String = m
+        .query_one("SELECT current_user", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, roles::MD5);
+    session.batch_execute("SELECT 1").await.unwrap();
+
+    // Removed again: the user stays until a restart, and the log says so.
+    let log = proxy.reload(&pool(&db, &[primary_tcp()], 2, &trust_user(&db)), RELOADED);
+    let kept = format!(
+        "pools.{db}.users.{}: gone from the config; kept",
+        roles::MD5
+    );
+    assert!(log.contains(&kept), "{log}");
+    assert!(
+        log.contains(&format!("pools.{other}: gone from the config; kept")),
+        "{log}"
+    );
+    m.batch_execute("SELECT 1").await.unwrap();
+    proxy
+        .connect(roles::MD5, Some(roles::MD5_PASSWORD), &db)
+        .await
+        .unwrap();
+}
