@@ -335,3 +335,59 @@ async fn a_pool_and_a_user_added_serve_the_next_login() {
         .await
         .unwrap();
 }
+
+#[test]
+fn pgbench_through_server_changes_has_no_failed_transaction() {
+    let cluster = shared_cluster();
+    let db = unique_name("srvbench");
+    cluster.create_database(&db, roles::TRUST);
+    cluster.pgbench_init(&db);
+    let users = trust_user(&db);
+    // Each reload moves the primary (TCP, then its socket), adds or removes the replicas and
+    // changes pool_size: every server is retired each time, with 8 clients on 3 to 4
+    // connections, so checkouts are queued when it happens.
+    let layout = |i: usize| {
+        let mut servers = vec![if i % 2 == 0 {
+            primary_tcp()
+        } else {
+            primary_unix()
+        }];
+        if i % 3 != 0 {
+            servers.extend(replicas());
+        }
+        pool(&db, &servers, 3 + (i % 2) as u32, &users)
+    };
+    let proxy = Proxy::start("", &layout(0));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reloads = std::thread::scope(|s| {
+        let reloader = s.spawn(|| {
+            // A reload every 300 ms while pgbench runs (6 s in all), at most 30.
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && n < 30 {
+                std::thread::sleep(Duration::from_millis(300));
+                n += 1;
+                proxy.reload(&layout(n), RELOADED);
+            }
+            n
+        });
+        for args in [
+            &["-M", "simple"][..],
+            &["-M", "extended"],
+            &["-S", "-M", "extended"],
+        ] {
+            let mut all = args.to_vec();
+            all.extend(["-c", "8", "-j", "2", "-T", "2"]);
+            let (processed, failed) = proxy.pgbench(&db, &all);
+            assert!(processed > 50, "{args:?}: {processed}");
+            assert_eq!(failed, 0, "{args:?}");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        reloader.join().unwrap()
+    });
+    assert!(
+        reloads >= 4,
+        "only {reloads} reloads happened during the runs"
+    );
+    let log = proxy.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
