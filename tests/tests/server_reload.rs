@@ -347,12 +347,12 @@ fn pgbench_through_server_changes_has_no_failed_transaction() {
     // changes pool_size: every server is retired each time, with 8 clients on 3 to 4
     // connections, so checkouts are queued when it happens.
     let layout = |i: usize| {
-        let mut servers = vec![if i % 2 == 0 {
+        let mut servers = vec![if i.is_multiple_of(2) {
             primary_tcp()
         } else {
             primary_unix()
         }];
-        if i % 3 != 0 {
+        if !i.is_multiple_of(3) {
             servers.extend(replicas());
         }
         pool(&db, &servers, 3 + (i % 2) as u32, &users)
