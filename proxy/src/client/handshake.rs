@@ -5,9 +5,10 @@
 use super::authenticate::authenticate;
 use super::{ClientParams, Refusal};
 use crate::cancel::Registration;
-use crate::pool::UserPool;
+use crate::pool::{CheckoutError, UserPool};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{backend, sqlstate};
+use crate::server::ParamList;
 use crate::socket::Stream;
 use crate::Proxy;
 use bytes::{Buf, BytesMut};
@@ -171,30 +172,11 @@ pub(crate) async fn handshake(
     .await?;
 
     // The client's view of the session parameters starts from what a fresh server reports.
-    if pool.defaults().is_none() {
-        // A server that is restarting is waited for, within checkout_timeout_ms.
-        let until = std::time::Instant::now()
-            + std::time::Duration::from_millis(proxy.config.general.checkout_timeout_ms);
-        let conn = loop {
-            let primary = pool.backends.load().primary_server().clone();
-            match Box::pin(primary.checkout_riding_out(until)).await {
-                // A reload replaced the primary meanwhile: ask the new one.
-                Err(crate::pool::CheckoutError::Retired) => continue,
-                done => break done,
-            }
-        }
-        .map_err(|e| match e {
-            crate::pool::CheckoutError::Connect(c) => Refusal::fatal(c.sqlstate(), c.to_string()),
-            paused @ crate::pool::CheckoutError::Paused { .. } => {
-                Refusal::fatal(sqlstate::CANNOT_CONNECT_NOW, paused.to_string())
-            }
-            other => Refusal::fatal(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
-        })?;
-        pool.learn_defaults(&conn.reported);
-        conn.checkin();
-    }
-    let defaults = pool.defaults().expect("learnt above");
-    let params = ClientParams::from_startup(defaults, &params)
+    let defaults = match pool.defaults() {
+        Some(known) => known,
+        None => learn_defaults(proxy, &pool).await?,
+    };
+    let params = ClientParams::from_startup(&defaults, &params)
         .map_err(|m| Refusal::fatal(sqlstate::PROTOCOL_VIOLATION, m))?;
 
     backend::auth_ok(&mut out);
@@ -206,4 +188,31 @@ pub(crate) async fn handshake(
     backend::ready_for_query(&mut out, b'I');
     write(stream, &out).await?;
     Ok(Hello::Login(Login { pool, params }))
+}
+
+/// The parameters a fresh server connection reports, asked of the primary (the first login of a
+/// pool, or the first after a reload replaced the primary). A server that is restarting is
+/// waited for, within `checkout_timeout_ms`.
+async fn learn_defaults(proxy: &Proxy, pool: &UserPool) -> Result<Arc<ParamList>, Refusal> {
+    let until = std::time::Instant::now()
+        + std::time::Duration::from_millis(proxy.config.general.checkout_timeout_ms);
+    let conn = loop {
+        let primary = pool.backends.load().primary_server().clone();
+        match Box::pin(primary.checkout_riding_out(until)).await {
+            // A reload replaced the primary meanwhile: ask the new one.
+            Err(CheckoutError::Retired) => continue,
+            done => break done,
+        }
+    }
+    .map_err(|e| match e {
+        CheckoutError::Connect(c) => Refusal::fatal(c.sqlstate(), c.to_string()),
+        paused @ CheckoutError::Paused { .. } => {
+            Refusal::fatal(sqlstate::CANNOT_CONNECT_NOW, paused.to_string())
+        }
+        other => Refusal::fatal(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
+    })?;
+    let defaults = Arc::new(conn.reported.clone());
+    pool.learn_defaults(&conn.reported);
+    conn.checkin();
+    Ok(defaults)
 }

@@ -129,6 +129,9 @@ impl Pools {
             up.set_credentials(u);
             let old = up.backends.replace(Backends::new(servers.clone(), router));
             notes.extend(retire_replaced(up, &old.servers, &servers));
+            if old.primary_server().is_retired() {
+                up.forget_defaults();
+            }
         }
         if !added.is_empty() {
             let mut map = PoolMap::clone(&running);
@@ -239,4 +242,76 @@ fn keep_unchanged(running: &[Arc<ServerPool>], fresh: Vec<ServerPool>) -> Vec<Ar
         kept.push(same.cloned().unwrap_or_else(|| Arc::new(f)));
     }
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(servers: &str, pool_size: u32, users: &[&str]) -> Config {
+        let mut text = format!("[pools.app]\nservers = [{servers}]\npool_size = {pool_size}\n");
+        for u in users {
+            text.push_str(&format!("[pools.app.users.{u}]\nauth = \"trust\"\n"));
+        }
+        crate::config::parse(&text, std::path::Path::new("test.toml")).expect("config")
+    }
+
+    const PRIMARY: &str = r#"{ host = "127.0.0.1", port = 5432, role = "primary", name = "p" }"#;
+    const MOVED: &str = r#"{ host = "127.0.0.2", port = 5432, role = "primary", name = "p" }"#;
+    const REPLICA: &str = r#"{ host = "127.0.0.1", port = 5433, role = "replica", name = "r" }"#;
+
+    #[test]
+    fn a_reload_keeps_unchanged_servers_and_retires_the_others() {
+        let pools = Pools::from_config(&config(PRIMARY, 5, &["alice"]), 1).unwrap();
+        let alice = pools.get("app", "alice").unwrap();
+        alice.learn_defaults(&crate::server::ParamList::new());
+        let primary = alice.servers()[0].clone();
+
+        // A replica added: the primary's pool is kept, as are the parameters learnt from it.
+        let notes = pools
+            .reload(&config(&format!("{PRIMARY}, {REPLICA}"), 5, &["alice"]))
+            .unwrap();
+        let now = alice.servers();
+        assert!(Arc::ptr_eq(&now[0], &primary), "{notes:?}");
+        assert_eq!((now.len(), now[1].role), (2, crate::config::Role::Replica));
+        assert!(!primary.is_retired() && alice.defaults().is_some());
+        assert!(
+            notes.iter().any(|n| n.contains("server \"r\"")),
+            "{notes:?}"
+        );
+
+        // The primary moved: a new pool for it, the old one retired, the defaults forgotten.
+        let notes = pools
+            .reload(&config(&format!("{MOVED}, {REPLICA}"), 5, &["alice"]))
+            .unwrap();
+        let moved = alice.servers();
+        assert!(!Arc::ptr_eq(&moved[0], &primary) && Arc::ptr_eq(&moved[1], &now[1]));
+        assert_eq!(moved[0].target.host, "127.0.0.2");
+        assert!(primary.is_retired() && alice.defaults().is_none());
+        assert!(
+            notes.iter().any(|n| n.contains("server \"p\" retired")),
+            "{notes:?}"
+        );
+
+        // A new size replaces every server's pool; the replica goes; a user is added.
+        pools.reload(&config(MOVED, 7, &["alice", "bob"])).unwrap();
+        let resized = alice.servers();
+        assert_eq!((resized.len(), resized[0].size), (1, 7));
+        assert!(moved.iter().all(|s| s.is_retired()));
+        assert_eq!(alice.backends.swaps(), 3);
+        assert!(pools.get("app", "bob").is_some());
+    }
+
+    #[test]
+    fn a_paused_pool_stays_paused_across_a_reload() {
+        let pools = Pools::from_config(&config(PRIMARY, 5, &["alice"]), 1).unwrap();
+        let alice = pools.get("app", "alice").unwrap();
+        alice.pause();
+        pools
+            .reload(&config(&format!("{MOVED}, {REPLICA}"), 5, &["alice"]))
+            .unwrap();
+        assert!(alice.servers().iter().all(|s| s.is_paused()));
+        alice.resume();
+        assert!(!alice.is_paused());
+    }
 }

@@ -6,9 +6,9 @@ use crate::config::{PoolConfig, PoolMode, Role, UserConfig};
 use crate::pool::{Backends, LiveBackends, PoolStats, PoolTimeouts, ServerPool, Servers};
 use crate::router::{Route, Router};
 use crate::server::{ParamList, ServerTarget};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// The pool of one (database, user).
 pub struct UserPool {
@@ -23,8 +23,9 @@ pub struct UserPool {
     /// Its servers and routing policies, replaced together by a reload while clients are
     /// served.
     pub backends: LiveBackends,
-    /// ParameterStatus of a fresh server connection, learnt from the first one.
-    defaults: OnceLock<ParamList>,
+    /// ParameterStatus of a fresh server connection, learnt from the first one, and again
+    /// after a reload replaced the primary (it may run another version).
+    defaults: ArcSwapOption<ParamList>,
     next_replica: AtomicUsize,
     /// Clients logged in to this pool now (see [`UserPool::enter`]).
     clients: AtomicUsize,
@@ -89,7 +90,7 @@ impl UserPool {
             track_session_state: pool.track_session_state,
             credentials: ArcSwap::from_pointee(Credentials::of(u)),
             backends: LiveBackends::new(Backends::new(servers, router)),
-            defaults: OnceLock::new(),
+            defaults: ArcSwapOption::empty(),
             next_replica: AtomicUsize::new(0),
             clients: AtomicUsize::new(0),
             stats: PoolStats::new(workers),
@@ -193,13 +194,19 @@ impl UserPool {
     }
 
     /// The parameters a fresh server connection reports, once known.
-    pub fn defaults(&self) -> Option<&ParamList> {
-        self.defaults.get()
+    pub fn defaults(&self) -> Option<Arc<ParamList>> {
+        self.defaults.load_full()
     }
 
-    /// Records the parameters of a fresh server connection (first writer wins).
+    /// Records the parameters of a fresh server connection.
     pub fn learn_defaults(&self, params: &ParamList) {
-        let _ = self.defaults.set(params.clone());
+        self.defaults.store(Some(Arc::new(params.clone())));
+    }
+
+    /// Forgets the parameters learnt (a reload replaced the primary): the next login asks the
+    /// new one.
+    pub fn forget_defaults(&self) {
+        self.defaults.store(None);
     }
 }
 
