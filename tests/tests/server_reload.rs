@@ -3,6 +3,7 @@
 //! server-side: `inet_server_port()` (NULL over a Unix socket) and backend pids.
 
 use std::time::{Duration, Instant};
+use switchyard_tests::console::{get, of, show};
 use switchyard_tests::{plugin, roles, shared_cluster, sqlstate, unique_name, Proxy};
 
 const RELOADED: &str = "routing policies and servers reloaded";
@@ -58,6 +59,9 @@ fn trust_user(db: &str) -> String {
     format!("[pools.{db}.users.{}]\n", roles::TRUST)
 }
 
+/// The admin console's user, as a last table after the pools.
+const ADMIN: &str = "[admin.users.ops]\npassword = \"ops_pw\"\n";
+
 async fn port(c: &tokio_postgres::Client) -> Option<i32> {
     c.query_one("SELECT inet_server_port()", &[])
         .await
@@ -112,8 +116,12 @@ async fn a_reload_moves_the_primary_and_adds_replicas_under_connected_clients() 
     let cluster = shared_cluster();
     let db = unique_name("srvreload");
     cluster.create_database(&db, roles::TRUST);
-    let users = trust_user(&db);
+    let users = format!("{}{ADMIN}", trust_user(&db));
     let proxy = Proxy::start("", &pool(&db, &[primary_tcp()], 4, &users));
+    let admin = proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .unwrap();
     let primary = cluster.primary.port;
     let replica_ports: Vec<i32> = cluster.replicas.iter().map(|r| r.port as i32).collect();
 
@@ -137,8 +145,20 @@ async fn a_reload_moves_the_primary_and_adds_replicas_under_connected_clients() 
     assert!(log.contains("server \"primary\" retired"), "{log}");
     assert!(log.contains("in service"), "{log}");
 
-    // The transaction in flight stays where it began, and commits there.
+    // The transaction in flight stays where it began, and commits there; meanwhile the
+    // console lists the old primary as retired, with that one connection in use.
     assert_eq!(backend_pid(&writer).await, in_flight);
+    let servers = show(&admin, "SHOW SERVERS").await;
+    let listed: Vec<_> = of(&servers, &db)
+        .iter()
+        .map(|r| (get(r, "addr"), get(r, "retired"), get(r, "sv_active")))
+        .collect();
+    let old_addr = format!("127.0.0.1:{primary}");
+    assert!(
+        listed.contains(&(old_addr.as_str(), "t", "1")),
+        "{listed:?}"
+    );
+    assert_eq!(listed.len(), 4, "{listed:?}");
     writer.batch_execute("COMMIT").await.unwrap();
     // Then its connection closes: no TCP backend of this database is left on the primary.
     wait_backends(primary, &db, "old TCP connections closed", |b| {
@@ -190,11 +210,15 @@ async fn a_larger_pool_size_serves_a_client_queued_before_the_reload() {
     let cluster = shared_cluster();
     let db = unique_name("sizereload");
     cluster.create_database(&db, roles::TRUST);
-    let users = trust_user(&db);
+    let users = format!("{}{ADMIN}", trust_user(&db));
     let proxy = Proxy::start(
         "checkout_timeout_ms = 20000",
         &pool(&db, &[primary_tcp()], 1, &users),
     );
+    let admin = proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .unwrap();
 
     let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -219,8 +243,24 @@ async fn a_larger_pool_size_serves_a_client_queued_before_the_reload() {
     // The new size holds: both clients hold a transaction at once.
     waiter.batch_execute("BEGIN; SELECT 1").await.unwrap();
     assert_eq!(backend_pid(&holder).await, held);
-    holder.batch_execute("COMMIT").await.unwrap();
+
+    // PAUSE waits for every running transaction, the one on the retired pool included.
+    let pause = format!("PAUSE {db}");
+    let pausing = tokio::spawn(async move { (admin.simple_query(&pause).await, admin) });
     waiter.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE answered with a transaction running"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (paused, admin) = tokio::time::timeout(Duration::from_secs(5), pausing)
+        .await
+        .expect("PAUSE answered once the last transaction ended")
+        .unwrap();
+    paused.unwrap();
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    holder.batch_execute("SELECT 1").await.unwrap();
     // The old pool's connection closed when released.
     wait_backends(
         cluster.primary.port,

@@ -147,7 +147,9 @@ pub fn stats(proxy: &Proxy) -> Table {
 }
 
 /// Per server of each pool: `healthy` is false while the server counts as down after a
-/// failed connect (`server_login_retry_ms`); `opened` counts connections opened since start.
+/// failed connect (`server_login_retry_ms`); `opened` counts connections opened since start;
+/// `retired` marks a server a reload took out of service, listed while transactions still run
+/// there.
 pub fn servers(proxy: &Proxy) -> Table {
     let mut t = Table::new(&[
         ("database", Kind::Text),
@@ -161,10 +163,12 @@ pub fn servers(proxy: &Proxy) -> Table {
         ("cl_waiting", Kind::Int),
         ("opened", Kind::Int),
         ("pool_size", Kind::Int),
+        ("retired", Kind::Bool),
     ]);
     let now = crate::clock::now_ms();
     for pool in sorted(proxy) {
-        for s in pool.servers().iter() {
+        let (current, retiring) = (pool.servers(), pool.retiring());
+        for s in current.iter().chain(&retiring) {
             t.push(vec![
                 pool.database.as_str().into(),
                 pool.user.as_str().into(),
@@ -177,6 +181,7 @@ pub fn servers(proxy: &Proxy) -> Table {
                 s.waiting().into(),
                 s.opened.load(std::sync::atomic::Ordering::Relaxed).into(),
                 s.size.into(),
+                s.is_retired().into(),
             ]);
         }
     }

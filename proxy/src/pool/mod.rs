@@ -213,6 +213,7 @@ fn retire_replaced(up: &UserPool, old: &[Arc<ServerPool>], new: &[Arc<ServerPool
     for s in old {
         if !new.iter().any(|n| Arc::ptr_eq(n, s)) {
             s.retire();
+            up.retiring_server(s.clone());
             notes.push(format!(
                 "pools.{db}.users.{user}: server \"{}\" retired: its connections close once idle",
                 s.name

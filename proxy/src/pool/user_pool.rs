@@ -8,7 +8,7 @@ use crate::router::{Route, Router};
 use crate::server::{ParamList, ServerTarget};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The pool of one (database, user).
 pub struct UserPool {
@@ -27,6 +27,9 @@ pub struct UserPool {
     /// after a reload replaced the primary (it may run another version).
     defaults: ArcSwapOption<ParamList>,
     next_replica: AtomicUsize,
+    /// Servers a reload retired that still had connections in use: the admin console shows
+    /// them, and `PAUSE` waits for them, until their last transaction ends.
+    retiring: Mutex<Vec<Arc<ServerPool>>>,
     /// Clients logged in to this pool now (see [`UserPool::enter`]).
     clients: AtomicUsize,
     /// Requests, transactions and waits, for the admin console's `SHOW STATS`.
@@ -92,6 +95,7 @@ impl UserPool {
             backends: LiveBackends::new(Backends::new(servers, router)),
             defaults: ArcSwapOption::empty(),
             next_replica: AtomicUsize::new(0),
+            retiring: Mutex::new(Vec::new()),
             clients: AtomicUsize::new(0),
             stats: PoolStats::new(workers),
         }
@@ -183,9 +187,30 @@ impl UserPool {
         self.servers().iter().map(|s| s.reconnect()).sum()
     }
 
-    /// Server connections checked out now, over all servers.
+    /// Server connections checked out now, over all servers, retired ones included.
     pub fn in_use(&self) -> usize {
-        self.servers().iter().map(|s| s.in_use()).sum()
+        let retiring: usize = self.retiring().iter().map(|s| s.in_use()).sum();
+        retiring + self.servers().iter().map(|s| s.in_use()).sum::<usize>()
+    }
+
+    /// Takes `server`, which a reload just retired, into [`UserPool::retiring`] if it still
+    /// has connections in use.
+    pub fn retiring_server(&self, server: Arc<ServerPool>) {
+        if server.in_use() > 0 {
+            self.lock_retiring().push(server);
+        }
+    }
+
+    /// Retired servers with connections still in use (those that have none left are dropped
+    /// from the list here).
+    pub fn retiring(&self) -> Vec<Arc<ServerPool>> {
+        let mut list = self.lock_retiring();
+        list.retain(|s| s.in_use() > 0);
+        list.clone()
+    }
+
+    fn lock_retiring(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ServerPool>>> {
+        self.retiring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Closes every idle server connection; returns how many.
