@@ -11,8 +11,9 @@
 //! What reloads: the routing policies (`policies`, `write_functions`, `fallback_reads`,
 //! `plugin_deadline_ms`, `plugin_memory_mb`), a pool's servers (added, removed, moved,
 //! re-weighted, a new role), its `pool_size`, `min_pool_size` and `server_database`, and each
-//! user's passwords, `auth`, `server_user`, `pool_size` and `min_pool_size`; pools and users
-//! added. A server whose address, credentials and sizes stay keeps its connections; a changed
+//! user's passwords, `auth`, `server_user`, `pool_size` and `min_pool_size`; a pool's
+//! `pool_mode`, `reset_query` and `track_session_state` for the sessions that start from then
+//! on; pools and users added. A server whose address, credentials and sizes stay keeps its connections; a changed
 //! or removed one is retired: transactions running there finish there, then its connections
 //! close. Other settings take effect at the next start, and pools or users removed stay until
 //! then.
@@ -84,6 +85,7 @@ fn reloads(key: &[String]) -> bool {
         ["pools", _] | ["pools", _, "users", _] => true,
         ["pools", _, "policies" | "write_functions" | "fallback_reads" | "servers", ..] => true,
         ["pools", _, "pool_size" | "min_pool_size" | "server_database"] => true,
+        ["pools", _, "pool_mode" | "reset_query" | "track_session_state"] => true,
         ["pools", _, "users", _, setting, ..] => matches!(
             *setting,
             "password" | "auth" | "server_user" | "server_password" | "pool_size" | "min_pool_size"
@@ -225,18 +227,15 @@ mod tests {
             "pools.app.pool_size",
             "pools.app.users.alice.password",
             "pools.app.users.alice.pool_size",
+            "pools.app.pool_mode",
+            "pools.app.reset_query",
             "pools.app",
             "pools.app.users.alice",
             "general.plugin_deadline_ms",
         ] {
             assert!(reloads(&key(k)), "{k}");
         }
-        for k in [
-            "pools.app.pool_mode",
-            "pools.app.reset_query",
-            "pools.app.users.alice.nonsense",
-            "general.query_timeout_ms",
-        ] {
+        for k in ["pools.app.users.alice.nonsense", "general.query_timeout_ms"] {
             assert!(!reloads(&key(k)), "{k}");
         }
     }

@@ -272,14 +272,18 @@ async fn reload_from_the_console_swaps_policies_or_says_why_not() {
         "1"
     );
 
-    // Back to read-write-split, with a pool_size change, which applies (each server's pool is
-    // replaced), and a pool_mode change, which waits for a restart: psql shows the notices.
-    let resized = config(&db, &["read-write-split"], 5).replace("\"transaction\"", "\"session\"");
-    rewrite(&proxy, &resized);
+    // Back to read-write-split, with a pool_size and a pool_mode change, which apply (each
+    // server's pool is replaced; sessions that start from now on are in session mode), and a
+    // worker_threads change, which waits for a restart: psql shows the notices.
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let threads = text.replace("worker_threads = 2", "worker_threads = 1");
+    std::fs::write(&proxy.config_path, threads).unwrap();
+    let remoded = config(&db, &["read-write-split"], 5).replace("\"transaction\"", "\"session\"");
+    rewrite(&proxy, &remoded);
     let (ok, _out, err) = psql(&proxy, "RELOAD");
     assert!(ok, "{err}\n{}", proxy.log());
     assert!(
-        err.contains(&format!("pools.{db}.pool_mode changed in the config file")),
+        err.contains("general.worker_threads changed in the config file"),
         "{err}"
     );
     assert!(
@@ -299,7 +303,7 @@ async fn reload_from_the_console_swaps_policies_or_says_why_not() {
     let pool = of(&pools, &db)[0];
     assert_eq!(
         (get(pool, "pool_size"), get(pool, "pool_mode")),
-        ("5", "transaction")
+        ("5", "session")
     );
     assert!(proxy.log().contains("RELOAD by admin user \"ops\""));
 }

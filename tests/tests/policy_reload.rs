@@ -169,12 +169,17 @@ async fn sighup_swaps_policies_while_clients_run() {
         !log.contains("takes effect at the next start key="),
         "{log}"
     );
-    let remoded = pool_with(&db, &[]).replace("\"transaction\"", "\"session\"");
-    let log = proxy.reload(&remoded, "routing policies and servers reloaded");
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let threads = config.replace("worker_threads = 2", "worker_threads = 1");
+    std::fs::write(&proxy.config_path, threads).unwrap();
+    let log = proxy.reload(
+        &pool_with(&db, &[]),
+        "routing policies and servers reloaded",
+    );
     assert!(
-        log.contains(&format!(
-            "changed in the config file; takes effect at the next start key=pools.{db}.pool_mode"
-        )),
+        log.contains(
+            "changed in the config file; takes effect at the next start key=general.worker_threads"
+        ),
         "{log}"
     );
 

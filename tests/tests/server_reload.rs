@@ -431,3 +431,61 @@ fn pgbench_through_server_changes_has_no_failed_transaction() {
     let log = proxy.log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[tokio::test]
+async fn a_new_pool_mode_applies_to_the_sessions_that_start_after_the_reload() {
+    let cluster = shared_cluster();
+    let db = unique_name("modereload");
+    cluster.create_database(&db, roles::TRUST);
+    let users = format!("{}{ADMIN}", trust_user(&db));
+    let proxy = Proxy::start("", &pool(&db, &[primary_tcp()], 4, &users));
+    let admin = proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .unwrap();
+    let app = |name: &'static str| {
+        let conn = format!(
+            "{} application_name={name}",
+            proxy.conn_str(roles::TRUST, None, &db)
+        );
+        async move {
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+        }
+    };
+    let before = app("before").await;
+    before.batch_execute("SELECT 1").await.unwrap();
+
+    let session_mode = pool(&db, &[primary_tcp()], 4, &users)
+        .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"");
+    proxy.reload(&session_mode, RELOADED);
+    let after = app("after").await;
+    after.batch_execute("SELECT 1").await.unwrap();
+    before.batch_execute("SELECT 1").await.unwrap();
+
+    // Between statements the new session keeps its server (session mode); the older one
+    // gives its server back (transaction mode) once its statement is answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients = show(&admin, "SHOW CLIENTS").await;
+        let state = |name: &str| {
+            let row = clients
+                .iter()
+                .find(|r| get(r, "application_name") == name)
+                .unwrap_or_else(|| panic!("no client {name}: {clients:?}"));
+            get(row, "state").to_string()
+        };
+        let states = (state("before"), state("after"));
+        assert_eq!(states.1, "active", "{clients:?}");
+        if states.0 == "idle" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{clients:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pools = show(&admin, "SHOW POOLS").await;
+    assert_eq!(get(of(&pools, &db)[0], "pool_mode"), "session");
+}

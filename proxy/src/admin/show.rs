@@ -53,7 +53,7 @@ pub fn pools(proxy: &Proxy) -> Table {
         t.push(vec![
             pool.database.as_str().into(),
             pool.user.as_str().into(),
-            pool.mode.name().into(),
+            pool.rules().mode.name().into(),
             pool.clients().saturating_sub(waiting).into(),
             waiting.into(),
             active.into(),

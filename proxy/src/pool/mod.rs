@@ -15,7 +15,7 @@ pub use backends::{Backends, LiveBackends};
 pub use reaper::{expire_waiters, reaper};
 pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool, Servers};
 pub use stats::{PoolStats, Totals};
-pub use user_pool::{PoolClient, UserPool};
+pub use user_pool::{PoolClient, SessionRules, UserPool};
 
 use user_pool::server_pools;
 
@@ -127,6 +127,7 @@ impl Pools {
             }
             let router = router(config, pool, &plugins, &servers);
             up.set_credentials(u);
+            up.set_rules(pool);
             let old = up.backends.replace(Backends::new(servers.clone(), router));
             notes.extend(retire_replaced(up, &old.servers, &servers));
             if old.primary_server().is_retired() {

@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex};
 pub struct UserPool {
     pub database: String,
     pub user: String,
-    pub mode: PoolMode,
-    pub reset_query: String,
-    /// Transaction mode: session state follows the client (`track_session_state`).
-    pub track_session_state: bool,
+    /// How its sessions use their servers; a reload replaces it for the sessions that start
+    /// from then on.
+    rules: ArcSwap<SessionRules>,
     /// How its clients log in; a reload replaces it (a new password counts for the next login).
     credentials: ArcSwap<Credentials>,
     /// Its servers and routing policies, replaced together by a reload while clients are
@@ -34,6 +33,27 @@ pub struct UserPool {
     clients: AtomicUsize,
     /// Requests, transactions and waits, for the admin console's `SHOW STATS`.
     pub stats: PoolStats,
+}
+
+/// How a pool's sessions use their servers. A session takes the rules in force when it
+/// starts and keeps them to its end; a reload changes them for the sessions that follow.
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    pub mode: PoolMode,
+    /// Session mode: run on a server before it goes back to the pool (`reset_query`).
+    pub reset_query: String,
+    /// Transaction mode: session state follows the client (`track_session_state`).
+    pub track_session_state: bool,
+}
+
+impl SessionRules {
+    fn of(pool: &PoolConfig) -> SessionRules {
+        SessionRules {
+            mode: pool.pool_mode,
+            reset_query: pool.reset_query.clone(),
+            track_session_state: pool.track_session_state,
+        }
+    }
 }
 
 /// How a pool's clients prove who they are.
@@ -88,9 +108,7 @@ impl UserPool {
         UserPool {
             database: database.to_owned(),
             user: user.to_owned(),
-            mode: pool.pool_mode,
-            reset_query: pool.reset_query.clone(),
-            track_session_state: pool.track_session_state,
+            rules: ArcSwap::from_pointee(SessionRules::of(pool)),
             credentials: ArcSwap::from_pointee(Credentials::of(u)),
             backends: LiveBackends::new(Backends::new(servers, router)),
             defaults: ArcSwapOption::empty(),
@@ -109,6 +127,16 @@ impl UserPool {
     /// Takes the client authentication of `u` (a reload): for logins from now on.
     pub fn set_credentials(&self, u: &UserConfig) {
         self.credentials.store(Arc::new(Credentials::of(u)));
+    }
+
+    /// The rules a session that starts now follows.
+    pub fn rules(&self) -> Arc<SessionRules> {
+        self.rules.load_full()
+    }
+
+    /// Takes the session rules of `pool` (a reload): for sessions that start from now on.
+    pub fn set_rules(&self, pool: &PoolConfig) {
+        self.rules.store(Arc::new(SessionRules::of(pool)));
     }
 
     /// The servers in use now (a snapshot: a reload may publish others meanwhile).

@@ -36,12 +36,13 @@ impl Session<'_> {
         if self.responses.tx_status != b'I' {
             statements.push("ROLLBACK");
         }
-        let reset = self.pool.mode == PoolMode::Session && !self.pool.reset_query.is_empty();
+        let rules = self.pool.rules();
+        let reset = self.mode == PoolMode::Session && !rules.reset_query.is_empty();
         // Transaction mode: the server holds state of this session that could not move, or
         // settings the session changed that were not read back yet.
         let discard = self.transaction_mode() && (att.keeps || self.found.probe_due());
         if reset {
-            statements.push(&self.pool.reset_query);
+            statements.push(&rules.reset_query);
         } else if discard {
             statements.push("DISCARD ALL");
         } else if self.responses.listened && self.transaction_mode() {

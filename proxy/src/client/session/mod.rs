@@ -86,6 +86,9 @@ pub(crate) struct Session<'p> {
     /// Routing happens per transaction: in transaction mode, and in session mode when the
     /// pool's policy asks for per-statement routing.
     per_transaction: bool,
+    /// The pool's rules when the session started (a reload changes them for later sessions).
+    mode: PoolMode,
+    track_session_state: bool,
     /// The idle servers this session keeps, at most one per backend, so its session state
     /// stays with it: in session mode with per-statement routing, and in transaction mode those
     /// that hold state which cannot move (`Attached::keeps`).
@@ -185,8 +188,9 @@ impl<'p> Session<'p> {
         registration: &Registration<'_>,
     ) -> Self {
         let shutdown = proxy.shutdown.clone();
+        let rules = login.pool.rules();
         let per_transaction =
-            login.pool.mode.per_transaction() || login.pool.backends.per_statement_in_session();
+            rules.mode.per_transaction() || login.pool.backends.per_statement_in_session();
         let route_hint = std::cell::Cell::new(hints::startup_hint(&login.params.startup));
         Session {
             proxy,
@@ -201,6 +205,8 @@ impl<'p> Session<'p> {
             to_server: BytesMut::new(),
             server: None,
             per_transaction,
+            mode: rules.mode,
+            track_session_state: rules.track_session_state,
             parked: Vec::new(),
             deferred: BytesMut::new(),
             deferred_read_only: false,
@@ -232,7 +238,7 @@ impl<'p> Session<'p> {
 
     /// Transaction mode, or statement mode (transaction mode that refuses transaction blocks).
     fn transaction_mode(&self) -> bool {
-        self.pool.mode.per_transaction()
+        self.mode.per_transaction()
     }
 
     /// `max_prepared_statements`: the cap per server connection.
@@ -241,7 +247,7 @@ impl<'p> Session<'p> {
     }
 
     fn statement_mode(&self) -> bool {
-        self.pool.mode == PoolMode::Statement
+        self.mode == PoolMode::Statement
     }
 
     /// The transaction status to report while no server is attached.

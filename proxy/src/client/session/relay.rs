@@ -52,7 +52,7 @@ impl Session<'_> {
                     // only that server connection can carry.
                     att.keeps |= transaction_mode
                         && name == "session_authorization"
-                        && self.pool.track_session_state;
+                        && self.track_session_state;
                 }
             }
             let unasked =

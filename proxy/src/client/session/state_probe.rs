@@ -11,7 +11,7 @@ impl Session<'_> {
     /// Notes SQL on its way to the server (see [`session_sql`]). For almost every query this
     /// is a first-word test and a byte scan ([`session_sql::may_change_session`]).
     pub(super) fn note_sql(&mut self, tag: u8, msg: &[u8]) {
-        if !self.per_transaction || !self.pool.track_session_state {
+        if !self.per_transaction || !self.track_session_state {
             return;
         }
         let body = &msg[5..];
