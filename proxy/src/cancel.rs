@@ -28,6 +28,9 @@ pub struct CancelSlot {
     /// Set by the admin console's `KILL`: the session ends with FATAL `57P01` as soon as it
     /// wakes, whatever it waits for.
     killed: AtomicBool,
+    /// Set by a cancel request for an admin console session (which has no server to forward
+    /// it to): the command it waits on (`PAUSE`, `KILL`) stops waiting.
+    interrupted: AtomicBool,
     /// Set once, at login.
     pub info: OnceLock<ClientInfo>,
 }
@@ -94,6 +97,12 @@ impl CancelSlot {
     /// Whether [`CancelSlot::kill`] was called.
     pub fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
+    }
+
+    /// Whether a cancel request came for this (console) session since the last call; clears
+    /// it.
+    pub fn take_interrupt(&self) -> bool {
+        self.interrupted.swap(false, Ordering::AcqRel)
     }
 
     /// Claims the current server for a cancel; the caller must decrement
@@ -186,7 +195,17 @@ impl CancelRegistry {
                 }
             }
         };
-        let Some(key) = slot.claim() else { return };
+        let Some(key) = slot.claim() else {
+            let console = slot
+                .info
+                .get()
+                .is_some_and(|i| matches!(i.who, Who::Console(_)));
+            if console {
+                slot.interrupted.store(true, Ordering::Release);
+                slot.wake.wake();
+            }
+            return;
+        };
         if tokio::time::timeout(timeout, send_cancel(&key))
             .await
             .is_err()

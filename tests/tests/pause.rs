@@ -360,3 +360,46 @@ async fn reconnect_replaces_idle_connections_now_and_busy_ones_when_released() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_cancel_request_stops_a_waiting_pause_and_the_pool_stays_paused() {
+    let db = unique_name("pause_cancel");
+    let proxy = start(&db, "checkout_timeout_ms = 10000", 2);
+    let admin = console(&proxy).await;
+    let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    client.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    // PAUSE waits for the open transaction; psql's Ctrl-C (a CancelRequest with the console
+    // session's key) stops the wait.
+    let cancel = admin.cancel_token();
+    let pause = format!("PAUSE {db}");
+    let pausing = tokio::spawn(async move { admin.simple_query(&pause).await.err() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pausing.is_finished(),
+        "PAUSE answered with a transaction open"
+    );
+    let asked = Instant::now();
+    cancel.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(2), pausing)
+        .await
+        .expect("the cancel stopped PAUSE")
+        .unwrap()
+        .expect("an error");
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+
+    // The pool stays paused: the running transaction ends, a new one waits for RESUME.
+    client.batch_execute("COMMIT").await.unwrap();
+    let admin = console(&proxy).await;
+    let pools = show(&admin, "SHOW POOLS").await;
+    assert_eq!(get(of(&pools, &db)[0], "paused"), "1");
+    let waiting = tokio::spawn(async move { client.simple_query("SELECT 1").await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a transaction ran while paused");
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap());
+}

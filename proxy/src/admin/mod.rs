@@ -21,7 +21,7 @@ mod pause;
 mod show;
 mod table;
 
-use crate::cancel::Registration;
+use crate::cancel::{CancelSlot, Registration};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::{frame, sqlstate};
 use crate::reload::Outcome;
@@ -30,6 +30,7 @@ use crate::socket::Stream;
 use crate::Proxy;
 use bytes::BytesMut;
 use command::Command;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The largest message the console reads: commands are short.
@@ -72,17 +73,26 @@ pub(crate) struct Console<'p> {
     /// Bytes read from the client and not yet handled.
     buf: BytesMut,
     user: String,
+    /// The session's cancel slot: a cancel request stops a waiting `PAUSE` or `KILL`.
+    slot: Arc<CancelSlot>,
     /// An extended-protocol message was refused: skip messages up to `Sync`.
     skip_until_sync: bool,
 }
 
 impl<'p> Console<'p> {
-    pub(crate) fn new(proxy: &'p Proxy, stream: Stream, buf: BytesMut, user: String) -> Self {
+    pub(crate) fn new(
+        proxy: &'p Proxy,
+        stream: Stream,
+        buf: BytesMut,
+        user: String,
+        slot: Arc<CancelSlot>,
+    ) -> Self {
         Console {
             proxy,
             stream,
             buf,
             user,
+            slot,
             skip_until_sync: false,
         }
     }
@@ -256,14 +266,14 @@ impl<'p> Console<'p> {
 
     async fn pause(&self, db: Option<&str>, out: &mut BytesMut) -> bool {
         tracing::info!(user = %self.user, database = ?db, "PAUSE on the admin console");
-        let paused = pause::pause(self.proxy, db, &self.stream).await;
+        let paused = pause::pause(self.proxy, db, (&self.stream, &self.slot)).await;
         let paused = paused.map(|done| notice(out, &done));
         answer(out, "PAUSE", paused)
     }
 
     async fn kill(&self, db: &str, out: &mut BytesMut) -> bool {
         tracing::info!(user = %self.user, database = %db, "KILL on the admin console");
-        let killed = pause::kill(self.proxy, db, &self.stream).await;
+        let killed = pause::kill(self.proxy, db, (&self.stream, &self.slot)).await;
         let killed = killed.map(|done| notice(out, &done));
         answer(out, "KILL", killed)
     }

@@ -13,7 +13,9 @@
 //!   `PAUSE` waits for it;
 //! - a waiting client still gives up after `checkout_timeout_ms` (with `57P03`
 //!   cannot_connect_now), so a pause should be shorter than that;
-//! - the pools stay paused if the console session ends before `PAUSE` has answered.
+//! - the pools stay paused if the console session ends before `PAUSE` has answered, or if
+//!   the wait is cancelled (a cancel request for the console session, psql's Ctrl-C: ERROR
+//!   `57014`).
 //!
 //! `KILL db` is a pause that does not wait: every client session of `db` ends at once with
 //! FATAL `57P01` (a transaction it had open is rolled back: its server connection is closed),
@@ -26,7 +28,7 @@
 //! the servers' cached plans (PostgreSQL's "cached plan must not change result type"), after
 //! an `ALTER ROLE ... SET` it makes new sessions pick the setting up.
 
-use crate::cancel::Who;
+use crate::cancel::{CancelSlot, Who};
 use crate::pool::UserPool;
 use crate::protocol::sqlstate;
 use crate::socket::{Peeked, Stream};
@@ -83,7 +85,7 @@ fn pause_running(pools: &[Arc<UserPool>]) -> usize {
 pub(super) async fn pause(
     proxy: &Proxy,
     database: Option<&str>,
-    console: &Stream,
+    console: (&Stream, &CancelSlot),
 ) -> Result<Paused, Refused> {
     let pools = select(proxy, database)?;
     let paused = pause_running(&pools);
@@ -103,7 +105,7 @@ pub(super) async fn pause(
 pub(super) async fn kill(
     proxy: &Proxy,
     database: &str,
-    console: &Stream,
+    console: (&Stream, &CancelSlot),
 ) -> Result<Paused, Refused> {
     let pools = select(proxy, Some(database))?;
     let paused = pause_running(&pools);
@@ -154,10 +156,24 @@ pub(super) fn kill_client(proxy: &Proxy, pid: i32) -> Result<(), Refused> {
 }
 
 /// Waits until no pool of `pools` has a server connection in use, then closes their idle
-/// ones; returns how many. Gives up when the console client leaves or the proxy shuts down.
-async fn drain(proxy: &Proxy, pools: &[Arc<UserPool>], console: &Stream) -> Result<usize, Refused> {
+/// ones; returns how many. Gives up when the console client leaves or cancels (a cancel
+/// request for its session), or the proxy shuts down.
+async fn drain(
+    proxy: &Proxy,
+    pools: &[Arc<UserPool>],
+    (console, slot): (&Stream, &CancelSlot),
+) -> Result<usize, Refused> {
     let mut shutdown = proxy.shutdown.clone();
+    // A cancel request that came before this command is not for it.
+    slot.take_interrupt();
     while pools.iter().any(|p| p.in_use() > 0) {
+        if slot.take_interrupt() {
+            return Err((
+                sqlstate::QUERY_CANCELED,
+                "canceling statement due to user request; the pools stay paused (RESUME to serve them)"
+                    .into(),
+            ));
+        }
         tokio::select! {
             _ = tokio::time::sleep(DRAIN_POLL) => {}
             _ = shutdown.draining() => {

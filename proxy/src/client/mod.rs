@@ -141,7 +141,11 @@ async fn log_in<'p>(
                 .info
                 .set(ClientInfo::new(who, peer, &application_name));
             Some(Entered::Console(crate::admin::Console::new(
-                proxy, stream, buf, user,
+                proxy,
+                stream,
+                buf,
+                user,
+                registration.slot.clone(),
             )))
         }
         Err(Refusal::Gone) => None,
