@@ -22,8 +22,9 @@ pub mod shutdown;
 pub mod socket;
 pub mod workers;
 
+use arc_swap::ArcSwap;
 use cancel::CancelRegistry;
-use config::Config;
+use config::{Config, General};
 use pool::Pools;
 use shutdown::{ClientCounter, Phase, Shutdown, ShutdownController};
 use std::future::Future;
@@ -33,7 +34,11 @@ use std::time::Duration;
 /// What every client session shares.
 #[derive(Debug)]
 pub struct Proxy {
+    /// The config the proxy started with: what only a restart changes (listen addresses,
+    /// worker threads, socket options, the admin users) is read here.
     pub config: Config,
+    /// The `[general]` settings now: a reload replaces them (see [`Proxy::general`]).
+    pub settings: Arc<ArcSwap<General>>,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
     pub clients: Arc<ClientCounter>,
@@ -41,6 +46,14 @@ pub struct Proxy {
     /// Reloads the routing policies (the admin console's `RELOAD`); `None` when the proxy
     /// runs without a config file to reload from.
     pub reloader: Option<Arc<reload::Reloader>>,
+}
+
+impl Proxy {
+    /// The `[general]` settings in force now (timeouts and limits a reload may have changed):
+    /// read one where it is used, not across a wait.
+    pub fn general(&self) -> arc_swap::Guard<Arc<General>> {
+        self.settings.load()
+    }
 }
 
 /// Half the CPUs, at least one. Most of a pooler's CPU is the kernel's TCP work charged to it;
@@ -66,15 +79,17 @@ pub async fn run(
     let workers = Arc::new(workers::Workers::start(n)?);
     let (controller, shutdown) = ShutdownController::new();
     let pools = Arc::new(Pools::from_config(&config, n).map_err(std::io::Error::other)?);
+    let settings = Arc::new(ArcSwap::from_pointee(config.general.clone()));
     let (reloader, hangups) = match reloads {
         Some(r) => {
-            let (reloader, hangups) = r.into_parts(pools.clone(), &workers);
+            let (reloader, hangups) = r.into_parts(pools.clone(), settings.clone(), &workers);
             (Some(reloader), Some(hangups))
         }
         None => (None, None),
     };
     let proxy = Arc::new(Proxy {
         config,
+        settings,
         pools: pools.clone(),
         cancels: CancelRegistry::default(),
         clients: Arc::new(ClientCounter::default()),
@@ -131,7 +146,7 @@ pub async fn run(
             return Err(std::io::Error::other(format!("cannot accept clients: {e}")));
         }
     }
-    let grace = Duration::from_millis(proxy.config.general.shutdown_timeout_ms);
+    let grace = Duration::from_millis(proxy.general().shutdown_timeout_ms);
     tracing::info!(
         clients = proxy.clients.count(),
         grace_ms = grace.as_millis() as u64,

@@ -195,7 +195,7 @@ pub async fn accept_loop(
     let home = crate::workers::current();
     let listeners = listeners.register()?;
     let mut shutdown = proxy.shutdown.clone();
-    let max = proxy.config.general.max_client_conn;
+    let max = proxy.general().max_client_conn;
     loop {
         let (stream, peer) = tokio::select! {
             r = listeners.accept() => match r {

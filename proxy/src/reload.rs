@@ -13,14 +13,16 @@
 //! re-weighted, a new role), its `pool_size`, `min_pool_size` and `server_database`, and each
 //! user's passwords, `auth`, `server_user`, `pool_size` and `min_pool_size`; a pool's
 //! `pool_mode`, `reset_query` and `track_session_state` for the sessions that start from then
-//! on; pools and users added. A server whose address, credentials and sizes stay keeps its connections; a changed
+//! on; pools and users added; the `[general]` timeouts and limits of [`LIVE_GENERAL`] (a
+//! session takes the idle and query limits in force when it starts, when any is set). A server whose address, credentials and sizes stay keeps its connections; a changed
 //! or removed one is retired: transactions running there finish there, then its connections
 //! close. Other settings take effect at the next start, and pools or users removed stay until
 //! then.
 
-use crate::config::diff;
+use crate::config::{diff, General};
 use crate::pool::Pools;
 use crate::workers::Workers;
+use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -40,7 +42,12 @@ pub enum Outcome {
 /// Reads `path` and publishes its pools' servers and routing policies in `pools`. `running` is the config file
 /// the proxy started with, as a TOML tree: the keys that differ from it and do not reload are
 /// reported. Blocking: it compiles.
-pub fn reload_config(path: &Path, pools: &Pools, running: Option<&toml::Value>) -> Outcome {
+pub fn reload_config(
+    path: &Path,
+    pools: &Pools,
+    settings: &ArcSwap<General>,
+    running: Option<&toml::Value>,
+) -> Outcome {
     // Read once: the policies and the list of unapplied keys come from the same text.
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -54,6 +61,10 @@ pub fn reload_config(path: &Path, pools: &Pools, running: Option<&toml::Value>) 
         Ok(notes) => notes,
         Err(e) => return Outcome::Refused(format!("{}: {e}", path.display())),
     };
+    settings.store(std::sync::Arc::new(live_general(
+        &settings.load(),
+        &config.general,
+    )));
     let unapplied = match (running, toml::from_str::<toml::Value>(&text).ok()) {
         (Some(old), Some(new)) => diff::changed_keys(old, &new)
             .into_iter()
@@ -76,11 +87,48 @@ fn sweep(workers: &Workers) {
     }
 }
 
+/// The `[general]` settings a reload applies: timeouts and limits, read where they are used.
+/// The others (addresses, worker threads, socket options) are taken once, at start.
+const LIVE_GENERAL: [&str; 12] = [
+    "max_client_conn",
+    "max_message_size",
+    "checkout_timeout_ms",
+    "connect_timeout_ms",
+    "idle_timeout_ms",
+    "server_lifetime_ms",
+    "shutdown_timeout_ms",
+    "cancel_timeout_ms",
+    "idle_transaction_timeout_ms",
+    "client_idle_timeout_ms",
+    "query_timeout_ms",
+    "server_login_retry_ms",
+];
+
+/// `running` with the settings of [`LIVE_GENERAL`] taken from `new`.
+fn live_general(running: &General, new: &General) -> General {
+    General {
+        max_client_conn: new.max_client_conn,
+        max_message_size: new.max_message_size,
+        checkout_timeout_ms: new.checkout_timeout_ms,
+        connect_timeout_ms: new.connect_timeout_ms,
+        idle_timeout_ms: new.idle_timeout_ms,
+        server_lifetime_ms: new.server_lifetime_ms,
+        shutdown_timeout_ms: new.shutdown_timeout_ms,
+        cancel_timeout_ms: new.cancel_timeout_ms,
+        idle_transaction_timeout_ms: new.idle_transaction_timeout_ms,
+        client_idle_timeout_ms: new.client_idle_timeout_ms,
+        query_timeout_ms: new.query_timeout_ms,
+        server_login_retry_ms: new.server_login_retry_ms,
+        ..running.clone()
+    }
+}
+
 /// Whether a reload applies a change to this key (see the module's doc).
 fn reloads(key: &[String]) -> bool {
     let k: Vec<&str> = key.iter().map(String::as_str).collect();
     match k.as_slice() {
         ["general", "plugin_deadline_ms" | "plugin_memory_mb"] => true,
+        ["general", setting] => LIVE_GENERAL.contains(setting),
         // Added: in service; removed: a note says it stays until a restart.
         ["pools", _] | ["pools", _, "users", _] => true,
         ["pools", _, "policies" | "write_functions" | "fallback_reads" | "servers", ..] => true,
@@ -119,11 +167,17 @@ impl Reloads {
 
     /// The reloader of `pools` for this config file, and the signals that will trigger it
     /// (see [`Hangups::serve`]).
-    pub fn into_parts(self, pools: Arc<Pools>, workers: &Arc<Workers>) -> (Arc<Reloader>, Hangups) {
+    pub fn into_parts(
+        self,
+        pools: Arc<Pools>,
+        settings: Arc<ArcSwap<General>>,
+        workers: &Arc<Workers>,
+    ) -> (Arc<Reloader>, Hangups) {
         let reloader = Arc::new(Reloader {
             path: self.path,
             running: self.running,
             pools,
+            settings,
             workers: Arc::downgrade(workers),
             one_at_a_time: tokio::sync::Mutex::new(()),
         });
@@ -150,6 +204,8 @@ pub struct Reloader {
     /// The file as it was at startup: what the running settings came from.
     running: Option<toml::Value>,
     pools: Arc<Pools>,
+    /// The proxy's `[general]` settings now (see `Proxy::general`).
+    settings: Arc<ArcSwap<General>>,
     /// Weak: the workers are stopped at shutdown, which needs the last strong reference.
     workers: Weak<Workers>,
     one_at_a_time: tokio::sync::Mutex<()>,
@@ -171,9 +227,9 @@ impl Reloader {
         let path = self.path.clone();
         tracing::info!(config = %path.display(), "{why}: reloading the config");
         let started = std::time::Instant::now();
-        let pools = self.pools.clone();
+        let (pools, settings) = (self.pools.clone(), self.settings.clone());
         let running = self.running.clone();
-        let reload = move || reload_config(&path, &pools, running.as_ref());
+        let reload = move || reload_config(&path, &pools, &settings, running.as_ref());
         let outcome = tokio::task::spawn_blocking(reload)
             .await
             .unwrap_or_else(|e| Outcome::Refused(format!("the reload failed: {e}")));
@@ -215,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn policies_servers_sizes_and_passwords_reload() {
+    fn pool_settings_and_live_general_settings_reload() {
         for k in [
             "pools.app.policies",
             "pools.app.policies[0].config",
@@ -232,11 +288,62 @@ mod tests {
             "pools.app",
             "pools.app.users.alice",
             "general.plugin_deadline_ms",
+            "general.query_timeout_ms",
+            "general.checkout_timeout_ms",
         ] {
             assert!(reloads(&key(k)), "{k}");
         }
-        for k in ["pools.app.users.alice.nonsense", "general.query_timeout_ms"] {
+        for k in [
+            "pools.app.users.alice.nonsense",
+            "general.listen_addr",
+            "general.worker_threads",
+            "general.tcp_keepalive",
+            "general.max_prepared_statements",
+            "admin.users.ops.password",
+        ] {
             assert!(!reloads(&key(k)), "{k}");
         }
+    }
+
+    #[test]
+    fn a_reload_takes_exactly_the_live_general_settings() {
+        let running = General::default();
+        let mut new = General {
+            listen_addr: "127.0.0.1:1".into(),
+            worker_threads: Some(7),
+            tcp_keepalive: !running.tcp_keepalive,
+            max_prepared_statements: running.max_prepared_statements + 1,
+            ..General::default()
+        };
+        let mut value = 1_000_000u64;
+        let mut next = || {
+            value += 1;
+            value
+        };
+        new.max_client_conn = next() as usize;
+        new.max_message_size = next() as usize;
+        new.checkout_timeout_ms = next();
+        new.connect_timeout_ms = next();
+        new.idle_timeout_ms = next();
+        new.server_lifetime_ms = next();
+        new.shutdown_timeout_ms = next();
+        new.cancel_timeout_ms = next();
+        new.idle_transaction_timeout_ms = next();
+        new.client_idle_timeout_ms = next();
+        new.query_timeout_ms = next();
+        new.server_login_retry_ms = next();
+        let tree = |g: &General| toml::Value::try_from(g).unwrap();
+        let live = live_general(&running, &new);
+        let mut taken: Vec<String> = diff::changed_keys(&tree(&running), &tree(&live))
+            .into_iter()
+            .map(|k| k[0].clone())
+            .collect();
+        taken.sort();
+        let mut expected: Vec<String> = LIVE_GENERAL.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(taken, expected);
+        // Everything else stays as it started.
+        let left: Vec<_> = diff::changed_keys(&tree(&live), &tree(&new));
+        assert_eq!(left.len(), 4, "{left:?}");
     }
 }

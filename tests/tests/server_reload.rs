@@ -489,3 +489,44 @@ async fn a_new_pool_mode_applies_to_the_sessions_that_start_after_the_reload() {
     let pools = show(&admin, "SHOW POOLS").await;
     assert_eq!(get(of(&pools, &db)[0], "pool_mode"), "session");
 }
+
+#[tokio::test]
+async fn new_timeouts_count_from_the_reload() {
+    let cluster = shared_cluster();
+    let db = unique_name("timeoutreload");
+    cluster.create_database(&db, roles::TRUST);
+    let pools = pool(&db, &[primary_tcp()], 1, &trust_user(&db));
+    let proxy = Proxy::start("checkout_timeout_ms = 20000", &pools);
+    let before = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+
+    // [general] timeouts: the file's general part changes, the pools stay.
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let shorter = config.replace(
+        "checkout_timeout_ms = 20000",
+        "checkout_timeout_ms = 300\nquery_timeout_ms = 700",
+    );
+    std::fs::write(&proxy.config_path, shorter).unwrap();
+    let log = proxy.reload(&pools, RELOADED);
+    assert!(!log.contains("key=general.checkout_timeout_ms"), "{log}");
+
+    // A checkout now gives up after 300 ms, not 20 s.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let started = Instant::now();
+    let e = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+
+    // A session that starts now has the query limit; one that started with no limit at all
+    // keeps none.
+    let after = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let e = after.batch_execute("SELECT pg_sleep(3)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
+    before.batch_execute("SELECT pg_sleep(1)").await.unwrap();
+}

@@ -216,7 +216,7 @@ pub fn policies(proxy: &Proxy) -> Table {
 /// (`unix_socket_dir`, `worker_threads`, ...) are not listed.
 pub fn config(proxy: &Proxy) -> Table {
     let mut t = Table::new(&[("key", Kind::Text), ("value", Kind::Text)]);
-    if let Ok(toml::Value::Table(general)) = toml::Value::try_from(&proxy.config.general) {
+    if let Ok(toml::Value::Table(general)) = toml::Value::try_from(&**proxy.general()) {
         for (key, value) in general {
             let value = match value {
                 toml::Value::String(s) => s,

@@ -136,7 +136,7 @@ pub(crate) async fn handshake(
             ));
         };
         let (auth, secret) = u.client_auth().expect("config was validated");
-        let max = proxy.config.general.max_message_size;
+        let max = proxy.general().max_message_size;
         authenticate(stream, buf, user, (auth, secret.as_ref()), max).await?;
         let application_name = get("application_name").unwrap_or("");
         crate::admin::greet(&mut out, application_name, registration);
@@ -167,7 +167,7 @@ pub(crate) async fn handshake(
         buf,
         &pool.user,
         (credentials.auth, credentials.secret.as_ref()),
-        proxy.config.general.max_message_size,
+        proxy.general().max_message_size,
     )
     .await?;
 
@@ -195,7 +195,7 @@ pub(crate) async fn handshake(
 /// waited for, within `checkout_timeout_ms`.
 async fn learn_defaults(proxy: &Proxy, pool: &UserPool) -> Result<Arc<ParamList>, Refusal> {
     let until = std::time::Instant::now()
-        + std::time::Duration::from_millis(proxy.config.general.checkout_timeout_ms);
+        + std::time::Duration::from_millis(proxy.general().checkout_timeout_ms);
     let conn = loop {
         let primary = pool.backends.load().primary_server().clone();
         match Box::pin(primary.checkout_riding_out(until)).await {

@@ -114,7 +114,7 @@ async fn log_in<'p>(
     });
     match login {
         Ok(handshake::Hello::Cancel { pid, secret }) => {
-            let timeout = Duration::from_millis(proxy.config.general.cancel_timeout_ms);
+            let timeout = Duration::from_millis(proxy.general().cancel_timeout_ms);
             // Boxed, like the refusal below: rare paths with large futures.
             Box::pin(proxy.cancels.cancel(pid, secret, timeout)).await;
             None
@@ -214,6 +214,7 @@ mod tests {
         let (_controller, shutdown) = ShutdownController::new();
         let proxy = Proxy {
             pools: Arc::new(Pools::from_config(&config, 1).expect("pools")),
+            settings: Arc::new(arc_swap::ArcSwap::from_pointee(config.general.clone())),
             config,
             cancels: CancelRegistry::default(),
             clients: Arc::new(ClientCounter::default()),

@@ -9,12 +9,14 @@ mod reaper;
 mod server_pool;
 mod slots;
 mod stats;
+mod timeouts;
 mod user_pool;
 
 pub use backends::{Backends, LiveBackends};
 pub use reaper::{expire_waiters, reaper};
-pub use server_pool::{CheckoutError, PoolTimeouts, Pooled, ServerPool, Servers};
+pub use server_pool::{CheckoutError, Pooled, ServerPool, Servers};
 pub use stats::{PoolStats, Totals};
+pub use timeouts::PoolTimeouts;
 pub use user_pool::{PoolClient, SessionRules, UserPool};
 
 use user_pool::server_pools;
@@ -36,8 +38,9 @@ type PoolMap = HashMap<String, HashMap<String, Arc<UserPool>>>;
 pub struct Pools {
     /// Replaced whole when a reload adds pools: a login sees the old map or the new one.
     by_database: ArcSwap<PoolMap>,
-    /// The running timeouts and worker count, for the server pools a reload adds.
-    timeouts: PoolTimeouts,
+    /// The timeouts every server pool follows (a reload changes them in place), and the
+    /// worker count, for the server pools a reload adds.
+    timeouts: Arc<PoolTimeouts>,
     workers: usize,
 }
 
@@ -46,12 +49,12 @@ impl Pools {
     /// pool's routing policies (compiled once per pool, checked, `init` run on a canary). No
     /// server connection is opened here.
     pub fn from_config(config: &Config, workers: usize) -> Result<Self, LoadError> {
-        let timeouts = PoolTimeouts::from_general(&config.general);
+        let timeouts = Arc::new(PoolTimeouts::from_general(&config.general));
         let mut by_database = PoolMap::new();
         for (db, pool) in &config.pools {
             let plugins = load_policies(config, pool)?;
             for (user, u) in &pool.users {
-                let up = UserPool::new(db, user, pool, u, timeouts, workers, |servers| {
+                let up = UserPool::new(db, user, pool, u, &timeouts, workers, |servers| {
                     router(config, pool, &plugins, servers)
                 });
                 by_database
@@ -105,7 +108,7 @@ impl Pools {
             let plugins = load_policies(config, pool)?;
             for (user, u) in &pool.users {
                 let Some(up) = running.get(db).and_then(|users| users.get(user)) else {
-                    let up = UserPool::new(db, user, pool, u, self.timeouts, self.workers, |s| {
+                    let up = UserPool::new(db, user, pool, u, &self.timeouts, self.workers, |s| {
                         router(config, pool, &plugins, s)
                     });
                     notes.push(format!("pools.{db}.users.{user}: added"));
@@ -115,7 +118,7 @@ impl Pools {
                         .insert(user.clone(), Arc::new(up));
                     continue;
                 };
-                let fresh = server_pools(db, user, pool, u, self.timeouts, self.workers);
+                let fresh = server_pools(db, user, pool, u, &self.timeouts, self.workers);
                 let servers = keep_unchanged(&up.servers(), fresh);
                 ready.push((up, pool, u, plugins.clone(), servers));
             }
@@ -134,6 +137,7 @@ impl Pools {
                 up.forget_defaults();
             }
         }
+        self.timeouts.update(&config.general);
         if !added.is_empty() {
             let mut map = PoolMap::clone(&running);
             for (db, users) in added {

@@ -12,6 +12,7 @@
 //! when their transaction ends, and checkouts still queued there are told to route again.
 
 use super::slots::{Expired, Slots};
+use super::PoolTimeouts;
 use crate::config::{General, Role};
 use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
 use std::ops::{Deref, DerefMut};
@@ -28,33 +29,6 @@ type IdleStack = Vec<Box<ServerConn>>;
 /// enough to add little to a restart of a second or two, and at most `pool_size` attempts per
 /// pool each time.
 pub const RIDE_OUT_RETRY: Duration = Duration::from_millis(200);
-
-/// The timeouts that govern every pool.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolTimeouts {
-    pub checkout: Duration,
-    pub connect: Duration,
-    pub idle: Option<Duration>,
-    pub lifetime: Option<Duration>,
-    /// How long a server that refused a connection stays unhealthy.
-    pub login_retry: Duration,
-    /// How the kernel notices a server that is gone.
-    pub liveness: crate::socket::Liveness,
-}
-
-impl PoolTimeouts {
-    pub fn from_general(g: &General) -> Self {
-        let opt = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-        PoolTimeouts {
-            checkout: Duration::from_millis(g.checkout_timeout_ms),
-            connect: Duration::from_millis(g.connect_timeout_ms),
-            idle: opt(g.idle_timeout_ms),
-            lifetime: opt(g.server_lifetime_ms),
-            login_retry: Duration::from_millis(g.server_login_retry_ms),
-            liveness: g.liveness(),
-        }
-    }
-}
 
 /// Why no connection could be handed out.
 #[derive(Debug, Error)]
@@ -94,7 +68,7 @@ pub struct ServerPool {
     pub target: ServerTarget,
     pub size: u32,
     pub min_size: u32,
-    timeouts: PoolTimeouts,
+    timeouts: Arc<PoolTimeouts>,
     /// Idle connections, one stack per worker (by `ServerConn::home`).
     idle: Vec<Mutex<IdleStack>>,
     slots: Arc<Slots>,
@@ -174,7 +148,7 @@ impl ServerPool {
         target: ServerTarget,
         size: u32,
         min_size: u32,
-        timeouts: PoolTimeouts,
+        timeouts: Arc<PoolTimeouts>,
         workers: usize,
     ) -> Self {
         ServerPool {
@@ -199,14 +173,14 @@ impl ServerPool {
     /// connected to yet: for benchmarks and tests of routing alone.
     #[doc(hidden)]
     pub fn detached(name: &str, role: Role, port: u16, login_retry: Duration) -> ServerPool {
-        let timeouts = PoolTimeouts {
-            checkout: Duration::from_secs(1),
-            connect: Duration::from_secs(1),
-            idle: None,
-            lifetime: None,
-            login_retry,
-            liveness: Default::default(),
-        };
+        let timeouts = Arc::new(PoolTimeouts::from_general(&General {
+            checkout_timeout_ms: 1000,
+            connect_timeout_ms: 1000,
+            idle_timeout_ms: 0,
+            server_lifetime_ms: 0,
+            server_login_retry_ms: login_retry.as_millis() as u64,
+            ..General::default()
+        }));
         let target = ServerTarget {
             host: "127.0.0.1".into(),
             port,
@@ -241,7 +215,7 @@ impl ServerPool {
     /// Hands out a connection: an idle one if any is sound, else a new one. Waits up to
     /// `checkout_timeout` for a free slot.
     pub async fn checkout(self: Arc<Self>) -> Result<Pooled, CheckoutError> {
-        let taken = self.slots.take(self.timeouts.checkout).await;
+        let taken = self.slots.take(self.timeouts.checkout()).await;
         if self.retired.load(Ordering::Relaxed) {
             if taken.is_ok() {
                 self.slots.give_back();
@@ -289,7 +263,13 @@ impl ServerPool {
     async fn open(&self) -> Result<Box<ServerConn>, ConnectError> {
         // Read before connecting: a `RECONNECT` meanwhile retires this connection too.
         let generation = self.generation.load(Ordering::Relaxed);
-        match connect(&self.target, self.timeouts.connect, self.timeouts.lifetime).await {
+        match connect(
+            &self.target,
+            self.timeouts.connect(),
+            self.timeouts.lifetime(),
+        )
+        .await
+        {
             Ok(mut conn) => {
                 conn.generation = generation;
                 self.opened.fetch_add(1, Ordering::Relaxed);
@@ -298,7 +278,7 @@ impl ServerPool {
             }
             Err(e) => {
                 let now = crate::clock::now_ms();
-                let until = now + self.timeouts.login_retry.as_millis() as u64;
+                let until = now + self.timeouts.login_retry().as_millis() as u64;
                 if self.down_until_ms.swap(until, Ordering::Relaxed) <= now {
                     tracing::warn!(server = %self.name, error = %e, "server marked unhealthy");
                 }
@@ -349,6 +329,7 @@ impl ServerPool {
     pub fn reap(&self, now: u64) -> usize {
         let keep_min = self.min_size as usize;
         let mut idle_total = self.idle_count();
+        let idle_timeout = self.timeouts.idle();
         let mut closed = Vec::new();
         for shard in 0..self.idle.len() {
             let mut idle = self.shard(shard);
@@ -356,10 +337,9 @@ impl ServerPool {
             while i < idle.len() {
                 let c = &idle[i];
                 let retired = c.retire_at_ms.is_some_and(|t| now >= t);
-                let idle_too_long =
-                    self.timeouts.idle.is_some_and(|t| {
-                        now.saturating_sub(c.idle_since_ms) >= t.as_millis() as u64
-                    }) && idle_total > keep_min;
+                let idle_too_long = idle_timeout
+                    .is_some_and(|t| now.saturating_sub(c.idle_since_ms) >= t.as_millis() as u64)
+                    && idle_total > keep_min;
                 if retired || idle_too_long {
                     closed.push(idle.swap_remove(i));
                     idle_total -= 1;

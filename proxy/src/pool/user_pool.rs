@@ -94,7 +94,7 @@ impl UserPool {
         user: &str,
         pool: &PoolConfig,
         u: &UserConfig,
-        timeouts: PoolTimeouts,
+        timeouts: &Arc<PoolTimeouts>,
         workers: usize,
         make_router: impl FnOnce(&Servers) -> Arc<dyn Router>,
     ) -> Self {
@@ -270,7 +270,7 @@ pub(super) fn server_pools(
     user: &str,
     pool: &PoolConfig,
     u: &UserConfig,
-    timeouts: PoolTimeouts,
+    timeouts: &Arc<PoolTimeouts>,
     workers: usize,
 ) -> Vec<ServerPool> {
     let size = u.pool_size.unwrap_or(pool.pool_size);
@@ -305,7 +305,7 @@ pub(super) fn server_pools(
                 target,
                 size,
                 min_size,
-                timeouts,
+                timeouts.clone(),
                 workers,
             )
         })

@@ -61,7 +61,7 @@ impl Session<'_> {
                 if !passing {
                     return Err(last_error.expect("set with the bit").into());
                 }
-                let wait = Duration::from_millis(self.proxy.config.general.checkout_timeout_ms);
+                let wait = Duration::from_millis(self.proxy.general().checkout_timeout_ms);
                 // Rare (a server restarting): boxed, to keep the session future small.
                 let until = std::time::Instant::now() + wait;
                 let checkout = server.checkout_riding_out(until);
@@ -116,7 +116,7 @@ impl Session<'_> {
         self.cancel.set(&conn.key);
         let hidden = conn.hidden_settings_of.is_some_and(|pid| pid != self.pid);
         if hidden || !self.params.in_sync(&conn) {
-            let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
+            let timeout = Duration::from_millis(self.proxy.general().connect_timeout_ms);
             // Rare (parameters differ): boxed to keep the session future small.
             let applied = Box::pin(apply_params(&mut conn, &mut self.params, hidden, timeout));
             if let Err((idle, code, message)) = applied.await {

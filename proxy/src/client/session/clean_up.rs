@@ -26,7 +26,7 @@ impl Session<'_> {
         if !self.responses.quiet() {
             let key = conn.key.clone();
             drop(conn);
-            let timeout = Duration::from_millis(self.proxy.config.general.cancel_timeout_ms);
+            let timeout = Duration::from_millis(self.proxy.general().cancel_timeout_ms);
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(timeout, crate::cancel::send_cancel(&key)).await;
             });
@@ -54,7 +54,7 @@ impl Session<'_> {
             conn.checkin();
             return;
         }
-        let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
+        let timeout = Duration::from_millis(self.proxy.general().connect_timeout_ms);
         match Box::pin(maintenance::run(&mut conn, &statements, timeout, |_, _| {})).await {
             Ok(o) if o.error.is_none() && o.tx_status == b'I' => {
                 if reset || discard {

@@ -222,7 +222,7 @@ impl<'p> Session<'p> {
             phase_waker: None,
             shutdown,
             skip_until_sync: false,
-            max_message: proxy.config.general.max_message_size,
+            max_message: proxy.general().max_message_size,
             pending_names: PendingNames::default(),
             route_hint,
             more_buffered: false,
@@ -231,7 +231,7 @@ impl<'p> Session<'p> {
             held: false,
             queries: 0,
             found: Found::default(),
-            time_limits: Self::time_limits_configured(&proxy.config.general),
+            time_limits: Self::time_limits_configured(&proxy.general()),
             limit_timer: time_limits::LimitTimer::default(),
         }
     }

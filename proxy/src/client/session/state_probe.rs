@@ -69,7 +69,7 @@ impl Session<'_> {
             all: found.all,
             kept,
         };
-        let timeout = Duration::from_millis(self.proxy.config.general.connect_timeout_ms);
+        let timeout = Duration::from_millis(self.proxy.general().connect_timeout_ms);
         match session_probe::probe(&mut att.conn, &questions, timeout).await {
             Ok(Ok(snapshot)) => {
                 if !names.is_empty() || found.all {

@@ -42,7 +42,7 @@ impl Session<'_> {
     /// The limit that applies now. The idle limits apply while the server owes nothing, since
     /// otherwise the client waits, not the proxy; the query limit applies while it owes.
     fn time_limit(&self) -> Option<(Duration, Limit)> {
-        let g = &self.proxy.config.general;
+        let g = self.proxy.general();
         let status = match &self.server {
             Some(_) if !self.responses.quiet() => {
                 let ms = g.query_timeout_ms;
@@ -83,7 +83,7 @@ impl Session<'_> {
                 let Some(att) = &self.server else {
                     return Ok(());
                 };
-                let ms = self.proxy.config.general.query_timeout_ms;
+                let ms = self.proxy.general().query_timeout_ms;
                 tracing::warn!(
                     server = %att.conn.server().name,
                     pid = self.pid,
@@ -91,7 +91,7 @@ impl Session<'_> {
                     "no answer from the server in time; cancelling and closing its connection"
                 );
                 let key = att.conn.key.clone();
-                let timeout = Duration::from_millis(self.proxy.config.general.cancel_timeout_ms);
+                let timeout = Duration::from_millis(self.proxy.general().cancel_timeout_ms);
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(timeout, crate::cancel::send_cancel(&key)).await;
                 });
