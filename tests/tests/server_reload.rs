@@ -62,6 +62,25 @@ fn trust_user(db: &str) -> String {
 /// The admin console's user, as a last table after the pools.
 const ADMIN: &str = "[admin.users.ops]\npassword = \"ops_pw\"\n";
 
+/// A database of its own and a proxy in front of it (the primary over TCP, `size` server
+/// connections, the admin console): the database, the users' tables (the console's included,
+/// for reloads), the proxy and a console session.
+async fn with_console(
+    prefix: &str,
+    general: &str,
+    size: u32,
+) -> (String, String, Proxy, tokio_postgres::Client) {
+    let db = unique_name(prefix);
+    shared_cluster().create_database(&db, roles::TRUST);
+    let users = format!("{}{ADMIN}", trust_user(&db));
+    let proxy = Proxy::start(general, &pool(&db, &[primary_tcp()], size, &users));
+    let admin = proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .unwrap();
+    (db, users, proxy, admin)
+}
+
 async fn port(c: &tokio_postgres::Client) -> Option<i32> {
     c.query_one("SELECT inet_server_port()", &[])
         .await
@@ -114,14 +133,7 @@ fn wait_backends(port: u16, db: &str, what: &str, done: impl Fn(&[(i32, String)]
 #[tokio::test]
 async fn a_reload_moves_the_primary_and_adds_replicas_under_connected_clients() {
     let cluster = shared_cluster();
-    let db = unique_name("srvreload");
-    cluster.create_database(&db, roles::TRUST);
-    let users = format!("{}{ADMIN}", trust_user(&db));
-    let proxy = Proxy::start("", &pool(&db, &[primary_tcp()], 4, &users));
-    let admin = proxy
-        .connect("ops", Some("ops_pw"), "switchyard")
-        .await
-        .unwrap();
+    let (db, users, proxy, admin) = with_console("srvreload", "", 4).await;
     let primary = cluster.primary.port;
     let replica_ports: Vec<i32> = cluster.replicas.iter().map(|r| r.port as i32).collect();
 
@@ -208,17 +220,8 @@ async fn a_reload_moves_the_primary_and_adds_replicas_under_connected_clients() 
 #[tokio::test]
 async fn a_larger_pool_size_serves_a_client_queued_before_the_reload() {
     let cluster = shared_cluster();
-    let db = unique_name("sizereload");
-    cluster.create_database(&db, roles::TRUST);
-    let users = format!("{}{ADMIN}", trust_user(&db));
-    let proxy = Proxy::start(
-        "checkout_timeout_ms = 20000",
-        &pool(&db, &[primary_tcp()], 1, &users),
-    );
-    let admin = proxy
-        .connect("ops", Some("ops_pw"), "switchyard")
-        .await
-        .unwrap();
+    let (db, users, proxy, admin) =
+        with_console("sizereload", "checkout_timeout_ms = 20000", 1).await;
 
     let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -434,15 +437,7 @@ fn pgbench_through_server_changes_has_no_failed_transaction() {
 
 #[tokio::test]
 async fn a_new_pool_mode_applies_to_the_sessions_that_start_after_the_reload() {
-    let cluster = shared_cluster();
-    let db = unique_name("modereload");
-    cluster.create_database(&db, roles::TRUST);
-    let users = format!("{}{ADMIN}", trust_user(&db));
-    let proxy = Proxy::start("", &pool(&db, &[primary_tcp()], 4, &users));
-    let admin = proxy
-        .connect("ops", Some("ops_pw"), "switchyard")
-        .await
-        .unwrap();
+    let (db, users, proxy, admin) = with_console("modereload", "", 4).await;
     let app = |name: &'static str| {
         let conn = format!(
             "{} application_name={name}",
