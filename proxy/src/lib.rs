@@ -13,6 +13,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod listener;
+pub mod live;
 pub mod pool;
 pub mod protocol;
 pub mod reload;
@@ -22,7 +23,6 @@ pub mod shutdown;
 pub mod socket;
 pub mod workers;
 
-use arc_swap::ArcSwap;
 use cancel::CancelRegistry;
 use config::{Config, General};
 use pool::Pools;
@@ -37,8 +37,8 @@ pub struct Proxy {
     /// The config the proxy started with: what only a restart changes (listen addresses,
     /// worker threads, socket options, the admin users) is read here.
     pub config: Config,
-    /// The `[general]` settings now: a reload replaces them (see [`Proxy::general`]).
-    pub settings: Arc<ArcSwap<General>>,
+    /// The settings outside the pools that a reload changes (see [`Proxy::general`]).
+    pub live: Arc<live::LiveSettings>,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
     pub clients: Arc<ClientCounter>,
@@ -52,7 +52,7 @@ impl Proxy {
     /// The `[general]` settings in force now (timeouts and limits a reload may have changed):
     /// read one where it is used, not across a wait.
     pub fn general(&self) -> arc_swap::Guard<Arc<General>> {
-        self.settings.load()
+        self.live.general()
     }
 }
 
@@ -79,17 +79,18 @@ pub async fn run(
     let workers = Arc::new(workers::Workers::start(n)?);
     let (controller, shutdown) = ShutdownController::new();
     let pools = Arc::new(Pools::from_config(&config, n).map_err(std::io::Error::other)?);
-    let settings = Arc::new(ArcSwap::from_pointee(config.general.clone()));
+    let admin_users = config.admin.as_ref().map(|a| &a.users);
+    let live = Arc::new(live::LiveSettings::new(&config.general, admin_users));
     let (reloader, hangups) = match reloads {
         Some(r) => {
-            let (reloader, hangups) = r.into_parts(pools.clone(), settings.clone(), &workers);
+            let (reloader, hangups) = r.into_parts(pools.clone(), live.clone(), &workers);
             (Some(reloader), Some(hangups))
         }
         None => (None, None),
     };
     let proxy = Arc::new(Proxy {
         config,
-        settings,
+        live,
         pools: pools.clone(),
         cancels: CancelRegistry::default(),
         clients: Arc::new(ClientCounter::default()),

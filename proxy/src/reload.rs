@@ -13,16 +13,17 @@
 //! re-weighted, a new role), its `pool_size`, `min_pool_size` and `server_database`, and each
 //! user's passwords, `auth`, `server_user`, `pool_size` and `min_pool_size`; a pool's
 //! `pool_mode`, `reset_query` and `track_session_state` for the sessions that start from then
-//! on; pools and users added; the `[general]` timeouts and limits of [`LIVE_GENERAL`] (a
-//! session takes the idle and query limits in force when it starts, when any is set). A server whose address, credentials and sizes stay keeps its connections; a changed
-//! or removed one is retired: transactions running there finish there, then its connections
-//! close. Other settings take effect at the next start, and pools or users removed stay until
-//! then.
+//! on; pools and users added; the admin console's users; the `[general]` timeouts and limits
+//! of [`LIVE_GENERAL`] (a session takes the idle and query limits in force when it starts,
+//! when any is set). A server whose address, credentials and sizes stay keeps its
+//! connections; a changed or removed one is retired: transactions running there finish there,
+//! then its connections close. Other settings take effect at the next start, and pools or
+//! users removed stay until then.
 
 use crate::config::{diff, General};
+use crate::live::LiveSettings;
 use crate::pool::Pools;
 use crate::workers::Workers;
-use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -45,7 +46,7 @@ pub enum Outcome {
 pub fn reload_config(
     path: &Path,
     pools: &Pools,
-    settings: &ArcSwap<General>,
+    live: &LiveSettings,
     running: Option<&toml::Value>,
 ) -> Outcome {
     // Read once: the policies and the list of unapplied keys come from the same text.
@@ -61,10 +62,11 @@ pub fn reload_config(
         Ok(notes) => notes,
         Err(e) => return Outcome::Refused(format!("{}: {e}", path.display())),
     };
-    settings.store(std::sync::Arc::new(live_general(
-        &settings.load(),
-        &config.general,
-    )));
+    // The console's users, when it had a console and still has one (turning it on or off,
+    // or another database name, waits for a restart).
+    let running_admin = running.is_some_and(|r| r.get("admin").is_some());
+    let admin_users = config.admin.filter(|_| running_admin).map(|a| a.users);
+    live.replace(live_general(&live.general(), &config.general), admin_users);
     let unapplied = match (running, toml::from_str::<toml::Value>(&text).ok()) {
         (Some(old), Some(new)) => diff::changed_keys(old, &new)
             .into_iter()
@@ -129,6 +131,7 @@ fn reloads(key: &[String]) -> bool {
     match k.as_slice() {
         ["general", "plugin_deadline_ms" | "plugin_memory_mb"] => true,
         ["general", setting] => LIVE_GENERAL.contains(setting),
+        ["admin", "users", ..] => true,
         // Added: in service; removed: a note says it stays until a restart.
         ["pools", _] | ["pools", _, "users", _] => true,
         ["pools", _, "policies" | "write_functions" | "fallback_reads" | "servers", ..] => true,
@@ -170,14 +173,14 @@ impl Reloads {
     pub fn into_parts(
         self,
         pools: Arc<Pools>,
-        settings: Arc<ArcSwap<General>>,
+        live: Arc<LiveSettings>,
         workers: &Arc<Workers>,
     ) -> (Arc<Reloader>, Hangups) {
         let reloader = Arc::new(Reloader {
             path: self.path,
             running: self.running,
             pools,
-            settings,
+            live,
             workers: Arc::downgrade(workers),
             one_at_a_time: tokio::sync::Mutex::new(()),
         });
@@ -204,8 +207,8 @@ pub struct Reloader {
     /// The file as it was at startup: what the running settings came from.
     running: Option<toml::Value>,
     pools: Arc<Pools>,
-    /// The proxy's `[general]` settings now (see `Proxy::general`).
-    settings: Arc<ArcSwap<General>>,
+    /// The proxy's settings outside the pools (see `crate::live`).
+    live: Arc<LiveSettings>,
     /// Weak: the workers are stopped at shutdown, which needs the last strong reference.
     workers: Weak<Workers>,
     one_at_a_time: tokio::sync::Mutex<()>,
@@ -227,9 +230,9 @@ impl Reloader {
         let path = self.path.clone();
         tracing::info!(config = %path.display(), "{why}: reloading the config");
         let started = std::time::Instant::now();
-        let (pools, settings) = (self.pools.clone(), self.settings.clone());
+        let (pools, live) = (self.pools.clone(), self.live.clone());
         let running = self.running.clone();
-        let reload = move || reload_config(&path, &pools, &settings, running.as_ref());
+        let reload = move || reload_config(&path, &pools, &live, running.as_ref());
         let outcome = tokio::task::spawn_blocking(reload)
             .await
             .unwrap_or_else(|e| Outcome::Refused(format!("the reload failed: {e}")));
@@ -290,6 +293,8 @@ mod tests {
             "general.plugin_deadline_ms",
             "general.query_timeout_ms",
             "general.checkout_timeout_ms",
+            "admin.users.ops",
+            "admin.users.ops.password",
         ] {
             assert!(reloads(&key(k)), "{k}");
         }
@@ -299,7 +304,8 @@ mod tests {
             "general.worker_threads",
             "general.tcp_keepalive",
             "general.max_prepared_statements",
-            "admin.users.ops.password",
+            "admin",
+            "admin.database",
         ] {
             assert!(!reloads(&key(k)), "{k}");
         }

@@ -525,3 +525,30 @@ async fn new_timeouts_count_from_the_reload() {
     assert_eq!(sqlstate(&e), Some("57014"), "{e:?}");
     before.batch_execute("SELECT pg_sleep(1)").await.unwrap();
 }
+
+#[tokio::test]
+async fn console_users_reload() {
+    let (db, _, proxy, admin) = with_console("adminreload", "", 2).await;
+    let users = format!(
+        "{}[admin.users.ops]\npassword = \"ops_new_pw\"\n[admin.users.auditor]\npassword = \"audit_pw\"\n",
+        trust_user(&db)
+    );
+    let log = proxy.reload(&pool(&db, &[primary_tcp()], 2, &users), RELOADED);
+    assert!(!log.contains("key=admin"), "{log}");
+    let old = proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .err();
+    assert_eq!(old.as_ref().and_then(sqlstate), Some("28P01"));
+    let auditor = proxy
+        .connect("auditor", Some("audit_pw"), "switchyard")
+        .await
+        .unwrap();
+    assert!(!show(&auditor, "SHOW POOLS").await.is_empty());
+    proxy
+        .connect("ops", Some("ops_new_pw"), "switchyard")
+        .await
+        .unwrap();
+    // The console session that logged in before goes on.
+    show(&admin, "SHOW VERSION").await;
+}

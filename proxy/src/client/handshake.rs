@@ -123,13 +123,9 @@ pub(crate) async fn handshake(
             "replication connections are not supported by switchyard",
         ));
     }
-    if let Some(admin) = proxy
-        .config
-        .admin
-        .as_ref()
-        .filter(|a| a.database == database)
-    {
-        let Some(u) = admin.users.get(user) else {
+    let console = proxy.config.admin.as_ref();
+    if console.is_some_and(|a| a.database == database) {
+        let Some(u) = proxy.live.admin_user(user) else {
             return Err(Refusal::fatal(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!("role \"{user}\" does not exist"),

@@ -214,7 +214,7 @@ mod tests {
         let (_controller, shutdown) = ShutdownController::new();
         let proxy = Proxy {
             pools: Arc::new(Pools::from_config(&config, 1).expect("pools")),
-            settings: Arc::new(arc_swap::ArcSwap::from_pointee(config.general.clone())),
+            live: Arc::new(crate::live::LiveSettings::new(&config.general, None)),
             config,
             cancels: CancelRegistry::default(),
             clients: Arc::new(ClientCounter::default()),
