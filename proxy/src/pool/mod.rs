@@ -75,8 +75,9 @@ impl Pools {
     /// canary) before anything is published. Then, pool by pool, in one atomic swap each (see
     /// [`LiveBackends`]): the new server list (a server whose address, credentials or pool
     /// size are unchanged keeps its pool and connections; the others are retired, see
-    /// [`ServerPool::retire`]) with the new policy chain over it, and the clients' passwords.
-    /// Pools and users the config adds serve the next login; those it removes stay as they
+    /// [`ServerPool::retire`]) with the new policy chain over it; the clients' passwords and
+    /// the session rules (`pool_mode`, ..., for sessions that start from then on); and the
+    /// pools' timeouts, in place. Pools and users the config adds serve the next login; those it removes stay as they
     /// are until a restart. Returns notes for the log: what changed, and what was left as it
     /// was.
     ///
