@@ -46,10 +46,12 @@ pub fn pools(proxy: &Proxy) -> Table {
         ("paused", Kind::Int),
     ]);
     for pool in sorted(proxy) {
-        let waiting: usize = pool.servers().iter().map(|s| s.waiting()).sum();
-        let active: usize = pool.servers().iter().map(|s| s.in_use()).sum();
-        let idle: usize = pool.servers().iter().map(|s| s.idle_count()).sum();
-        let size = pool.servers().first().map_or(0, |s| s.size);
+        // One snapshot, so that a reload meanwhile cannot mix two server lists in a row.
+        let servers = pool.servers();
+        let waiting: usize = servers.iter().map(|s| s.waiting()).sum();
+        let active: usize = servers.iter().map(|s| s.in_use()).sum();
+        let idle: usize = servers.iter().map(|s| s.idle_count()).sum();
+        let size = servers.first().map_or(0, |s| s.size);
         t.push(vec![
             pool.database.as_str().into(),
             pool.user.as_str().into(),
