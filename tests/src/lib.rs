@@ -8,6 +8,7 @@
 
 mod cluster;
 pub mod console;
+pub mod metrics;
 mod proxy;
 pub mod wire;
 

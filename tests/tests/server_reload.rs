@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 use switchyard_tests::console::{get, of, show};
+use switchyard_tests::metrics::{http_get, sample};
 use switchyard_tests::{plugin, roles, shared_cluster, sqlstate, unique_name, Proxy};
 
 const RELOADED: &str = "routing policies and servers reloaded";
@@ -220,8 +221,10 @@ async fn a_reload_moves_the_primary_and_adds_replicas_under_connected_clients() 
 #[tokio::test]
 async fn a_larger_pool_size_serves_a_client_queued_before_the_reload() {
     let cluster = shared_cluster();
-    let (db, users, proxy, admin) =
-        with_console("sizereload", "checkout_timeout_ms = 20000", 1).await;
+    let metrics_port = switchyard_tests::free_port();
+    let general =
+        format!("checkout_timeout_ms = 20000\nmetrics_addr = \"127.0.0.1:{metrics_port}\"");
+    let (db, users, proxy, admin) = with_console("sizereload", &general, 1).await;
 
     let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -246,6 +249,29 @@ async fn a_larger_pool_size_serves_a_client_queued_before_the_reload() {
     // The new size holds: both clients hold a transaction at once.
     waiter.batch_execute("BEGIN; SELECT 1").await.unwrap();
     assert_eq!(backend_pid(&holder).await, held);
+
+    // The queued client's wait was on the retired server: it still counts in the pool's
+    // total, which never goes back.
+    let stats = show(&admin, "SHOW STATS").await;
+    let waited: u64 = get(of(&stats, &db)[0], "total_wait_time").parse().unwrap();
+    assert!(waited >= 400_000, "total_wait_time {waited} µs");
+    let (_, body) = tokio::task::spawn_blocking(move || http_get(metrics_port, "GET", "/metrics"))
+        .await
+        .unwrap();
+    let labels = format!("database=\"{db}\",user=\"{}\"", roles::TRUST);
+    assert!(sample(&body, "switchyard_wait_seconds_total", &labels) >= 0.4);
+    // The holder's transaction still runs on the retired server, which `/metrics` shows.
+    let server = format!("{labels},server=\"primary\",role=\"primary\"");
+    let retired = format!("{server},state=\"active\",retired=\"true\"");
+    assert_eq!(
+        sample(&body, "switchyard_server_connections", &retired),
+        1.0
+    );
+    let current = format!("{server},state=\"active\"");
+    assert_eq!(
+        sample(&body, "switchyard_server_connections", &current),
+        1.0
+    );
 
     // PAUSE waits for every running transaction, the one on the retired pool included.
     let pause = format!("PAUSE {db}");

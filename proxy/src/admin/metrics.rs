@@ -127,7 +127,7 @@ pub fn render(proxy: &Proxy) -> String {
         "Time checkouts waited in line for a server connection of the pool.",
     );
     for p in &pools {
-        let us: u64 = p.servers().iter().map(|s| s.waited_us()).sum();
+        let us = p.stats.totals().waited_us;
         e.sample(
             "switchyard_wait_seconds_total",
             &[("database", &p.database), ("user", &p.user)],
@@ -139,7 +139,8 @@ pub fn render(proxy: &Proxy) -> String {
     e.family(
         "switchyard_server_connections",
         "gauge",
-        "Server connections of the pool to this server, checked out (active) or in the pool (idle).",
+        "Server connections of the pool to this server, checked out (active) or in the pool (idle); \
+         retired=\"true\": a server a reload took out of service, until its last transaction ends.",
     );
     for p in &pools {
         for s in p.servers().iter() {
@@ -153,6 +154,18 @@ pub fn render(proxy: &Proxy) -> String {
                 ];
                 e.sample("switchyard_server_connections", &labels, n);
             }
+        }
+        // A retired server has no idle connections: each closes as its transaction ends.
+        for s in p.retiring() {
+            let labels = [
+                ("database", p.database.as_str()),
+                ("user", &p.user),
+                ("server", &s.name),
+                ("role", s.role.name()),
+                ("state", "active"),
+                ("retired", "true"),
+            ];
+            e.sample("switchyard_server_connections", &labels, s.in_use());
         }
     }
     type ServerValue = fn(&crate::pool::ServerPool, u64) -> u64;

@@ -27,6 +27,7 @@ use crate::router::wasm::{LoadError, LoadedPlugin, PolicyChain};
 use crate::router::{PrimaryOnly, Router};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,7 +120,7 @@ impl Pools {
                         .insert(user.clone(), Arc::new(up));
                     continue;
                 };
-                let fresh = server_pools(db, user, pool, u, &self.timeouts, self.workers);
+                let fresh = server_pools(db, user, pool, u, &self.timeouts, &up.stats);
                 let servers = keep_unchanged(&up.servers(), fresh);
                 ready.push((up, pool, u, plugins.clone(), servers));
             }
@@ -239,14 +240,22 @@ fn retire_replaced(up: &UserPool, old: &[Arc<ServerPool>], new: &[Arc<ServerPool
 
 /// The server list a reload publishes: each of `fresh` (in config order), or the running pool
 /// that is the same server reached the same way ([`ServerPool::same_as`]), with its
-/// connections. Each running pool is kept at most once.
+/// connections. Each running pool is kept at most once. A fresh pool that replaces a running
+/// one of the same name (moved, resized) goes on with its count of connections opened, so
+/// that count, a Prometheus counter labelled with the name, never goes back.
 fn keep_unchanged(running: &[Arc<ServerPool>], fresh: Vec<ServerPool>) -> Vec<Arc<ServerPool>> {
     let mut kept: Vec<Arc<ServerPool>> = Vec::with_capacity(fresh.len());
     for f in fresh {
         let same = running
             .iter()
             .find(|r| r.same_as(&f) && !kept.iter().any(|k| Arc::ptr_eq(k, r)));
-        kept.push(same.cloned().unwrap_or_else(|| Arc::new(f)));
+        kept.push(same.cloned().unwrap_or_else(|| {
+            if let Some(old) = running.iter().find(|r| r.name == f.name) {
+                f.opened
+                    .store(old.opened.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            Arc::new(f)
+        }));
     }
     kept
 }
@@ -288,12 +297,15 @@ mod tests {
         );
 
         // The primary moved: a new pool for it, the old one retired, the defaults forgotten.
+        // Its count of connections opened goes on under its name.
+        primary.opened.store(3, Ordering::Relaxed);
         let notes = pools
             .reload(&config(&format!("{MOVED}, {REPLICA}"), 5, &["alice"]))
             .unwrap();
         let moved = alice.servers();
         assert!(!Arc::ptr_eq(&moved[0], &primary) && Arc::ptr_eq(&moved[1], &now[1]));
         assert_eq!(moved[0].target.host, "127.0.0.2");
+        assert_eq!(moved[0].opened.load(Ordering::Relaxed), 3);
         assert!(primary.is_retired() && alice.defaults().is_none());
         assert!(
             notes.iter().any(|n| n.contains("server \"p\" retired")),

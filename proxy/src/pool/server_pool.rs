@@ -11,7 +11,7 @@
 //! retires its pool ([`ServerPool::retire`]): the idle connections close at once, those in use
 //! when their transaction ends, and checkouts still queued there are told to route again.
 
-use super::slots::{Expired, Slots};
+use super::slots::{Expired, Slots, WaitTotal};
 use super::PoolTimeouts;
 use crate::config::{General, Role};
 use crate::server::{connect, ConnectError, ServerConn, ServerTarget};
@@ -167,6 +167,16 @@ impl ServerPool {
             generation: AtomicU64::new(0),
             retired: AtomicBool::new(false),
         }
+    }
+
+    /// Adds the time its checkouts wait to `total`, the (database, user) pool's, which all its
+    /// servers share. Called once, before the pool is shared.
+    pub fn counting_waits_in(mut self, total: WaitTotal) -> Self {
+        match Arc::get_mut(&mut self.slots) {
+            Some(slots) => slots.count_waits_in(total),
+            None => unreachable!("the slots are shared only once the pool is"),
+        }
+        self
     }
 
     /// A pool for a server on 127.0.0.1:`port` that routing may choose but nothing has
@@ -447,11 +457,6 @@ impl ServerPool {
     /// Connections checked out now (queries or transactions in flight).
     pub fn in_use(&self) -> usize {
         self.size.saturating_sub(self.slots.free()) as usize
-    }
-
-    /// Microseconds checkouts spent waiting for a free slot, since start.
-    pub fn waited_us(&self) -> u64 {
-        self.slots.waited_us()
     }
 
     /// Checkouts waiting for a free slot now.

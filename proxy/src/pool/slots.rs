@@ -35,13 +35,19 @@ pub struct Slots {
     /// waits), read without it for statistics.
     free: AtomicU32,
     /// Microseconds checkouts spent in the queue, for the admin console's `SHOW STATS`
-    /// (bumped only by a checkout that waited).
-    waited_us: AtomicU64,
+    /// (bumped only by a checkout that waited). Shared by the slots of all the servers of one
+    /// (database, user) pool (see [`Slots::count_waits_in`]).
+    waited_us: WaitTotal,
     /// The admin console's `PAUSE`: no slot is handed out, free or given back, until
     /// [`Slots::resume`]; checkouts wait in the queue meanwhile. Changed only under the `queue`
     /// lock, and read under it where a slot is taken (one more load on a lock already held).
     paused: AtomicBool,
 }
+
+/// Microseconds checkouts waited in line, summed over the servers that add to it. A pool's
+/// servers share one, which outlives the servers a reload replaces: the pool's total never goes
+/// back (Prometheus reads a counter that decreases as a restart from zero).
+pub type WaitTotal = Arc<AtomicU64>;
 
 /// One waiting checkout. Its status changes only under the queue lock.
 #[derive(Debug)]
@@ -107,7 +113,7 @@ impl Slots {
         Slots {
             queue: Mutex::new(VecDeque::new()),
             free: AtomicU32::new(n),
-            waited_us: AtomicU64::new(0),
+            waited_us: WaitTotal::default(),
             paused: AtomicBool::new(false),
         }
     }
@@ -126,9 +132,16 @@ impl Slots {
         self.lock().len()
     }
 
-    /// Microseconds checkouts spent waiting in line, since start.
+    /// Microseconds checkouts spent waiting in line, since start, in these slots and those
+    /// that share their total (the pool reads the total itself).
+    #[cfg(test)]
     pub fn waited_us(&self) -> u64 {
         self.waited_us.load(Ordering::Relaxed)
+    }
+
+    /// Adds the waits from now on to `total`, which other slots may share.
+    pub fn count_waits_in(&mut self, total: WaitTotal) {
+        self.waited_us = total;
     }
 
     /// Whether [`Slots::pause`] holds the slots.
@@ -380,6 +393,29 @@ mod tests {
         assert_eq!(poll(&mut b), Poll::Ready(Ok(())));
         let waited = s.waited_us();
         assert!((20_000..10_000_000).contains(&waited), "{waited} µs");
+    }
+
+    #[test]
+    fn slots_that_share_a_total_add_their_waits_to_it() {
+        let total = WaitTotal::default();
+        let (mut old, mut new) = (Slots::new(0), Slots::new(0));
+        old.count_waits_in(total.clone());
+        new.count_waits_in(total.clone());
+        // A reload retires `old` while a checkout waits there: its wait still counts.
+        let mut a = old.take(T);
+        assert!(poll(&mut a).is_pending());
+        std::thread::sleep(Duration::from_millis(10));
+        old.expire_all();
+        assert!(matches!(poll(&mut a), Poll::Ready(Err(Expired(_)))));
+        let first = total.load(Ordering::Relaxed);
+        assert!(first >= 10_000, "{first} µs");
+        let mut b = new.take(T);
+        assert!(poll(&mut b).is_pending());
+        std::thread::sleep(Duration::from_millis(10));
+        new.give_back();
+        assert_eq!(poll(&mut b), Poll::Ready(Ok(())));
+        assert!(total.load(Ordering::Relaxed) >= first + 10_000);
+        assert_eq!(old.waited_us(), new.waited_us());
     }
 
     #[test]

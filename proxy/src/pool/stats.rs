@@ -1,5 +1,6 @@
-//! Traffic counters of one (database, user) pool, for the admin console's `SHOW STATS`. (The
-//! time checkouts waited is counted by each server's slots, off the fast path.)
+//! Traffic counters of one (database, user) pool, for the admin console's `SHOW STATS` and
+//! `/metrics`. (The time checkouts waited is added by the servers' slots, off the fast path,
+//! to one total of the pool's.)
 //!
 //! They are bumped on the query path, so they cost no lock and no contended cache line: one
 //! shard per worker thread, each written only by its worker's sessions (a session lives on one
@@ -7,6 +8,7 @@
 //! sums the shards. A shard is a cache line of its own, so two workers never write the same
 //! line.
 
+use super::slots::WaitTotal;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The counters one worker keeps for a pool.
@@ -34,6 +36,9 @@ fn bump(counter: &AtomicU64, n: u64) {
 #[derive(Debug)]
 pub struct PoolStats {
     shards: Box<[Shard]>,
+    /// Microseconds checkouts waited in line, added by the slots of every server the pool has
+    /// had: a server a reload replaced leaves its part here.
+    waited_us: WaitTotal,
 }
 
 /// The sums of a pool's counters since start.
@@ -41,6 +46,8 @@ pub struct PoolStats {
 pub struct Totals {
     pub transactions: u64,
     pub requests: u64,
+    /// Microseconds checkouts waited in line for a server connection.
+    pub waited_us: u64,
 }
 
 impl PoolStats {
@@ -48,7 +55,18 @@ impl PoolStats {
     pub fn new(workers: usize) -> Self {
         PoolStats {
             shards: (0..workers.max(1)).map(|_| Shard::default()).collect(),
+            waited_us: WaitTotal::default(),
         }
+    }
+
+    /// The worker threads counted apart.
+    pub fn workers(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The total the pool's servers add their checkout waits to.
+    pub fn wait_total(&self) -> WaitTotal {
+        self.waited_us.clone()
     }
 
     /// The calling worker's shard (the first for a thread that is no worker: tests).
@@ -77,6 +95,7 @@ impl PoolStats {
         Totals {
             transactions: sum(|s| &s.transactions),
             requests: sum(|s| &s.requests),
+            waited_us: self.waited_us.load(Ordering::Relaxed),
         }
     }
 }
@@ -95,6 +114,7 @@ mod tests {
             Totals {
                 transactions: 3,
                 requests: 4,
+                waited_us: 0,
             }
         );
         assert_eq!(std::mem::align_of::<Shard>(), 64, "a shard per cache line");

@@ -98,8 +98,9 @@ impl UserPool {
         workers: usize,
         make_router: impl FnOnce(&Servers) -> Arc<dyn Router>,
     ) -> Self {
+        let stats = PoolStats::new(workers);
         let servers: Servers = Arc::new(
-            server_pools(database, user, pool, u, timeouts, workers)
+            server_pools(database, user, pool, u, timeouts, &stats)
                 .into_iter()
                 .map(Arc::new)
                 .collect(),
@@ -115,7 +116,7 @@ impl UserPool {
             next_replica: AtomicUsize::new(0),
             retiring: Mutex::new(Vec::new()),
             clients: AtomicUsize::new(0),
-            stats: PoolStats::new(workers),
+            stats,
         }
     }
 
@@ -264,15 +265,16 @@ impl UserPool {
 }
 
 /// The server pools `pool` configures for (`database`, `user`), in config order, none
-/// connected yet.
+/// connected yet, counting their checkout waits in `stats`.
 pub(super) fn server_pools(
     database: &str,
     user: &str,
     pool: &PoolConfig,
     u: &UserConfig,
     timeouts: &Arc<PoolTimeouts>,
-    workers: usize,
+    stats: &PoolStats,
 ) -> Vec<ServerPool> {
+    let workers = stats.workers();
     let size = u.pool_size.unwrap_or(pool.pool_size);
     let min_size = u.min_pool_size.unwrap_or(pool.min_pool_size);
     let server_user = u.server_user.clone().unwrap_or_else(|| user.to_owned());
@@ -308,6 +310,7 @@ pub(super) fn server_pools(
                 timeouts.clone(),
                 workers,
             )
+            .counting_waits_in(stats.wait_total())
         })
         .collect()
 }
