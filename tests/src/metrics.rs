@@ -30,9 +30,14 @@ pub fn http_get(port: u16, method: &str, path: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
-/// The value of the sample `name{labels}` in an exposition.
+/// The value of the sample `name{labels}` (`name` alone when `labels` is empty) in an
+/// exposition.
 pub fn sample(body: &str, name: &str, labels: &str) -> f64 {
-    let key = format!("{name}{{{labels}}} ");
+    let key = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
     body.lines()
         .find_map(|l| l.strip_prefix(&key))
         .unwrap_or_else(|| panic!("no {key} in:\n{body}"))

@@ -433,6 +433,7 @@ async fn prometheus_scrapes_the_same_counters_at_metrics() {
     );
     let pool = format!("database=\"{db}\",user=\"{}\"", roles::TRUST);
     assert_eq!(sample(&body, "switchyard_clients", &pool), 1.0);
+    assert_eq!(sample(&body, "switchyard_shutting_down", ""), 0.0);
     assert_eq!(sample(&body, "switchyard_transactions_total", &pool), 7.0);
     assert_eq!(sample(&body, "switchyard_requests_total", &pool), 7.0);
     assert_eq!(sample(&body, "switchyard_policy_traps_total", &pool), 0.0);

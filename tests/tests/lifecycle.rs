@@ -2,6 +2,7 @@
 //! the process exits 0.
 
 use std::time::{Duration, Instant};
+use switchyard_tests::metrics::{http_get, sample};
 use switchyard_tests::{roles, shared_cluster, sqlstate, trust_proxy, Proxy};
 
 fn setup(general: &str) -> (String, Proxy) {
@@ -10,7 +11,10 @@ fn setup(general: &str) -> (String, Proxy) {
 
 #[tokio::test]
 async fn sigterm_lets_open_transactions_finish_then_exits_zero() {
-    let (db, mut proxy) = setup("shutdown_timeout_ms = 10000");
+    let metrics_port = switchyard_tests::free_port();
+    let (db, mut proxy) = setup(&format!(
+        "shutdown_timeout_ms = 10000\nmetrics_addr = \"127.0.0.1:{metrics_port}\""
+    ));
     let in_tx = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     let idle = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     in_tx.batch_execute("CREATE TABLE t (x int)").await.unwrap();
@@ -30,6 +34,15 @@ async fn sigterm_lets_open_transactions_finish_then_exits_zero() {
         idle.is_closed() || sqlstate(&err) == Some("57P01"),
         "{err:?}"
     );
+    // Prometheus can watch the drain: the endpoint still answers, and says so.
+    let (head, body) =
+        tokio::task::spawn_blocking(move || http_get(metrics_port, "GET", "/metrics"))
+            .await
+            .unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(sample(&body, "switchyard_shutting_down", ""), 1.0);
+    let pool = format!("database=\"{db}\",user=\"{}\"", roles::TRUST);
+    assert_eq!(sample(&body, "switchyard_clients", &pool), 1.0, "{body}");
     // The client inside a transaction may finish it.
     in_tx
         .batch_execute("INSERT INTO t VALUES (2)")

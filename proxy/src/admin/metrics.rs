@@ -68,6 +68,17 @@ pub fn render(proxy: &Proxy) -> String {
         "Client connections open now, logging in and logged in (max_client_conn counts these).",
     );
     e.sample("switchyard_client_connections", &[], proxy.clients.count());
+    e.family(
+        "switchyard_shutting_down",
+        "gauge",
+        "1 once SIGTERM or SIGINT was received: no new client is accepted, transactions in flight may finish.",
+    );
+    let phase = proxy.shutdown.phase();
+    e.sample(
+        "switchyard_shutting_down",
+        &[],
+        u8::from(phase >= crate::shutdown::Phase::Draining),
+    );
 
     type PoolValue = fn(&crate::pool::UserPool) -> u64;
     let per_pool: [(&str, &str, &str, PoolValue); 7] = [

@@ -1,6 +1,8 @@
 //! The metrics endpoint: `GET /metrics` over HTTP/1.1 on `general.metrics_addr`, for Prometheus
 //! and anything that scrapes its text format. It runs on the main thread's runtime, apart from
-//! the workers that serve clients, and stops accepting when shutdown begins.
+//! the workers that serve clients, and goes on through a shutdown's drain, so a scraper can
+//! watch the last transactions end (PgBouncer's exporters cannot: pgbouncer#1354); it stops
+//! accepting when the remaining clients are closed.
 
 use super::metrics;
 use crate::shutdown::Shutdown;
@@ -44,7 +46,7 @@ fn respond(proxy: &Proxy, req: &Request<hyper::body::Incoming>) -> Response<Full
     response
 }
 
-/// Serves scrapes from `listener` until shutdown begins.
+/// Serves scrapes from `listener` until shutdown closes the clients left.
 pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>, mut shutdown: Shutdown) {
     loop {
         let stream = tokio::select! {
@@ -56,7 +58,7 @@ pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>, mut shu
                     continue;
                 }
             },
-            _ = shutdown.draining() => return,
+            _ = shutdown.closing() => return,
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
