@@ -598,27 +598,50 @@ pub fn bench() -> Result<(), String> {
     // User-space instructions per transaction (callgrind): steady where CPU time is not.
     if env_or("BENCH_INSTRUCTIONS", "1") != "0" {
         install::valgrind()?;
+        // (name, binary, policies, their directory, with the replicas as servers)
         let mut counted = vec![
-            ("switchyard", bin.clone(), Vec::new(), plugin_dir.clone()),
+            (
+                "switchyard",
+                bin.clone(),
+                Vec::new(),
+                plugin_dir.clone(),
+                false,
+            ),
             (
                 "switchyard+policies",
                 bin.clone(),
                 policies.to_vec(),
                 plugin_dir.clone(),
+                false,
             ),
         ];
+        if replicas > 0 {
+            counted.push((
+                "switchyard+replicas",
+                bin.clone(),
+                policies.to_vec(),
+                plugin_dir.clone(),
+                true,
+            ));
+        }
         if let Ok(path) = std::env::var("BENCH_BASELINE") {
             let (plugins, dir) = match &baseline_plugins {
                 Some(dir) => (policies.to_vec(), PathBuf::from(dir)),
                 None => (Vec::new(), plugin_dir.clone()),
             };
-            counted.push((baseline_name, PathBuf::from(path), plugins, dir));
+            counted.push((baseline_name, PathBuf::from(path), plugins, dir, false));
         }
         let mut rows = Vec::new();
         for &c in &clients {
-            for (name, program, plugins, dir) in &counted {
+            for (name, program, plugins, dir, with_replicas) in &counted {
                 let port = free_port();
-                let conf = write_config(&format!("{name}-callgrind"), port, false, plugins, dir)?;
+                let conf = write_config(
+                    &format!("{name}-callgrind"),
+                    port,
+                    *with_replicas,
+                    plugins,
+                    dir,
+                )?;
                 let target = Counted {
                     name,
                     port,
