@@ -46,6 +46,8 @@ pub struct Proxy {
     /// Reloads the routing policies (the admin console's `RELOAD`); `None` when the proxy
     /// runs without a config file to reload from.
     pub reloader: Option<Arc<reload::Reloader>>,
+    /// The admin console's `SHUTDOWN`: [`run`] shuts down as on SIGTERM.
+    pub stop_requested: tokio::sync::Notify,
 }
 
 impl Proxy {
@@ -96,6 +98,7 @@ pub async fn run(
         clients: Arc::new(ClientCounter::default()),
         shutdown: shutdown.clone(),
         reloader: reloader.clone(),
+        stop_requested: tokio::sync::Notify::new(),
     });
     // The metrics endpoint, on this runtime: scrapes never queue behind clients.
     if let Some(listener) = listeners.take_metrics() {
@@ -137,6 +140,7 @@ pub async fn run(
     tokio::pin!(stop);
     tokio::select! {
         _ = &mut stop => {}
+        _ = proxy.stop_requested.notified() => {}
         r = &mut accept => {
             // The loop only ends by itself when it could not start accepting.
             let e = match r {

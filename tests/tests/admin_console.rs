@@ -597,3 +597,38 @@ fn a_metrics_port_in_use_stops_startup_before_clients_can_connect() {
     );
     drop(taken);
 }
+
+#[tokio::test]
+async fn shutdown_on_the_console_stops_as_sigterm_does() {
+    let c = shared_cluster();
+    let db = unique_name("consolestop");
+    c.create_database(&db, roles::TRUST);
+    let mut proxy = Proxy::start("shutdown_timeout_ms = 10000", &config(&db, &[], 2));
+    let app = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    app.batch_execute("CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let admin = console(&proxy).await;
+    let answered = admin.simple_query("SHUTDOWN").await.unwrap();
+    assert!(
+        answered
+            .iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
+        "{answered:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // As on SIGTERM: new clients are refused, the transaction in flight may finish.
+    assert!(proxy.connect(roles::TRUST, None, &db).await.is_err());
+    app.batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after the last transaction");
+    assert!(status.success(), "{status}\n{}", proxy.log());
+    let n = c
+        .psql(c.primary.port, &db, "select count(*) from t")
+        .unwrap();
+    assert_eq!(n.trim(), "2", "the committed transaction is complete");
+    assert!(proxy.log().contains("SHUTDOWN on the admin console"));
+}

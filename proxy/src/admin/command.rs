@@ -41,6 +41,10 @@ pub enum Command {
     /// Replace the server connections of one database (or all): idle ones now, those in use
     /// when their clients release them. Clients notice nothing.
     Reconnect(Option<String>),
+    /// Shut the proxy down as SIGTERM does: no new client, transactions in flight may finish
+    /// within `shutdown_timeout_ms`, then exit 0. For operators with a console but no shell
+    /// on the proxy's host.
+    Shutdown,
 }
 
 /// The commands with a line on each, for `SHOW HELP` and error hints.
@@ -92,6 +96,10 @@ pub const HELP: &[(&str, &str)] = &[
         "RECONNECT [db]",
         "replace server connections: idle ones now, those in use when released",
     ),
+    (
+        "SHUTDOWN",
+        "stop as on SIGTERM: no new client; transactions in flight may finish, then exit",
+    ),
 ];
 
 /// Parses one statement of a console query; the error is the message for the client.
@@ -121,6 +129,8 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         ["KILL", _] => Ok(Command::Kill(database())),
         ["RECONNECT"] => Ok(Command::Reconnect(None)),
         ["RECONNECT", _] => Ok(Command::Reconnect(Some(database()))),
+        // PgBouncer 1.23's name for the same graceful stop is accepted too.
+        ["SHUTDOWN"] | ["SHUTDOWN", "WAIT_FOR_SERVERS"] => Ok(Command::Shutdown),
         ["KILL_CLIENT", pid] => pid
             .parse()
             .map(Command::KillClient)
@@ -185,6 +195,13 @@ mod tests {
         );
         let e = parse("KILL_CLIENT x").unwrap_err();
         assert!(e.contains("SHOW CLIENTS"), "{e}");
+    }
+
+    #[test]
+    fn shutdown_takes_pgbouncers_graceful_form_too() {
+        assert_eq!(parse("shutdown;"), Ok(Command::Shutdown));
+        assert_eq!(parse("SHUTDOWN wait_for_servers"), Ok(Command::Shutdown));
+        assert!(parse("SHUTDOWN NOW").is_err());
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub fn render(proxy: &Proxy) -> String {
     e.family(
         "switchyard_shutting_down",
         "gauge",
-        "1 once SIGTERM or SIGINT was received: no new client is accepted, transactions in flight may finish.",
+        "1 once SIGTERM, SIGINT or the console's SHUTDOWN started the drain: no new client is accepted, transactions in flight may finish.",
     );
     let phase = proxy.shutdown.phase();
     e.sample(

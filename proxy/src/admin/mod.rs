@@ -224,6 +224,11 @@ impl<'p> Console<'p> {
             Command::KillClient(pid) => {
                 return answer(out, "KILL_CLIENT", pause::kill_client(self.proxy, pid));
             }
+            Command::Shutdown => {
+                tracing::info!(user = %self.user, "SHUTDOWN on the admin console");
+                self.proxy.stop_requested.notify_one();
+                return answer(out, "SHUTDOWN", Ok(()));
+            }
         };
         table.encode(out, "SHOW");
         true

@@ -220,6 +220,7 @@ mod tests {
             clients: Arc::new(ClientCounter::default()),
             shutdown,
             reloader: None,
+            stop_requested: tokio::sync::Notify::new(),
         };
         let (socket, _peer) = tokio::net::UnixStream::pair().expect("socket pair");
         let task = serve(Stream::Unix(socket), None, &proxy);
