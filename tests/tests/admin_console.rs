@@ -407,6 +407,43 @@ async fn stats_count_transactions_requests_and_waits() {
     assert_eq!((x3 - x2, q3 - q2), (1, 1));
 }
 
+/// `SHOW STATS` of `db`: (total_xact_time, total_query_time), in µs.
+async fn times(admin: &tokio_postgres::Client, db: &str) -> (u64, u64) {
+    let rows = show(admin, "SHOW STATS").await;
+    let row = of(&rows, db)[0];
+    let n = |c: &str| get(row, c).parse::<u64>().unwrap();
+    (n("total_xact_time"), n("total_query_time"))
+}
+
+#[tokio::test]
+async fn stats_time_the_servers_work_and_the_transactions_they_hold() {
+    let c = shared_cluster();
+    let db = unique_name("console_times");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &config(&db, &[], 2));
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    let admin = console(&proxy).await;
+    let (x0, q0) = times(&admin, &db).await;
+
+    // The server works 200 ms on one statement, which is a transaction of its own.
+    a.simple_query("SELECT pg_sleep(0.2)").await.unwrap();
+    let (x1, q1) = times(&admin, &db).await;
+    for took in [x1 - x0, q1 - q0] {
+        assert!((200_000..5_000_000).contains(&took), "{took} µs");
+    }
+
+    // A transaction held 300 ms by a client that waits between its statements: the
+    // transaction's time counts the wait, its requests' time does not.
+    a.simple_query("BEGIN").await.unwrap();
+    a.simple_query("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.simple_query("COMMIT").await.unwrap();
+    let (x2, q2) = times(&admin, &db).await;
+    assert!((300_000..5_000_000).contains(&(x2 - x1)), "{} µs", x2 - x1);
+    assert!(q2 - q1 < 150_000, "requests took {} µs", q2 - q1);
+}
+
 #[tokio::test]
 async fn prometheus_scrapes_the_same_counters_at_metrics() {
     let c = shared_cluster();
@@ -437,6 +474,13 @@ async fn prometheus_scrapes_the_same_counters_at_metrics() {
     assert_eq!(sample(&body, "switchyard_transactions_total", &pool), 7.0);
     assert_eq!(sample(&body, "switchyard_requests_total", &pool), 7.0);
     assert_eq!(sample(&body, "switchyard_policy_traps_total", &pool), 0.0);
+    for timed in [
+        "switchyard_request_seconds_total",
+        "switchyard_transaction_seconds_total",
+    ] {
+        let seconds = sample(&body, timed, &pool);
+        assert!(seconds > 0.0 && seconds < 10.0, "{timed} {seconds}");
+    }
     let primary = format!("{pool},server=\"primary\",role=\"primary\"");
     assert_eq!(sample(&body, "switchyard_server_healthy", &primary), 1.0);
     // The reads went to the replicas: together they opened a connection, the primary none.

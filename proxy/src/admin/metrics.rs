@@ -132,18 +132,33 @@ pub fn render(proxy: &Proxy) -> String {
             );
         }
     }
-    e.family(
-        "switchyard_wait_seconds_total",
-        "counter",
-        "Time checkouts waited in line for a server connection of the pool.",
-    );
-    for p in &pools {
-        let us = p.stats.totals().waited_us;
-        e.sample(
+    type Seconds = fn(&crate::pool::Totals) -> u64;
+    let per_pool_seconds: [(&str, &str, Seconds); 3] = [
+        (
+            "switchyard_transaction_seconds_total",
+            "Time servers were held by transactions, from the first request to the end (a rate over switchyard_transactions_total's is the mean transaction time).",
+            |t| t.transaction_us,
+        ),
+        (
+            "switchyard_request_seconds_total",
+            "Time servers worked on requests, from sent to answered (a rate over switchyard_requests_total's is the mean request time).",
+            |t| t.request_us,
+        ),
+        (
             "switchyard_wait_seconds_total",
-            &[("database", &p.database), ("user", &p.user)],
-            us as f64 / 1e6,
-        );
+            "Time checkouts waited in line for a server connection of the pool.",
+            |t| t.waited_us,
+        ),
+    ];
+    for (name, help, value) in per_pool_seconds {
+        e.family(name, "counter", help);
+        for p in &pools {
+            e.sample(
+                name,
+                &[("database", &p.database), ("user", &p.user)],
+                value(&p.stats.totals()) as f64 / 1e6,
+            );
+        }
     }
 
     let now = crate::clock::now_ms();

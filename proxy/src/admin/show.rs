@@ -125,13 +125,18 @@ pub fn clients(proxy: &Proxy) -> Table {
 /// Per (database, user), since start, named as PgBouncer's `SHOW STATS` names them:
 /// `total_xact_count` transactions ended (a statement outside a transaction block is one),
 /// `total_query_count` requests answered (a simple Query, or extended-protocol messages up to
-/// a Sync), `total_wait_time` microseconds checkouts waited in line for a server connection.
+/// a Sync), `total_xact_time` and `total_query_time` microseconds servers spent in those
+/// transactions (from the first request to the end, idle time inside included) and on those
+/// requests (from sent to answered), `total_wait_time` microseconds checkouts waited in line
+/// for a server connection.
 pub fn stats(proxy: &Proxy) -> Table {
     let mut t = Table::new(&[
         ("database", Kind::Text),
         ("user", Kind::Text),
         ("total_xact_count", Kind::Int),
         ("total_query_count", Kind::Int),
+        ("total_xact_time", Kind::Int),
+        ("total_query_time", Kind::Int),
         ("total_wait_time", Kind::Int),
     ]);
     for pool in sorted(proxy) {
@@ -141,6 +146,8 @@ pub fn stats(proxy: &Proxy) -> Table {
             pool.user.as_str().into(),
             totals.transactions.into(),
             totals.requests.into(),
+            totals.transaction_us.into(),
+            totals.request_us.into(),
             totals.waited_us.into(),
         ]);
     }

@@ -21,6 +21,10 @@ struct Shard {
     /// ReadyForQuery messages forwarded to clients: requests answered (a simple Query, or
     /// extended-protocol messages up to a Sync).
     requests: AtomicU64,
+    /// Microseconds from a request sent to its ReadyForQuery.
+    request_us: AtomicU64,
+    /// Microseconds from a transaction's first request to the ReadyForQuery that ended it.
+    transaction_us: AtomicU64,
 }
 
 /// Adds `n` to a counter only this thread writes.
@@ -46,6 +50,10 @@ pub struct PoolStats {
 pub struct Totals {
     pub transactions: u64,
     pub requests: u64,
+    /// Microseconds servers worked on requests (PgBouncer's `total_query_time`).
+    pub request_us: u64,
+    /// Microseconds servers were held by transactions (PgBouncer's `total_xact_time`).
+    pub transaction_us: u64,
     /// Microseconds checkouts waited in line for a server connection.
     pub waited_us: u64,
 }
@@ -76,12 +84,15 @@ impl PoolStats {
         shards.get(crate::workers::current()).unwrap_or(&shards[0])
     }
 
-    /// Records `requests` answered, of which `transactions` ended a transaction.
+    /// Records `requests` answered, of which `transactions` ended a transaction, and the time
+    /// they took (see `Totals`).
     #[inline]
-    pub fn answered(&self, requests: u64, transactions: u64) {
+    pub fn answered(&self, requests: u64, transactions: u64, request_us: u64, transaction_us: u64) {
         let s = self.mine();
         bump(&s.requests, requests);
         bump(&s.transactions, transactions);
+        bump(&s.request_us, request_us);
+        bump(&s.transaction_us, transaction_us);
     }
 
     /// The counters summed over the workers.
@@ -95,6 +106,8 @@ impl PoolStats {
         Totals {
             transactions: sum(|s| &s.transactions),
             requests: sum(|s| &s.requests),
+            request_us: sum(|s| &s.request_us),
+            transaction_us: sum(|s| &s.transaction_us),
             waited_us: self.waited_us.load(Ordering::Relaxed),
         }
     }
@@ -107,13 +120,15 @@ mod tests {
     #[test]
     fn counts_add_up_over_the_workers_shards() {
         let stats = PoolStats::new(2);
-        stats.answered(3, 2);
-        stats.answered(1, 1);
+        stats.answered(3, 2, 30, 20);
+        stats.answered(1, 1, 5, 5);
         assert_eq!(
             stats.totals(),
             Totals {
                 transactions: 3,
                 requests: 4,
+                request_us: 35,
+                transaction_us: 25,
                 waited_us: 0,
             }
         );

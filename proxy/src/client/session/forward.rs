@@ -181,7 +181,10 @@ impl Session<'_> {
     pub(super) async fn flush(&mut self) -> Result<(), End> {
         if !self.to_server.is_empty() {
             let written = match self.server.as_mut() {
-                Some(att) => write_all(&mut att.conn.stream, &self.to_server).await,
+                Some(att) => {
+                    self.timing.sent();
+                    write_all(&mut att.conn.stream, &self.to_server).await
+                }
                 None => Ok(()),
             };
             self.to_server.clear();

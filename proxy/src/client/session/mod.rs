@@ -18,6 +18,7 @@ mod forward;
 mod relay;
 mod state_probe;
 mod time_limits;
+mod timing;
 
 use forward::named_statement;
 
@@ -142,6 +143,8 @@ pub(crate) struct Session<'p> {
     /// `time_limits`): whether any is set, and the timer.
     time_limits: bool,
     limit_timer: time_limits::LimitTimer,
+    /// How long the attached server works for the client (see `timing`).
+    timing: timing::Timing,
 }
 
 /// Why a message got no server.
@@ -233,6 +236,7 @@ impl<'p> Session<'p> {
             found: Found::default(),
             time_limits: Self::time_limits_configured(&proxy.general()),
             limit_timer: time_limits::LimitTimer::default(),
+            timing: timing::Timing::default(),
         }
     }
 

@@ -24,6 +24,8 @@ impl Session<'_> {
         let mut from = 0;
         // ReadyForQuery messages forwarded, and those that end a transaction.
         let (mut answered, mut ended) = (0u64, 0u64);
+        // Any ReadyForQuery (the proxy's own too), and one with status idle: for `timing`.
+        let (mut ready, mut idle) = (false, false);
         while pos < buf.len() {
             let f = match frame::header(&buf[pos..], usize::MAX) {
                 Ok(Some(f)) => f,
@@ -90,6 +92,10 @@ impl Session<'_> {
                 break;
             }
             let verdict = r.on_server_message(f.tag, body, &mut conn.prepared);
+            if f.tag == b'Z' {
+                ready = true;
+                idle |= body.first() == Some(&b'I');
+            }
             if f.tag == b'Z' && !matches!(verdict, Verdict::Swallow) {
                 // For `SHOW STATS`: a request answered, and maybe a transaction ended. (The
                 // proxy's own queries' ReadyForQuery messages are swallowed, not counted.)
@@ -125,8 +131,11 @@ impl Session<'_> {
                 r.emit_synthetic(out);
             }
         }
-        if answered > 0 {
-            self.pool.stats.answered(answered, ended);
+        if ready {
+            let took = self.timing.answered(idle, !r.quiet());
+            self.pool
+                .stats
+                .answered(answered, ended, took.request_us, took.transaction_us);
         }
         let written = if out.is_empty() {
             write_all(&mut self.client, &buf[from..pos]).await
@@ -238,6 +247,7 @@ impl Session<'_> {
             return Ok(());
         };
         self.cancel.clear();
+        self.timing.stop();
         self.fail_pending_names();
         // What the statements left went with the server.
         self.found = Found::default();
