@@ -22,11 +22,21 @@ pub fn now_ms() -> u64 {
     NOW_MS.load(Ordering::Relaxed)
 }
 
-/// Nanoseconds since the clock started, read now (`clock_gettime` through the vDSO, no
-/// system call): for durations that need better than the ticker's 50 ms. Never 0, so 0 can
-/// stand for "not started".
+/// The monotonic clock in nanoseconds, read now (`clock_gettime` through the vDSO, no system
+/// call, about 25 ns): for durations that need better than the ticker's 50 ms. Read directly
+/// rather than through `Instant::elapsed`, whose checked `timespec` arithmetic cost more
+/// instructions than the read itself. Never 0, so 0 can stand for "not started".
 pub fn now_ns() -> u64 {
-    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 | 1
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+        | 1
 }
 
 /// Starts the ticker on the current runtime; it stops when `stop` resolves.
