@@ -346,16 +346,22 @@ async fn console_logins_are_checked_like_any_other() {
     assert_eq!(sqlstate(&e), Some("3D000"), "{e:?}");
 }
 
-/// `SHOW STATS` of `db`: (transactions, requests, wait µs).
-async fn stats(admin: &tokio_postgres::Client, db: &str) -> (u64, u64, u64) {
+/// `SHOW STATS` of `db`: the `columns`' numbers.
+async fn stats_of<const N: usize>(
+    admin: &tokio_postgres::Client,
+    db: &str,
+    columns: [&str; N],
+) -> [u64; N] {
     let rows = show(admin, "SHOW STATS").await;
     let row = of(&rows, db)[0];
-    let n = |c: &str| get(row, c).parse::<u64>().unwrap();
-    (
-        n("total_xact_count"),
-        n("total_query_count"),
-        n("total_wait_time"),
-    )
+    columns.map(|c| get(row, c).parse::<u64>().unwrap())
+}
+
+/// `SHOW STATS` of `db`: (transactions, requests, wait µs).
+async fn stats(admin: &tokio_postgres::Client, db: &str) -> (u64, u64, u64) {
+    let columns = ["total_xact_count", "total_query_count", "total_wait_time"];
+    let [x, q, w] = stats_of(admin, db, columns).await;
+    (x, q, w)
 }
 
 #[tokio::test]
@@ -409,10 +415,8 @@ async fn stats_count_transactions_requests_and_waits() {
 
 /// `SHOW STATS` of `db`: (total_xact_time, total_query_time), in µs.
 async fn times(admin: &tokio_postgres::Client, db: &str) -> (u64, u64) {
-    let rows = show(admin, "SHOW STATS").await;
-    let row = of(&rows, db)[0];
-    let n = |c: &str| get(row, c).parse::<u64>().unwrap();
-    (n("total_xact_time"), n("total_query_time"))
+    let [x, q] = stats_of(admin, db, ["total_xact_time", "total_query_time"]).await;
+    (x, q)
 }
 
 #[tokio::test]

@@ -43,7 +43,7 @@ pub async fn expire_waiters(pools: Arc<Pools>, mut shutdown: Shutdown) {
             _ = tick.tick() => {}
             _ = shutdown.closing() => return,
         }
-        let now = std::time::Instant::now();
+        let now = crate::clock::now_ns();
         for pool in pools.all() {
             for server in pool.servers().iter() {
                 let expired = server.expire_waiters(now);

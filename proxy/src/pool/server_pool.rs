@@ -265,8 +265,9 @@ impl ServerPool {
         Ok(pooled)
     }
 
-    /// Fails the checkouts that have waited past `checkout_timeout`; returns how many.
-    pub fn expire_waiters(&self, now: std::time::Instant) -> usize {
+    /// Fails the checkouts that have waited past `checkout_timeout` at `now`
+    /// ([`crate::clock::now_ns`]); returns how many.
+    pub fn expire_waiters(&self, now: u64) -> usize {
         self.slots.expire(now)
     }
 

@@ -13,6 +13,7 @@
 //! The admin console's `PAUSE` holds the slots: checkouts queue as if none were free, until
 //! `RESUME` serves the queue in order.
 
+use crate::clock;
 use atomic_waker::AtomicWaker;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAITING: u8 = 0;
 const GRANTED: u8 = 1;
@@ -54,8 +55,10 @@ pub type WaitTotal = Arc<AtomicU64>;
 struct Waiter {
     status: AtomicU8,
     waker: AtomicWaker,
-    since: Instant,
-    deadline: Instant,
+    /// When it started waiting and when it expires, in [`clock::now_ns`] nanoseconds (an
+    /// `Instant` would cost its checked arithmetic on every wait).
+    since: u64,
+    deadline: u64,
 }
 
 /// At most this many finished waiters are kept per thread for reuse.
@@ -70,12 +73,12 @@ thread_local! {
 impl Waiter {
     /// A waiter for a checkout that starts waiting now, reusing this thread's spare if it has one.
     fn start(timeout: Duration) -> Arc<Waiter> {
-        let since = Instant::now();
+        let since = clock::now_ns();
         let fresh = Waiter {
             status: AtomicU8::new(WAITING),
             waker: AtomicWaker::new(),
             since,
-            deadline: since + timeout,
+            deadline: since.saturating_add(timeout.as_nanos() as u64),
         };
         match SPARE.with_borrow_mut(Vec::pop) {
             Some(mut spare) => match Arc::get_mut(&mut spare) {
@@ -217,8 +220,8 @@ impl Slots {
         }
     }
 
-    /// Fails the waiters whose deadline is past; returns how many.
-    pub fn expire(&self, now: Instant) -> usize {
+    /// Fails the waiters whose deadline is past at `now` ([`clock::now_ns`]); returns how many.
+    pub fn expire(&self, now: u64) -> usize {
         self.expire_where(|w| w.deadline <= now)
     }
 
@@ -283,14 +286,19 @@ impl Future for Take<'_> {
         };
         // Register before reading the status: a grant after the read wakes this waker.
         w.waker.register(cx.waker());
-        let outcome = match w.status.load(Ordering::Acquire) {
-            GRANTED => Ok(()),
-            EXPIRED => Err(Expired(w.since.elapsed())),
-            _ => return Poll::Pending,
-        };
+        let status = w.status.load(Ordering::Acquire);
+        if status == WAITING {
+            return Poll::Pending;
+        }
         this.done = true;
-        let waited = w.since.elapsed().as_micros() as u64;
-        this.slots.waited_us.fetch_add(waited, Ordering::Relaxed);
+        let waited_ns = clock::now_ns().saturating_sub(w.since);
+        this.slots
+            .waited_us
+            .fetch_add(waited_ns / 1000, Ordering::Relaxed);
+        let outcome = match status {
+            GRANTED => Ok(()),
+            _ => Err(Expired(Duration::from_nanos(waited_ns))),
+        };
         Poll::Ready(outcome)
     }
 }
@@ -421,13 +429,13 @@ mod tests {
     #[test]
     fn waiters_past_their_deadline_expire() {
         let s = Slots::new(0);
-        let start = Instant::now();
+        let start = clock::now_ns();
         let mut early = s.take(Duration::from_secs(100));
         let mut late = s.take(Duration::from_secs(200));
         assert!(poll(&mut early).is_pending());
         assert!(poll(&mut late).is_pending());
         assert_eq!(s.expire(start), 0);
-        assert_eq!(s.expire(start + Duration::from_secs(150)), 1);
+        assert_eq!(s.expire(start + 150_000_000_000), 1);
         assert!(matches!(poll(&mut early), Poll::Ready(Err(Expired(_)))));
         assert!(poll(&mut late).is_pending());
         s.give_back();

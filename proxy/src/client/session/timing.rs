@@ -79,31 +79,24 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    fn took(request_us: u64, transaction_us: u64) -> Took {
+        Took {
+            request_us,
+            transaction_us,
+        }
+    }
+
     #[test]
     fn a_transaction_counts_from_its_first_request_to_its_end() {
         let mut t = Timing::default();
         t.start(10 * MS);
         // BEGIN answered after 1 ms; the client thinks for 4 ms.
-        let begin = t.answered_at(11 * MS, false, false);
-        assert_eq!(
-            begin,
-            Took {
-                request_us: 1000,
-                transaction_us: 0
-            }
-        );
+        assert_eq!(t.answered_at(11 * MS, false, false), took(1000, 0));
         t.start(15 * MS);
         // The statement takes 2 ms; COMMIT 1 ms and ends the transaction.
-        assert_eq!(t.answered_at(17 * MS, false, false).request_us, 2000);
+        assert_eq!(t.answered_at(17 * MS, false, false), took(2000, 0));
         t.start(18 * MS);
-        let commit = t.answered_at(19 * MS, true, false);
-        assert_eq!(
-            commit,
-            Took {
-                request_us: 1000,
-                transaction_us: 9000
-            }
-        );
+        assert_eq!(t.answered_at(19 * MS, true, false), took(1000, 9000));
         assert_eq!((t.request, t.transaction), (0, 0));
     }
 
@@ -113,22 +106,8 @@ mod tests {
         t.start(10 * MS);
         // Two pipelined statements outside a transaction: the second's time starts when the
         // first is answered.
-        let first = t.answered_at(12 * MS, true, true);
-        assert_eq!(
-            first,
-            Took {
-                request_us: 2000,
-                transaction_us: 2000
-            }
-        );
-        let second = t.answered_at(15 * MS, true, false);
-        assert_eq!(
-            second,
-            Took {
-                request_us: 3000,
-                transaction_us: 3000
-            }
-        );
+        assert_eq!(t.answered_at(12 * MS, true, true), took(2000, 2000));
+        assert_eq!(t.answered_at(15 * MS, true, false), took(3000, 3000));
     }
 
     #[test]
