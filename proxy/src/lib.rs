@@ -118,6 +118,11 @@ pub async fn run(
         "switchyard listening"
     );
     clock::spawn_ticker(shutdown.clone());
+    tokio::spawn(pool::stats_log(
+        pools.clone(),
+        proxy.live.clone(),
+        shutdown.clone(),
+    ));
     // SIGHUP reloads the routing policies from the config file.
     let hangups = hangups
         .zip(reloader)

@@ -91,7 +91,7 @@ fn sweep(workers: &Workers) {
 
 /// The `[general]` settings a reload applies: timeouts and limits, read where they are used.
 /// The others (addresses, worker threads, socket options) are taken once, at start.
-const LIVE_GENERAL: [&str; 12] = [
+const LIVE_GENERAL: [&str; 13] = [
     "max_client_conn",
     "max_message_size",
     "checkout_timeout_ms",
@@ -104,6 +104,7 @@ const LIVE_GENERAL: [&str; 12] = [
     "client_idle_timeout_ms",
     "query_timeout_ms",
     "server_login_retry_ms",
+    "stats_period_ms",
 ];
 
 /// `running` with the settings of [`LIVE_GENERAL`] taken from `new`.
@@ -121,6 +122,7 @@ fn live_general(running: &General, new: &General) -> General {
         client_idle_timeout_ms: new.client_idle_timeout_ms,
         query_timeout_ms: new.query_timeout_ms,
         server_login_retry_ms: new.server_login_retry_ms,
+        stats_period_ms: new.stats_period_ms,
         ..running.clone()
     }
 }
@@ -338,6 +340,7 @@ mod tests {
         new.client_idle_timeout_ms = next();
         new.query_timeout_ms = next();
         new.server_login_retry_ms = next();
+        new.stats_period_ms = next();
         let tree = |g: &General| toml::Value::try_from(g).unwrap();
         let live = live_general(&running, &new);
         let mut taken: Vec<String> = diff::changed_keys(&tree(&running), &tree(&live))

@@ -680,3 +680,43 @@ async fn shutdown_on_the_console_stops_as_sigterm_does() {
     assert_eq!(n.trim(), "2", "the committed transaction is complete");
     assert!(proxy.log().contains("SHUTDOWN on the admin console"));
 }
+
+#[tokio::test]
+async fn each_period_a_pool_with_traffic_logs_its_stats() {
+    let c = shared_cluster();
+    let db = unique_name("statslog");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("stats_period_ms = 200", &config(&db, &[], 2));
+    let a = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    for _ in 0..30 {
+        a.simple_query("SELECT pg_sleep(0.01)").await.unwrap();
+    }
+    let ours = format!("stats database={db} ");
+    let lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.split_once(&ours).map(|(_, fields)| fields.to_string()))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines(&proxy.log()).is_empty() {
+        assert!(Instant::now() < deadline, "no stats line:\n{}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let field = |fields: &str, name: &str| -> f64 {
+        let v = fields
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {fields}"));
+        v.parse().unwrap()
+    };
+    let first = &lines(&proxy.log())[0];
+    assert!(field(first, "xacts_per_s") > 0.0, "{first}");
+    // Each statement kept the server 10 ms at least.
+    assert!(field(first, "request_us") >= 10_000.0, "{first}");
+    assert!(field(first, "xact_us") >= 10_000.0, "{first}");
+    // Without traffic a pool logs nothing (the period the last statement ended in aside).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let quiet = lines(&proxy.log()).len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(lines(&proxy.log()).len(), quiet);
+}

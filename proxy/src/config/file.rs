@@ -90,6 +90,10 @@ pub struct General {
     pub plugin_deadline_ms: u64,
     /// Memory each routing policy instance may use, in MiB.
     pub plugin_memory_mb: u64,
+    /// How often each pool with traffic logs a `stats` line: transactions and requests per
+    /// second, mean transaction, request and wait times over the period (0 = never;
+    /// PgBouncer's `stats_period` with `log_stats`).
+    pub stats_period_ms: u64,
 }
 
 impl General {
@@ -140,6 +144,7 @@ impl Default for General {
             tcp_user_timeout_ms: 0,
             plugin_deadline_ms: 5,
             plugin_memory_mb: 32,
+            stats_period_ms: 60_000,
         }
     }
 }

@@ -9,6 +9,7 @@ mod reaper;
 mod server_pool;
 mod slots;
 mod stats;
+mod stats_log;
 mod timeouts;
 mod user_pool;
 
@@ -16,6 +17,7 @@ pub use backends::{Backends, LiveBackends};
 pub use reaper::{expire_waiters, reaper};
 pub use server_pool::{CheckoutError, Pooled, ServerPool, Servers};
 pub use stats::{PoolStats, Totals};
+pub use stats_log::stats_log;
 pub use timeouts::PoolTimeouts;
 pub use user_pool::{PoolClient, SessionRules, UserPool};
 
