@@ -37,7 +37,11 @@ impl Proxy {
     /// Starts Switchyard on a free port. `general` is extra `[general]` lines; `rest` is the
     /// `[pools...]` tables.
     pub fn start(general: &str, rest: &str) -> Proxy {
-        let port = free_port();
+        Proxy::start_at(free_port(), general, rest)
+    }
+
+    /// [`Proxy::start`] on `port` (another proxy may be draining there).
+    pub fn start_at(port: u16, general: &str, rest: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("switchyard.toml");
         let log_path = dir.path().join("switchyard.log");

@@ -103,3 +103,54 @@ async fn shutdown_timeout_closes_transactions_that_do_not_finish() {
         .unwrap();
     assert_eq!(n.trim(), "0");
 }
+
+#[tokio::test]
+async fn a_new_proxy_takes_the_address_while_the_old_one_drains() {
+    let sockets = tempfile::tempdir().unwrap();
+    let general = format!(
+        "shutdown_timeout_ms = 10000\nunix_socket_dir = \"{}\"",
+        sockets.path().display()
+    );
+    let (db, mut old) = setup(&general);
+    let in_tx = old.connect(roles::TRUST, None, &db).await.unwrap();
+    in_tx
+        .batch_execute("CREATE TABLE r (x int); BEGIN; INSERT INTO r VALUES (1)")
+        .await
+        .unwrap();
+    old.signal(libc::SIGTERM);
+    // The old proxy stops accepting at once...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", old.port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... so a new one (an upgrade, a new config) binds the same address while the old one
+    // still holds a transaction there, and serves new clients.
+    let pool = switchyard_tests::trust_pool(shared_cluster(), &db, "pool_mode = \"transaction\"");
+    let new = Proxy::start_at(old.port, &general, &pool);
+    let fresh = new.connect(roles::TRUST, None, &db).await.unwrap();
+    fresh.batch_execute("SELECT 1").await.unwrap();
+    // The transaction on the old one finishes there, and the old one exits.
+    in_tx
+        .batch_execute("INSERT INTO r VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    let status = old
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after the last transaction");
+    assert!(status.success(), "{status}\n{}", old.log());
+    fresh.batch_execute("SELECT 1").await.unwrap();
+    // The old one removed its Unix socket when it stopped accepting, not at exit: the new
+    // one's is still there.
+    let socket = sockets.path().join(format!(".s.PGSQL.{}", new.port));
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "{}",
+        socket.display()
+    );
+    let c = shared_cluster();
+    let n = c
+        .psql(c.primary.port, &db, "select count(*) from r")
+        .unwrap();
+    assert_eq!(n.trim(), "2");
+}
