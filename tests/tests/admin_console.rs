@@ -718,9 +718,34 @@ async fn each_period_a_pool_with_traffic_logs_its_stats() {
     // Each statement kept the server 10 ms at least.
     assert!(field(first, "request_us") >= 10_000.0, "{first}");
     assert!(field(first, "xact_us") >= 10_000.0, "{first}");
-    // Without traffic a pool logs nothing (the period the last statement ended in aside).
+    // The console shows the last period's means while traffic runs.
+    let busy = tokio::spawn(async move {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(1500) {
+            a.simple_query("SELECT pg_sleep(0.01)").await.unwrap();
+        }
+    });
+    let admin = console(&proxy).await;
+    let columns = ["avg_xact_count", "avg_query_count", "avg_xact_time"];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let [xacts, requests, xact_us] = loop {
+        let avg = stats_of(&admin, &db, columns).await;
+        if avg[0] > 0 {
+            break avg;
+        }
+        assert!(Instant::now() < deadline, "no averages in SHOW STATS");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // At most 100 statements of 10 ms a second, each a transaction.
+    assert!(xacts <= 100 && requests == xacts, "{xacts} {requests}");
+    assert!(xact_us >= 10_000, "{xact_us}");
+    busy.await.unwrap();
+    // Without traffic a pool logs nothing (the period the last statement ended in aside),
+    // and its averages go back to zero.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let quiet = lines(&proxy.log()).len();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(lines(&proxy.log()).len(), quiet);
+    let [xacts] = stats_of(&admin, &db, ["avg_xact_count"]).await;
+    assert_eq!(xacts, 0);
 }

@@ -128,7 +128,9 @@ pub fn clients(proxy: &Proxy) -> Table {
 /// a Sync), `total_xact_time` and `total_query_time` microseconds servers spent in those
 /// transactions (from the first request to the end, idle time inside included) and on those
 /// requests (from sent to answered), `total_wait_time` microseconds checkouts waited in line
-/// for a server connection.
+/// for a server connection. The `avg_*` columns are the last `stats_period_ms`'s: requests
+/// and transactions per second, mean transaction, request and wait times (µs; the wait per
+/// transaction), as PgBouncer's.
 pub fn stats(proxy: &Proxy) -> Table {
     let mut t = Table::new(&[
         ("database", Kind::Text),
@@ -138,9 +140,15 @@ pub fn stats(proxy: &Proxy) -> Table {
         ("total_xact_time", Kind::Int),
         ("total_query_time", Kind::Int),
         ("total_wait_time", Kind::Int),
+        ("avg_xact_count", Kind::Int),
+        ("avg_query_count", Kind::Int),
+        ("avg_xact_time", Kind::Int),
+        ("avg_query_time", Kind::Int),
+        ("avg_wait_time", Kind::Int),
     ]);
     for pool in sorted(proxy) {
         let totals = pool.stats.totals();
+        let last = pool.stats.last_period();
         t.push(vec![
             pool.database.as_str().into(),
             pool.user.as_str().into(),
@@ -149,6 +157,11 @@ pub fn stats(proxy: &Proxy) -> Table {
             totals.transaction_us.into(),
             totals.request_us.into(),
             totals.waited_us.into(),
+            (last.transactions_per_s.round() as u64).into(),
+            (last.requests_per_s.round() as u64).into(),
+            last.transaction_us.into(),
+            last.request_us.into(),
+            last.wait_us.into(),
         ]);
     }
     t

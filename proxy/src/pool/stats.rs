@@ -9,7 +9,9 @@
 //! line.
 
 use super::slots::WaitTotal;
+use super::stats_log::Period;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// The counters one worker keeps for a pool.
 #[derive(Debug, Default)]
@@ -43,6 +45,8 @@ pub struct PoolStats {
     /// Microseconds checkouts waited in line, added by the slots of every server the pool has
     /// had: a server a reload replaced leaves its part here.
     waited_us: WaitTotal,
+    /// The rates and means of the last `stats_period_ms` (see `stats_log`), for `SHOW STATS`.
+    last_period: Mutex<Period>,
 }
 
 /// The sums of a pool's counters since start.
@@ -64,7 +68,19 @@ impl PoolStats {
         PoolStats {
             shards: (0..workers.max(1)).map(|_| Shard::default()).collect(),
             waited_us: WaitTotal::default(),
+            last_period: Mutex::default(),
         }
+    }
+
+    /// Records the rates and means of the period that just ended.
+    pub fn set_last_period(&self, period: Period) {
+        *self.last_period.lock().unwrap_or_else(|e| e.into_inner()) = period;
+    }
+
+    /// The rates and means of the last period (zero before the first, or with
+    /// `stats_period_ms = 0`).
+    pub fn last_period(&self) -> Period {
+        *self.last_period.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The worker threads counted apart.

@@ -1,5 +1,6 @@
 //! The `stats` log line: every `general.stats_period_ms`, each pool that had traffic in the
-//! period logs its rates and mean times, as PgBouncer does every `stats_period`. For an
+//! period logs its rates and mean times, as PgBouncer does every `stats_period`; the console's
+//! `SHOW STATS` shows the last period's as its `avg_*` columns. For an
 //! operator who reads logs rather than `/metrics`; the line is computed from the same
 //! counters as `SHOW STATS`, off the query path.
 
@@ -10,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A pool's rates and mean times over one period.
-#[derive(Debug, PartialEq)]
+/// A pool's rates and mean times over one period (all zero without traffic).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Period {
     pub transactions_per_s: f64,
     pub requests_per_s: f64,
@@ -63,7 +64,9 @@ pub async fn stats_log(pools: Arc<Pools>, live: Arc<LiveSettings>, mut shutdown:
             if period == 0 {
                 continue;
             }
-            if let Some(p) = Period::between(&before, &now, secs) {
+            let traffic = Period::between(&before, &now, secs);
+            pool.stats.set_last_period(traffic.unwrap_or_default());
+            if let Some(p) = traffic {
                 tracing::info!(
                     database = %pool.database,
                     user = %pool.user,
