@@ -62,6 +62,7 @@ pub async fn stats_log(pools: Arc<Pools>, live: Arc<LiveSettings>, mut shutdown:
             let key = (pool.database.clone(), pool.user.clone());
             let before = last.insert(key, now).unwrap_or_default();
             if period == 0 {
+                pool.stats.set_last_period(Period::default());
                 continue;
             }
             let traffic = Period::between(&before, &now, secs);
