@@ -170,12 +170,11 @@ impl ServerPool {
     }
 
     /// Adds the time its checkouts wait to `total`, the (database, user) pool's, which all its
-    /// servers share. Called once, before the pool is shared.
+    /// servers share. For a pool just made: its slots are replaced by fresh ones.
     pub fn counting_waits_in(mut self, total: WaitTotal) -> Self {
-        match Arc::get_mut(&mut self.slots) {
-            Some(slots) => slots.count_waits_in(total),
-            None => unreachable!("the slots are shared only once the pool is"),
-        }
+        let mut slots = Slots::new(self.size);
+        slots.count_waits_in(total);
+        self.slots = Arc::new(slots);
         self
     }
 

@@ -1,8 +1,8 @@
 //! The `stats` log line: every `general.stats_period_ms`, each pool that had traffic in the
 //! period logs its rates and mean times, as PgBouncer does every `stats_period`; the console's
-//! `SHOW STATS` shows the last period's as its `avg_*` columns. For an
-//! operator who reads logs rather than `/metrics`; the line is computed from the same
-//! counters as `SHOW STATS`, off the query path.
+//! `SHOW STATS` shows the last period's as its `avg_*` columns. For an operator who reads logs
+//! rather than `/metrics`; the line is computed from the same counters as `SHOW STATS`, off
+//! the query path.
 
 use super::{Pools, Totals};
 use crate::live::LiveSettings;

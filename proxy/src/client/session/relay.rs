@@ -93,14 +93,16 @@ impl Session<'_> {
             }
             let verdict = r.on_server_message(f.tag, body, &mut conn.prepared);
             if f.tag == b'Z' {
+                let now_idle = body.first() == Some(&b'I');
                 ready = true;
-                idle |= body.first() == Some(&b'I');
-            }
-            if f.tag == b'Z' && !matches!(verdict, Verdict::Swallow) {
-                // For `SHOW STATS`: a request answered, and maybe a transaction ended. (The
-                // proxy's own queries' ReadyForQuery messages are swallowed, not counted.)
-                answered += 1;
-                ended += u64::from(body.first() == Some(&b'I'));
+                idle |= now_idle;
+                if !matches!(verdict, Verdict::Swallow) {
+                    // For `SHOW STATS`: a request answered, and maybe a transaction ended.
+                    // (The proxy's own queries' ReadyForQuery messages are swallowed, not
+                    // counted.)
+                    answered += 1;
+                    ended += u64::from(now_idle);
+                }
             }
             match verdict {
                 Verdict::Forward => {}
