@@ -452,6 +452,70 @@ async fn stats_time_the_servers_work_and_the_transactions_they_hold() {
     );
 }
 
+/// Bytes a raw client's messages and the answers it read take on the wire.
+fn wire_size(messages: &[wire::Message]) -> u64 {
+    messages.iter().map(|(_, body)| 5 + body.len() as u64).sum()
+}
+
+#[tokio::test]
+async fn stats_count_the_bytes_clients_send_and_receive() {
+    use std::io::Write;
+    let c = shared_cluster();
+    let db = unique_name("console_bytes");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &config(&db, &[], 2));
+    let admin = console(&proxy).await;
+    let bytes = |admin| stats_of(admin, &db, ["total_received", "total_sent"]);
+
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.write_all(&wire::startup_packet(roles::TRUST, &db))
+        .unwrap();
+    let (login, closed) = wire::read_readies(&mut s, 1);
+    assert!(!closed, "{login:?}");
+    // The login's bytes do not count: PgBouncer counts traffic after it too.
+    let [received0, sent0] = bytes(&admin).await;
+    assert_eq!([received0, sent0], [0, 0]);
+
+    // A request and its answer: exactly the bytes on the wire, both ways.
+    let select = wire::query("SELECT 1");
+    s.write_all(&select).unwrap();
+    let (answer, _) = wire::read_readies(&mut s, 1);
+    let [received1, sent1] = bytes(&admin).await;
+    assert_eq!(received1, select.len() as u64);
+    assert_eq!(sent1, wire_size(&answer));
+
+    // A BEGIN the proxy answers itself, then a 100 kB answer over several reads, then the
+    // COMMIT: the proxy's own answer counts with the servers'.
+    let mut sent_by_client = 0;
+    let mut read_by_client = 0;
+    for sql in ["BEGIN", "SELECT repeat('x', 100000)", "COMMIT"] {
+        let q = wire::query(sql);
+        s.write_all(&q).unwrap();
+        sent_by_client += q.len() as u64;
+        let (answer, closed) = wire::read_readies(&mut s, 1);
+        assert!(!closed, "{sql}: {answer:?}");
+        read_by_client += wire_size(&answer);
+    }
+    assert!(read_by_client > 100_000);
+    let [received2, sent2] = bytes(&admin).await;
+    assert_eq!(received2 - received1, sent_by_client);
+    assert_eq!(sent2 - sent1, read_by_client);
+
+    // Terminate counts when the session ends.
+    let terminate = wire::message(b'X', b"");
+    s.write_all(&terminate).unwrap();
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let [received3, _] = bytes(&admin).await;
+        if received3 - received2 == terminate.len() as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "received {received3}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn prometheus_scrapes_the_same_counters_at_metrics() {
     let c = shared_cluster();
@@ -481,6 +545,14 @@ async fn prometheus_scrapes_the_same_counters_at_metrics() {
     assert_eq!(sample(&body, "switchyard_shutting_down", ""), 0.0);
     assert_eq!(sample(&body, "switchyard_transactions_total", &pool), 7.0);
     assert_eq!(sample(&body, "switchyard_requests_total", &pool), 7.0);
+    // Seven Query messages of "SELECT 1" (14 bytes each) came in.
+    assert_eq!(
+        sample(&body, "switchyard_client_received_bytes_total", &pool),
+        98.0
+    );
+    // Each answer: RowDescription, DataRow, CommandComplete, ReadyForQuery.
+    let sent = sample(&body, "switchyard_client_sent_bytes_total", &pool);
+    assert!(sent >= 7.0 * 50.0, "{sent}");
     assert_eq!(sample(&body, "switchyard_policy_traps_total", &pool), 0.0);
     for timed in [
         "switchyard_request_seconds_total",
@@ -715,6 +787,7 @@ async fn each_period_a_pool_with_traffic_logs_its_stats() {
     };
     let first = &lines(&proxy.log())[0];
     assert!(field(first, "xacts_per_s") > 0.0, "{first}");
+    assert!(field(first, "received_bytes_per_s") > 0.0, "{first}");
     // Each statement kept the server 10 ms at least.
     assert!(field(first, "request_us") >= 10_000.0, "{first}");
     assert!(field(first, "xact_us") >= 10_000.0, "{first}");
@@ -726,9 +799,15 @@ async fn each_period_a_pool_with_traffic_logs_its_stats() {
         }
     });
     let admin = console(&proxy).await;
-    let columns = ["avg_xact_count", "avg_query_count", "avg_xact_time"];
+    let columns = [
+        "avg_xact_count",
+        "avg_query_count",
+        "avg_xact_time",
+        "avg_recv",
+        "avg_sent",
+    ];
     let deadline = Instant::now() + Duration::from_secs(10);
-    let [xacts, requests, xact_us] = loop {
+    let [xacts, requests, xact_us, recv, sent] = loop {
         let avg = stats_of(&admin, &db, columns).await;
         if avg[0] > 0 {
             break avg;
@@ -739,6 +818,12 @@ async fn each_period_a_pool_with_traffic_logs_its_stats() {
     // At most 100 statements of 10 ms a second, each a transaction.
     assert!(xacts <= 100 && requests == xacts, "{xacts} {requests}");
     assert!(xact_us >= 10_000, "{xact_us}");
+    // Each transaction is one 27-byte Query, counted with it; both rates are rounded.
+    assert!(
+        recv.abs_diff(27 * xacts) <= 14,
+        "{recv} B/s for {xacts} xacts/s"
+    );
+    assert!(sent > recv, "{sent} B/s");
     busy.await.unwrap();
     // Without traffic a pool logs nothing (the period the last statement ended in aside),
     // and its averages go back to zero.

@@ -81,7 +81,7 @@ pub fn render(proxy: &Proxy) -> String {
     );
 
     type PoolValue = fn(&crate::pool::UserPool) -> u64;
-    let per_pool: [(&str, &str, &str, PoolValue); 7] = [
+    let per_pool: [(&str, &str, &str, PoolValue); 9] = [
         ("switchyard_clients", "gauge", "Clients logged in to the pool.", |p| {
             p.clients() as u64
         }),
@@ -108,6 +108,18 @@ pub fn render(proxy: &Proxy) -> String {
             "counter",
             "Requests a server answered (a simple Query, or extended-protocol messages up to a Sync).",
             |p| p.stats.totals().requests,
+        ),
+        (
+            "switchyard_client_received_bytes_total",
+            "counter",
+            "Bytes read from the pool's clients after login (PgBouncer's total_received).",
+            |p| p.stats.totals().received,
+        ),
+        (
+            "switchyard_client_sent_bytes_total",
+            "counter",
+            "Bytes written to the pool's clients after login: the servers' answers and the proxy's own messages (PgBouncer's total_sent).",
+            |p| p.stats.totals().sent,
         ),
         (
             "switchyard_policy_traps_total",

@@ -125,23 +125,28 @@ pub fn clients(proxy: &Proxy) -> Table {
 /// Per (database, user), since start, named as PgBouncer's `SHOW STATS` names them:
 /// `total_xact_count` transactions ended (a statement outside a transaction block is one),
 /// `total_query_count` requests answered (a simple Query, or extended-protocol messages up to
-/// a Sync), `total_xact_time` and `total_query_time` microseconds servers spent in those
+/// a Sync), `total_received` and `total_sent` bytes read from clients and written to them,
+/// `total_xact_time` and `total_query_time` microseconds servers spent in those
 /// transactions (from the first request to the end, idle time inside included) and on those
 /// requests (from sent to answered), `total_wait_time` microseconds checkouts waited in line
-/// for a server connection. The `avg_*` columns are the last `stats_period_ms`'s: requests
-/// and transactions per second, mean transaction, request and wait times (µs; the wait per
-/// transaction), as PgBouncer's.
+/// for a server connection. The `avg_*` columns are the last `stats_period_ms`'s: requests,
+/// transactions and bytes per second, mean transaction, request and wait times (µs; the wait
+/// per transaction), as PgBouncer's.
 pub fn stats(proxy: &Proxy) -> Table {
     let mut t = Table::new(&[
         ("database", Kind::Text),
         ("user", Kind::Text),
         ("total_xact_count", Kind::Int),
         ("total_query_count", Kind::Int),
+        ("total_received", Kind::Int),
+        ("total_sent", Kind::Int),
         ("total_xact_time", Kind::Int),
         ("total_query_time", Kind::Int),
         ("total_wait_time", Kind::Int),
         ("avg_xact_count", Kind::Int),
         ("avg_query_count", Kind::Int),
+        ("avg_recv", Kind::Int),
+        ("avg_sent", Kind::Int),
         ("avg_xact_time", Kind::Int),
         ("avg_query_time", Kind::Int),
         ("avg_wait_time", Kind::Int),
@@ -154,11 +159,15 @@ pub fn stats(proxy: &Proxy) -> Table {
             pool.user.as_str().into(),
             totals.transactions.into(),
             totals.requests.into(),
+            totals.received.into(),
+            totals.sent.into(),
             totals.transaction_us.into(),
             totals.request_us.into(),
             totals.waited_us.into(),
             (last.transactions_per_s.round() as u64).into(),
             (last.requests_per_s.round() as u64).into(),
+            (last.received_per_s.round() as u64).into(),
+            (last.sent_per_s.round() as u64).into(),
             last.transaction_us.into(),
             last.request_us.into(),
             last.wait_us.into(),

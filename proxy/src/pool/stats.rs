@@ -27,6 +27,9 @@ struct Shard {
     request_us: AtomicU64,
     /// Microseconds from a transaction's first request to the ReadyForQuery that ended it.
     transaction_us: AtomicU64,
+    /// Bytes read from clients, and written to them.
+    received: AtomicU64,
+    sent: AtomicU64,
 }
 
 /// Adds `n` to a counter only this thread writes.
@@ -60,6 +63,22 @@ pub struct Totals {
     pub transaction_us: u64,
     /// Microseconds checkouts waited in line for a server connection.
     pub waited_us: u64,
+    /// Bytes read from clients (PgBouncer's `total_received`).
+    pub received: u64,
+    /// Bytes written to clients (PgBouncer's `total_sent`).
+    pub sent: u64,
+}
+
+/// What a session adds to its pool's counters at once: a batch of answers and the bytes that
+/// passed since the last batch (see `Totals` for each field's meaning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub requests: u64,
+    pub transactions: u64,
+    pub request_us: u64,
+    pub transaction_us: u64,
+    pub received: u64,
+    pub sent: u64,
 }
 
 impl PoolStats {
@@ -100,15 +119,17 @@ impl PoolStats {
         shards.get(crate::workers::current()).unwrap_or(&shards[0])
     }
 
-    /// Records `requests` answered, of which `transactions` ended a transaction, and the time
-    /// they took (see `Totals`).
+    /// Adds a session's batch: requests answered, the transactions they ended, the time they
+    /// took and the bytes that passed.
     #[inline]
-    pub fn answered(&self, requests: u64, transactions: u64, request_us: u64, transaction_us: u64) {
+    pub fn add(&self, b: &Batch) {
         let s = self.mine();
-        bump(&s.requests, requests);
-        bump(&s.transactions, transactions);
-        bump(&s.request_us, request_us);
-        bump(&s.transaction_us, transaction_us);
+        bump(&s.requests, b.requests);
+        bump(&s.transactions, b.transactions);
+        bump(&s.request_us, b.request_us);
+        bump(&s.transaction_us, b.transaction_us);
+        bump(&s.received, b.received);
+        bump(&s.sent, b.sent);
     }
 
     /// The counters summed over the workers.
@@ -125,6 +146,8 @@ impl PoolStats {
             request_us: sum(|s| &s.request_us),
             transaction_us: sum(|s| &s.transaction_us),
             waited_us: self.waited_us.load(Ordering::Relaxed),
+            received: sum(|s| &s.received),
+            sent: sum(|s| &s.sent),
         }
     }
 }
@@ -136,16 +159,26 @@ mod tests {
     #[test]
     fn counts_add_up_over_the_workers_shards() {
         let stats = PoolStats::new(2);
-        stats.answered(3, 2, 30, 20);
-        stats.answered(1, 1, 5, 5);
+        let batch = |requests, transactions, us, received, sent| Batch {
+            requests,
+            transactions,
+            request_us: us,
+            transaction_us: us,
+            received,
+            sent,
+        };
+        stats.add(&batch(3, 2, 30, 100, 900));
+        stats.add(&batch(1, 1, 5, 10, 90));
         assert_eq!(
             stats.totals(),
             Totals {
                 transactions: 3,
                 requests: 4,
                 request_us: 35,
-                transaction_us: 25,
+                transaction_us: 35,
                 waited_us: 0,
+                received: 110,
+                sent: 990,
             }
         );
         assert_eq!(std::mem::align_of::<Shard>(), 64, "a shard per cache line");

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 pub struct Period {
     pub transactions_per_s: f64,
     pub requests_per_s: f64,
+    /// Bytes read from clients and written to them, per second.
+    pub received_per_s: f64,
+    pub sent_per_s: f64,
     /// Mean microseconds per transaction, request and checkout that ended in the period (a
     /// wait counts per transaction, as PgBouncer's `avg_wait_time`).
     pub transaction_us: u64,
@@ -35,6 +38,8 @@ impl Period {
         Some(Period {
             transactions_per_s: transactions as f64 / secs,
             requests_per_s: requests as f64 / secs,
+            received_per_s: d(|t| t.received) as f64 / secs,
+            sent_per_s: d(|t| t.sent) as f64 / secs,
             transaction_us: mean(d(|t| t.transaction_us), transactions),
             request_us: mean(d(|t| t.request_us), requests),
             wait_us: mean(d(|t| t.waited_us), transactions),
@@ -73,6 +78,8 @@ pub async fn stats_log(pools: Arc<Pools>, live: Arc<LiveSettings>, mut shutdown:
                     user = %pool.user,
                     xacts_per_s = format_args!("{:.1}", p.transactions_per_s),
                     requests_per_s = format_args!("{:.1}", p.requests_per_s),
+                    received_bytes_per_s = p.received_per_s.round() as u64,
+                    sent_bytes_per_s = p.sent_per_s.round() as u64,
                     xact_us = p.transaction_us,
                     request_us = p.request_us,
                     wait_us = p.wait_us,
@@ -95,6 +102,8 @@ mod tests {
             request_us: 1_000,
             transaction_us: 2_000,
             waited_us: 0,
+            received: 1_000,
+            sent: 10_000,
         };
         let now = Totals {
             transactions: 30,
@@ -102,12 +111,16 @@ mod tests {
             request_us: 5_000,
             transaction_us: 12_000,
             waited_us: 400,
+            received: 3_000,
+            sent: 50_000,
         };
         assert_eq!(
             Period::between(&before, &now, 2.0),
             Some(Period {
                 transactions_per_s: 10.0,
                 requests_per_s: 20.0,
+                received_per_s: 1_000.0,
+                sent_per_s: 20_000.0,
                 transaction_us: 500,
                 request_us: 100,
                 wait_us: 20,

@@ -194,6 +194,7 @@ impl Session<'_> {
             }
         }
         if !self.to_client.is_empty() {
+            self.traffic.sent(self.to_client.len());
             let r = write_all(&mut self.client, &self.to_client).await;
             self.to_client.clear();
             release_if_large(&mut self.to_client);

@@ -19,6 +19,7 @@ mod relay;
 mod state_probe;
 mod time_limits;
 mod timing;
+mod traffic;
 
 use forward::named_statement;
 
@@ -145,6 +146,8 @@ pub(crate) struct Session<'p> {
     limit_timer: time_limits::LimitTimer,
     /// How long the attached server works for the client (see `timing`).
     timing: timing::Timing,
+    /// Bytes from and to the client not yet in the pool's counters (see `traffic`).
+    traffic: traffic::Traffic,
 }
 
 /// Why a message got no server.
@@ -237,6 +240,7 @@ impl<'p> Session<'p> {
             time_limits: Self::time_limits_configured(&proxy.general()),
             limit_timer: time_limits::LimitTimer::default(),
             timing: timing::Timing::default(),
+            traffic: traffic::Traffic::default(),
         }
     }
 
@@ -272,6 +276,12 @@ impl<'p> Session<'p> {
         // The end of a session is cold: boxed so that its state (timers, a cleanup query) is not
         // part of the future every connected client keeps in memory.
         Box::pin(self.finish(end)).await;
+        let t = self.traffic.take();
+        self.pool.stats.add(&crate::pool::Batch {
+            received: t.received,
+            sent: t.sent,
+            ..Default::default()
+        });
     }
 
     async fn finish(&mut self, end: End) {
@@ -279,6 +289,7 @@ impl<'p> Session<'p> {
             tracing::debug!(pid = self.pid, code, %message, "closing client");
             // What the proxy answered before (complete messages only) goes first.
             backend::error(&mut self.to_client, Severity::Fatal, code, message);
+            self.traffic.sent(self.to_client.len());
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
                 self.client.write_all(&self.to_client),
@@ -363,7 +374,10 @@ impl<'p> Session<'p> {
             };
             let step = match event {
                 Event::ClientData(Ok(0)) | Event::ClientData(Err(_)) => Err(End::ClientGone),
-                Event::ClientData(Ok(_)) => Ok(()),
+                Event::ClientData(Ok(n)) => {
+                    self.traffic.received(n);
+                    Ok(())
+                }
                 Event::ClientReadable => {
                     // Readiness can be stale (left over from login): read into the stack first
                     // and allocate the session's buffer only once bytes really arrive.
@@ -371,6 +385,7 @@ impl<'p> Session<'p> {
                     match self.client.try_read(&mut first) {
                         Ok(0) => Err(End::ClientGone),
                         Ok(n) => {
+                            self.traffic.received(n);
                             self.cbuf.reserve(8192);
                             self.cbuf.extend_from_slice(&first[..n]);
                             Ok(())

@@ -133,11 +133,18 @@ impl Session<'_> {
                 r.emit_synthetic(out);
             }
         }
+        self.traffic.sent(out.len() + (pos - from));
         if ready {
             let took = self.timing.answered(idle, !r.quiet());
-            self.pool
-                .stats
-                .answered(answered, ended, took.request_us, took.transaction_us);
+            let bytes = self.traffic.take();
+            self.pool.stats.add(&crate::pool::Batch {
+                requests: answered,
+                transactions: ended,
+                request_us: took.request_us,
+                transaction_us: took.transaction_us,
+                received: bytes.received,
+                sent: bytes.sent,
+            });
         }
         let written = if out.is_empty() {
             write_all(&mut self.client, &buf[from..pos]).await
