@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 use switchyard_tests::{
-    activity, first_value, roles, shared_cluster, sqlstate, trust_pool, trust_proxy, unique_name,
-    Proxy,
+    activity, first_value, pool_toml, roles, shared_cluster, sqlstate, trust_pool, trust_proxy,
+    unique_name, Proxy,
 };
 
 fn setup(general: &str, pool: &str) -> (String, Proxy) {
@@ -779,4 +779,119 @@ async fn statement_mode_shares_servers_per_statement_and_refuses_transaction_blo
     }
     let v: i32 = b.query_one("SELECT 7::int", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
+}
+
+/// How many connections the primary has for `db` (the harness's own excluded).
+fn server_connections(db: &str) -> usize {
+    activity(db).len()
+}
+
+#[tokio::test]
+async fn max_db_connections_caps_what_all_users_hold_on_a_server() {
+    let c = shared_cluster();
+    let db = unique_name("dbcap");
+    c.create_database(&db, roles::TRUST);
+    // PostgreSQL itself refuses a fourth connection: the cap must never let one through,
+    // not even while a connection closed to make room is still going away.
+    c.psql(
+        c.primary.port,
+        "postgres",
+        &format!("ALTER DATABASE {db} CONNECTION LIMIT 3"),
+    )
+    .unwrap();
+    let users = format!(
+        "[pools.{db}.users.{}]\n[pools.{db}.users.{}]\npassword = \"{}\"\n",
+        roles::TRUST,
+        roles::MD5,
+        roles::MD5_PASSWORD
+    );
+    let pool = "pool_mode = \"transaction\"\npool_size = 3\nmax_db_connections = 3";
+    let proxy = Proxy::start(
+        "checkout_timeout_ms = 1500",
+        &pool_toml(c, &db, pool, &users),
+    );
+    let b = proxy
+        .connect(roles::MD5, Some(roles::MD5_PASSWORD), &db)
+        .await
+        .unwrap();
+    let mut a = Vec::new();
+    for _ in 0..3 {
+        a.push(proxy.connect(roles::TRUST, None, &db).await.unwrap());
+    }
+
+    // The first user takes all three in transactions; the second user's idle connection is
+    // closed to make room.
+    for x in &a {
+        x.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    assert_eq!(server_connections(&db), 3);
+    // Nothing is idle: the second user waits out checkout_timeout_ms.
+    let started = Instant::now();
+    let e = b.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"), "{e:?}");
+    let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+    assert!(message.contains("max_db_connections (3)"), "{message}");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+
+    // Idle connections of the first user make room at once.
+    for x in &a {
+        x.batch_execute("COMMIT").await.unwrap();
+    }
+    let started = Instant::now();
+    b.simple_query("SELECT 1").await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert_eq!(server_connections(&db), 3);
+
+    // A checkout that waits is served when a connection goes idle.
+    for x in &a {
+        x.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        b.simple_query("SELECT 2").await.unwrap();
+        (started.elapsed(), b)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a[0].batch_execute("COMMIT").await.unwrap();
+    let (waited, b) = waiting.await.unwrap();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1400),
+        "{waited:?}"
+    );
+    for x in &a[1..] {
+        x.batch_execute("COMMIT").await.unwrap();
+    }
+
+    // Both users at once: every statement is served, and PostgreSQL's own limit (the same
+    // number) never refuses a connection.
+    let mut tasks = Vec::new();
+    for (i, (user, password)) in [
+        (roles::TRUST, None),
+        (roles::MD5, Some(roles::MD5_PASSWORD)),
+    ]
+    .into_iter()
+    .cycle()
+    .take(6)
+    .enumerate()
+    {
+        let conn_str = proxy.conn_str(user, password, &db);
+        tasks.push(tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for n in 0..15 {
+                let rows = client
+                    .simple_query(&format!("SELECT {i} * 100 + {n}"))
+                    .await
+                    .unwrap();
+                assert_eq!(first_value::<i64>(&rows), Some(i as i64 * 100 + n));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(server_connections(&db) <= 3);
+    drop((a, b));
 }

@@ -217,6 +217,9 @@ pub struct PoolConfig {
     /// Default connections per user and server kept open even when idle.
     #[serde(default)]
     pub min_pool_size: u32,
+    /// Connections to each server that all the pool's users may hold together; 0: no cap.
+    #[serde(default)]
+    pub max_db_connections: u32,
     /// Routing policies (WebAssembly components), run in order; none: everything to the primary.
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,

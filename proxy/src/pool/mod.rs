@@ -6,6 +6,7 @@
 
 mod backends;
 mod reaper;
+mod server_cap;
 mod server_pool;
 mod slots;
 mod stats;
@@ -15,6 +16,7 @@ mod user_pool;
 
 pub use backends::{Backends, LiveBackends};
 pub use reaper::{expire_waiters, reaper};
+pub use server_cap::{CapTicket, Caps, ServerCap};
 pub use server_pool::{CheckoutError, Pooled, ServerPool, Servers};
 pub use stats::{Batch, PoolStats, Totals};
 pub use stats_log::{stats_log, Period};
@@ -41,10 +43,18 @@ type PoolMap = HashMap<String, HashMap<String, Arc<UserPool>>>;
 pub struct Pools {
     /// Replaced whole when a reload adds pools: a login sees the old map or the new one.
     by_database: ArcSwap<PoolMap>,
-    /// The timeouts every server pool follows (a reload changes them in place), and the
-    /// worker count, for the server pools a reload adds.
-    timeouts: Arc<PoolTimeouts>,
-    workers: usize,
+    /// What the server pools share, also those a reload adds.
+    shared: Shared,
+}
+
+/// What all the server pools share: the timeouts they follow (a reload changes them in
+/// place), the servers' `max_db_connections` caps (one per database and server, across its
+/// users) and the worker count.
+#[derive(Debug)]
+pub struct Shared {
+    pub timeouts: Arc<PoolTimeouts>,
+    pub caps: Caps,
+    pub workers: usize,
 }
 
 impl Pools {
@@ -52,12 +62,16 @@ impl Pools {
     /// pool's routing policies (compiled once per pool, checked, `init` run on a canary). No
     /// server connection is opened here.
     pub fn from_config(config: &Config, workers: usize) -> Result<Self, LoadError> {
-        let timeouts = Arc::new(PoolTimeouts::from_general(&config.general));
+        let shared = Shared {
+            timeouts: Arc::new(PoolTimeouts::from_general(&config.general)),
+            caps: Caps::default(),
+            workers,
+        };
         let mut by_database = PoolMap::new();
         for (db, pool) in &config.pools {
             let plugins = load_policies(config, pool)?;
             for (user, u) in &pool.users {
-                let up = UserPool::new(db, user, pool, u, &timeouts, workers, |servers| {
+                let up = UserPool::new(db, user, pool, u, &shared, |servers| {
                     router(config, pool, &plugins, servers)
                 });
                 by_database
@@ -66,10 +80,12 @@ impl Pools {
                     .insert(user.clone(), Arc::new(up));
             }
         }
+        for (db, pool) in &config.pools {
+            shared.caps.set_limit(db, pool.max_db_connections);
+        }
         Ok(Pools {
             by_database: ArcSwap::from_pointee(by_database),
-            timeouts,
-            workers,
+            shared,
         })
     }
 
@@ -112,7 +128,7 @@ impl Pools {
             let plugins = load_policies(config, pool)?;
             for (user, u) in &pool.users {
                 let Some(up) = running.get(db).and_then(|users| users.get(user)) else {
-                    let up = UserPool::new(db, user, pool, u, &self.timeouts, self.workers, |s| {
+                    let up = UserPool::new(db, user, pool, u, &self.shared, |s| {
                         router(config, pool, &plugins, s)
                     });
                     notes.push(format!("pools.{db}.users.{user}: added"));
@@ -122,7 +138,15 @@ impl Pools {
                         .insert(user.clone(), Arc::new(up));
                     continue;
                 };
-                let fresh = server_pools(db, user, pool, u, &self.timeouts, &up.stats);
+                let fresh = server_pools(
+                    db,
+                    user,
+                    pool,
+                    u,
+                    &self.shared.timeouts,
+                    &up.stats,
+                    &self.shared.caps,
+                );
                 let servers = keep_unchanged(&up.servers(), fresh);
                 ready.push((up, pool, u, plugins.clone(), servers));
             }
@@ -141,7 +165,10 @@ impl Pools {
                 up.forget_defaults();
             }
         }
-        self.timeouts.update(&config.general);
+        self.shared.timeouts.update(&config.general);
+        for (db, pool) in &config.pools {
+            self.shared.caps.set_limit(db, pool.max_db_connections);
+        }
         if !added.is_empty() {
             let mut map = PoolMap::clone(&running);
             for (db, users) in added {
@@ -277,6 +304,27 @@ mod tests {
     const PRIMARY: &str = r#"{ host = "127.0.0.1", port = 5432, role = "primary", name = "p" }"#;
     const MOVED: &str = r#"{ host = "127.0.0.2", port = 5432, role = "primary", name = "p" }"#;
     const REPLICA: &str = r#"{ host = "127.0.0.1", port = 5433, role = "replica", name = "r" }"#;
+
+    #[test]
+    fn the_users_of_a_database_share_each_servers_cap_and_a_reload_changes_it() {
+        let capped = |limit: u32| {
+            let mut c = config(&format!("{PRIMARY}, {REPLICA}"), 5, &["alice", "bob"]);
+            c.pools.get_mut("app").unwrap().max_db_connections = limit;
+            c
+        };
+        let pools = Pools::from_config(&capped(4), 1).unwrap();
+        let (alice, bob) = (
+            pools.get("app", "alice").unwrap(),
+            pools.get("app", "bob").unwrap(),
+        );
+        let cap = |p: &UserPool, i: usize| p.servers()[i].cap() as *const ServerCap;
+        assert_eq!(cap(&alice, 0), cap(&bob, 0), "one cap per server");
+        assert_ne!(cap(&alice, 0), cap(&alice, 1));
+        assert_eq!(alice.servers()[1].cap().limit(), 4);
+        pools.reload(&capped(9)).unwrap();
+        assert_eq!(bob.servers()[0].cap().limit(), 9);
+        assert_eq!(cap(&alice, 0), cap(&bob, 0));
+    }
 
     #[test]
     fn a_reload_keeps_unchanged_servers_and_retires_the_others() {

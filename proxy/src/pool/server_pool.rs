@@ -11,6 +11,7 @@
 //! retires its pool ([`ServerPool::retire`]): the idle connections close at once, those in use
 //! when their transaction ends, and checkouts still queued there are told to route again.
 
+use super::server_cap::{CapTicket, ServerCap};
 use super::slots::{Expired, Slots, WaitTotal};
 use super::PoolTimeouts;
 use crate::config::{General, Role};
@@ -46,6 +47,16 @@ pub enum CheckoutError {
         "the pool is paused (PAUSE on the admin console) and was not resumed within {waited_ms} ms"
     )]
     Paused { waited_ms: u128 },
+    /// The database's users together hold `max_db_connections` connections to the server,
+    /// none idle, and none closed or went idle within the wait.
+    #[error(
+        "no server connection to {server} could be opened within {waited_ms} ms: the database's users hold max_db_connections ({max}) there"
+    )]
+    Capped {
+        server: String,
+        waited_ms: u128,
+        max: u32,
+    },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// A reload replaced this server's pool while the checkout waited: route again, in the
@@ -80,6 +91,8 @@ pub struct ServerPool {
     generation: AtomicU64,
     /// Set by [`ServerPool::retire`]: a reload took the server out of its pool's list.
     retired: AtomicBool,
+    /// The server's `max_db_connections` cap, shared with the other users' pools.
+    cap: Arc<ServerCap>,
 }
 
 /// A checked-out connection, with the pool it came from (which holds its slot). Dropping it
@@ -166,7 +179,15 @@ impl ServerPool {
             down_until_ms: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            cap: Arc::default(),
         }
+    }
+
+    /// Counts its connections under `cap`, the server's `max_db_connections`, which the
+    /// pools of the database's other users share. For a pool just made.
+    pub fn capped_by(mut self, cap: Arc<ServerCap>) -> Self {
+        self.cap = cap;
+        self
     }
 
     /// Adds the time its checkouts wait to `total`, the (database, user) pool's, which all its
@@ -221,6 +242,20 @@ impl ServerPool {
         (0..n).find_map(|i| self.shard(home + i).pop())
     }
 
+    /// The coldest idle connection of any worker, to be closed to make room under the
+    /// server's cap for another user's pool.
+    pub(super) fn take_idle(&self) -> Option<Box<ServerConn>> {
+        (0..self.idle.len()).find_map(|i| {
+            let mut stack = self.shard(i);
+            (!stack.is_empty()).then(|| stack.remove(0))
+        })
+    }
+
+    /// The server's `max_db_connections` cap.
+    pub fn cap(&self) -> &ServerCap {
+        &self.cap
+    }
+
     /// Hands out a connection: an idle one if any is sound, else a new one. Waits up to
     /// `checkout_timeout` for a free slot.
     pub async fn checkout(self: Arc<Self>) -> Result<Pooled, CheckoutError> {
@@ -259,9 +294,27 @@ impl ServerPool {
         };
         // Rare (a new connection): boxed, so its large login state is not part of every
         // session's future.
-        let conn = Box::pin(pooled.pool.open()).await?;
+        let conn = Box::pin(pooled.pool.clone().open_under_cap()).await?;
         pooled.conn = Some(conn);
         Ok(pooled)
+    }
+
+    /// Opens a connection once the server's cap leaves room for it (see `server_cap`).
+    async fn open_under_cap(self: Arc<Self>) -> Result<Box<ServerConn>, CheckoutError> {
+        let ticket = match self.cap.try_reserve() {
+            Some(t) => t,
+            None => self
+                .cap
+                .reserve(&self, self.timeouts.checkout())
+                .await
+                .map_err(|waited| CheckoutError::Capped {
+                    server: self.name.clone(),
+                    waited_ms: waited.as_millis(),
+                    max: self.cap.limit(),
+                })?,
+        };
+        self.cap.join(&self);
+        Ok(self.open(ticket).await?)
     }
 
     /// Fails the checkouts that have waited past `checkout_timeout` at `now`
@@ -270,7 +323,7 @@ impl ServerPool {
         self.slots.expire(now)
     }
 
-    async fn open(&self) -> Result<Box<ServerConn>, ConnectError> {
+    async fn open(&self, ticket: CapTicket) -> Result<Box<ServerConn>, ConnectError> {
         // Read before connecting: a `RECONNECT` meanwhile retires this connection too.
         let generation = self.generation.load(Ordering::Relaxed);
         match connect(
@@ -282,6 +335,7 @@ impl ServerPool {
         {
             Ok(mut conn) => {
                 conn.generation = generation;
+                conn.cap_ticket = Some(ticket);
                 self.opened.fetch_add(1, Ordering::Relaxed);
                 self.down_until_ms.store(0, Ordering::Relaxed);
                 Ok(conn)
@@ -333,6 +387,7 @@ impl ServerPool {
         conn.idle_since_ms = now;
         let home = conn.home;
         self.shard(home).push(conn);
+        self.cap.connection_idle();
     }
 
     /// Closes idle connections past their idle timeout or lifetime; returns how many.
@@ -436,7 +491,12 @@ impl ServerPool {
                 conn: None,
                 pool: self.clone(),
             };
-            match self.open().await {
+            let Some(ticket) = self.cap.try_reserve() else {
+                tracing::debug!(server = %self.name, "min_pool_size not filled: max_db_connections reached");
+                return;
+            };
+            self.cap.join(self);
+            match self.open(ticket).await {
                 Ok(conn) => {
                     pooled.conn = Some(conn);
                     pooled.checkin();

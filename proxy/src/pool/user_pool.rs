@@ -3,7 +3,9 @@
 
 use crate::auth::{AuthMethod, ClientSecret};
 use crate::config::{PoolConfig, PoolMode, Role, UserConfig};
-use crate::pool::{Backends, LiveBackends, PoolStats, PoolTimeouts, ServerPool, Servers};
+use crate::pool::{
+    Backends, Caps, LiveBackends, PoolStats, PoolTimeouts, ServerPool, Servers, Shared,
+};
 use crate::router::{Route, Router};
 use crate::server::{ParamList, ServerTarget};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -94,16 +96,23 @@ impl UserPool {
         user: &str,
         pool: &PoolConfig,
         u: &UserConfig,
-        timeouts: &Arc<PoolTimeouts>,
-        workers: usize,
+        shared: &Shared,
         make_router: impl FnOnce(&Servers) -> Arc<dyn Router>,
     ) -> Self {
-        let stats = PoolStats::new(workers);
+        let stats = PoolStats::new(shared.workers);
         let servers: Servers = Arc::new(
-            server_pools(database, user, pool, u, timeouts, &stats)
-                .into_iter()
-                .map(Arc::new)
-                .collect(),
+            server_pools(
+                database,
+                user,
+                pool,
+                u,
+                &shared.timeouts,
+                &stats,
+                &shared.caps,
+            )
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
         );
         let router = make_router(&servers);
         UserPool {
@@ -273,6 +282,7 @@ pub(super) fn server_pools(
     u: &UserConfig,
     timeouts: &Arc<PoolTimeouts>,
     stats: &PoolStats,
+    caps: &Caps,
 ) -> Vec<ServerPool> {
     let workers = stats.workers();
     let size = u.pool_size.unwrap_or(pool.pool_size);
@@ -301,6 +311,7 @@ pub(super) fn server_pools(
                 password: server_password.clone(),
                 liveness: timeouts.liveness,
             };
+            let cap = caps.of(database, &addr);
             ServerPool::new(
                 s.name.clone().unwrap_or(addr),
                 s.role,
@@ -310,6 +321,7 @@ pub(super) fn server_pools(
                 timeouts.clone(),
                 workers,
             )
+            .capped_by(cap)
             .counting_waits_in(stats.wait_total())
         })
         .collect()

@@ -26,6 +26,10 @@ impl ServerKey {
     }
 }
 
+/// How long a closed connection under a `max_db_connections` cap waits for the server to
+/// close its end before it gives its place back anyway.
+pub const SERVER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A server connection past login, ready for queries.
 #[derive(Debug)]
 pub struct ServerConn {
@@ -58,6 +62,8 @@ pub struct ServerConn {
     /// The worker whose reactor the socket is registered with; it returns to that worker's
     /// idle list.
     pub home: usize,
+    /// Its place under the server's `max_db_connections` cap, given back when it closes.
+    pub cap_ticket: Option<crate::pool::CapTicket>,
     /// The pool's generation when the connection was opened: the admin console's `RECONNECT`
     /// starts a new one, and a connection of an older one is closed when released.
     pub generation: u64,
@@ -86,7 +92,34 @@ impl ServerConn {
     }
 
     /// Sends `Terminate` if the socket takes it at once, so the server logs a clean goodbye.
+    ///
+    /// Under a `max_db_connections` cap the connection keeps its place until the server has
+    /// closed its end (at most [`SERVER_CLOSE_WAIT`]): PostgreSQL counts a backend against
+    /// its own limits until it exits, so a connection opened in its place at once could be
+    /// refused, or make one more than the cap for a moment.
     pub fn terminate(self) {
         let _ = self.stream.try_write(b"X\0\0\0\x04");
+        if self.cap_ticket.as_ref().is_some_and(|t| t.limited()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(self.closed_by_server());
+            }
+        }
+    }
+
+    /// Sends `Terminate` and waits for the server to close its end (at most
+    /// [`SERVER_CLOSE_WAIT`]): once this returns, PostgreSQL no longer counts the connection.
+    pub async fn close(self) {
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+        self.closed_by_server().await;
+    }
+
+    /// Waits for the server's end of the connection to close; then the connection is dropped.
+    async fn closed_by_server(mut self) {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 512];
+        let _ = tokio::time::timeout(SERVER_CLOSE_WAIT, async {
+            while let Ok(1..) = self.stream.read(&mut buf).await {}
+        })
+        .await;
     }
 }

@@ -229,6 +229,7 @@ async fn login(
                     idle_since_ms: now,
                     generation: 0,
                     home: crate::workers::current(),
+                    cap_ticket: None,
                 }));
             }
             Message::AuthenticationGss

@@ -194,7 +194,7 @@ fn settled(
 /// The SQLSTATE and message a client gets when no server connection could be had.
 pub(super) fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str, String) {
     match e {
-        CheckoutError::Exhausted { .. } => (
+        CheckoutError::Exhausted { .. } | CheckoutError::Capped { .. } => (
             sqlstate::TOO_MANY_CONNECTIONS,
             format!(
                 "connection pool for database \"{}\" user \"{}\" is exhausted: {e}",
