@@ -91,7 +91,7 @@ fn sweep(workers: &Workers) {
 
 /// The `[general]` settings a reload applies: timeouts and limits, read where they are used.
 /// The others (addresses, worker threads, socket options) are taken once, at start.
-const LIVE_GENERAL: [&str; 13] = [
+const LIVE_GENERAL: [&str; 14] = [
     "max_client_conn",
     "max_message_size",
     "checkout_timeout_ms",
@@ -103,6 +103,7 @@ const LIVE_GENERAL: [&str; 13] = [
     "idle_transaction_timeout_ms",
     "client_idle_timeout_ms",
     "query_timeout_ms",
+    "transaction_timeout_ms",
     "server_login_retry_ms",
     "stats_period_ms",
 ];
@@ -121,6 +122,7 @@ fn live_general(running: &General, new: &General) -> General {
         idle_transaction_timeout_ms: new.idle_transaction_timeout_ms,
         client_idle_timeout_ms: new.client_idle_timeout_ms,
         query_timeout_ms: new.query_timeout_ms,
+        transaction_timeout_ms: new.transaction_timeout_ms,
         server_login_retry_ms: new.server_login_retry_ms,
         stats_period_ms: new.stats_period_ms,
         ..running.clone()
@@ -137,7 +139,9 @@ fn reloads(key: &[String]) -> bool {
         // Added: in service; removed: a note says it stays until a restart.
         ["pools", _] | ["pools", _, "users", _] => true,
         ["pools", _, "policies" | "write_functions" | "fallback_reads" | "servers", ..] => true,
-        ["pools", _, "pool_size" | "min_pool_size" | "server_database"] => true,
+        ["pools", _, "pool_size" | "min_pool_size" | "server_database" | "max_db_connections"] => {
+            true
+        }
         ["pools", _, "pool_mode" | "reset_query" | "track_session_state"] => true,
         ["pools", _, "users", _, setting, ..] => matches!(
             *setting,
@@ -286,6 +290,7 @@ mod tests {
             "pools.app.servers",
             "pools.app.servers[1].port",
             "pools.app.pool_size",
+            "pools.app.max_db_connections",
             "pools.app.users.alice.password",
             "pools.app.users.alice.pool_size",
             "pools.app.pool_mode",
@@ -339,6 +344,7 @@ mod tests {
         new.idle_transaction_timeout_ms = next();
         new.client_idle_timeout_ms = next();
         new.query_timeout_ms = next();
+        new.transaction_timeout_ms = next();
         new.server_login_retry_ms = next();
         new.stats_period_ms = next();
         let tree = |g: &General| toml::Value::try_from(g).unwrap();

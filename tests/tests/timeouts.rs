@@ -327,3 +327,70 @@ async fn query_timeout_in_session_mode_closes_the_client() {
     let v: i32 = c.query_one("SELECT 6::int", &[]).await.unwrap().get(0);
     assert_eq!(v, 6);
 }
+
+#[tokio::test]
+async fn transaction_timeout_ends_a_transaction_that_holds_its_server_too_long() {
+    let (db, proxy) = setup(
+        "transaction_timeout_ms = 700",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let (c, conn) = connect_watched(&proxy, &db).await;
+    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    // Each transaction has its own time: 1.5 s of short ones are not cut.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        c.batch_execute("BEGIN; INSERT INTO t VALUES (1); COMMIT")
+            .await
+            .unwrap();
+        c.batch_execute("SELECT pg_sleep(0.1)").await.unwrap();
+    }
+    assert!(!conn.is_finished());
+
+    // A statement is a transaction too: one that runs past the limit is cancelled, and its
+    // client closed.
+    let (s, s_conn) = connect_watched(&proxy, &db).await;
+    let started = Instant::now();
+    let e = s.batch_execute("SELECT pg_sleep(30)").await.unwrap_err();
+    let waited = started.elapsed();
+    let (code, message, fatal) = db_error(&e);
+    assert_eq!((code.as_str(), fatal), ("25P04", true), "{message}");
+    assert_eq!(message, "terminating connection due to transaction timeout");
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), s_conn).await;
+    no_sleeper_left(&db).await;
+
+    // Short statements that together keep a transaction open past the limit: the one
+    // running when it passes is cut.
+    let (m, _m_conn) = connect_watched(&proxy, &db).await;
+    m.batch_execute("BEGIN").await.unwrap();
+    let mut cut = None;
+    for i in 0..5 {
+        if let Err(e) = m.batch_execute("SELECT pg_sleep(0.3)").await {
+            cut = Some((i, db_error(&e).0));
+            break;
+        }
+    }
+    assert_eq!(
+        cut,
+        Some((2, "25P04".to_string())),
+        "the third ends past 700 ms"
+    );
+
+    // A transaction left idle with its server is ended as well, and rolled back.
+    let (t, t_conn) = connect_watched(&proxy, &db).await;
+    t.batch_execute("BEGIN; INSERT INTO t VALUES (100)")
+        .await
+        .unwrap();
+    let (code, _) = closed_with(t_conn).await;
+    assert_eq!(code, "25P04");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t WHERE x = 100", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    assert!(!conn.is_finished(), "other clients go on");
+}

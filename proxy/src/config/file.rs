@@ -63,6 +63,11 @@ pub struct General {
     /// server that hangs or a network that drops packets; the server's own
     /// `statement_timeout`, set a little lower, is the way to bound queries.
     pub query_timeout_ms: u64,
+    /// A transaction (a statement outside a transaction block is one) that has held a server
+    /// this long is ended: the client gets FATAL `25P04` and is closed, the server's work is
+    /// cancelled and rolled back (0 = never; PgBouncer's `transaction_timeout`, PostgreSQL
+    /// 17's `transaction_timeout`).
+    pub transaction_timeout_ms: u64,
     /// Proxy-named prepared statements kept per server connection in transaction mode; past
     /// it the least recently used is closed (0 = no limit).
     pub max_prepared_statements: usize,
@@ -135,6 +140,7 @@ impl Default for General {
             idle_transaction_timeout_ms: 0,
             client_idle_timeout_ms: 0,
             query_timeout_ms: 0,
+            transaction_timeout_ms: 0,
             server_login_retry_ms: 5000,
             max_prepared_statements: 200,
             tcp_keepalive: true,

@@ -25,6 +25,8 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `25P03` idle_in_transaction_session_timeout: `idle_transaction_timeout_ms` passed.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+/// `25P04` transaction_timeout: `transaction_timeout_ms` passed (PostgreSQL 17's code).
+pub const TRANSACTION_TIMEOUT: &str = "25P04";
 /// `57P05` idle_session_timeout: `client_idle_timeout_ms` passed.
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 /// `57014` query_canceled: the server did not answer within `query_timeout_ms`.

@@ -140,8 +140,8 @@ pub(crate) struct Session<'p> {
     /// Transaction mode: the session state that statements sent to the attached server
     /// left, as far as their SQL tells (see `state_probe`).
     found: Found,
-    /// `idle_transaction_timeout_ms`, `client_idle_timeout_ms` and `query_timeout_ms` (see
-    /// `time_limits`): whether any is set, and the timer.
+    /// `idle_transaction_timeout_ms`, `client_idle_timeout_ms`, `query_timeout_ms` and
+    /// `transaction_timeout_ms` (see `time_limits`): whether any is set, and the timer.
     time_limits: bool,
     limit_timer: time_limits::LimitTimer,
     /// How long the attached server works for the client (see `timing`).

@@ -3,8 +3,9 @@
 //! (the transaction holds a server and its locks), outside after `client_idle_timeout_ms`.
 //! While it waits for its server, the server may be given up: a request not answered within
 //! `query_timeout_ms` is cancelled and its server connection closed, so a server that hangs or
-//! a network that drops packets without a reset cannot hold a client forever. All three are
-//! off by default, as in PgBouncer, and cost nothing then.
+//! a network that drops packets without a reset cannot hold a client forever. A transaction
+//! that has held a server past `transaction_timeout_ms`, working or idle, is ended and its
+//! client closed. All four are off by default, as in PgBouncer, and cost nothing then.
 
 use super::*;
 use std::pin::Pin;
@@ -18,13 +19,18 @@ pub(super) enum Limit {
     IdleSession,
     /// The server owes an answer.
     Query,
+    /// The transaction has held its server too long.
+    Transaction,
 }
 
 impl Session<'_> {
     /// Whether any limit is configured: when none is (the default), a wait tests this one flag
     /// and nothing else of this file runs.
     pub(super) fn time_limits_configured(g: &crate::config::General) -> bool {
-        g.idle_transaction_timeout_ms > 0 || g.client_idle_timeout_ms > 0 || g.query_timeout_ms > 0
+        g.idle_transaction_timeout_ms > 0
+            || g.client_idle_timeout_ms > 0
+            || g.query_timeout_ms > 0
+            || g.transaction_timeout_ms > 0
     }
 
     /// [`Session::wait`], or the limit that applies while the session waits now, if it passes
@@ -39,10 +45,35 @@ impl Session<'_> {
         event
     }
 
-    /// The limit that applies now. The idle limits apply while the server owes nothing, since
-    /// otherwise the client waits, not the proxy; the query limit applies while it owes.
+    /// The limit that passes first now: the transaction's, or the one of the wait.
     fn time_limit(&self) -> Option<(Duration, Limit)> {
         let g = self.proxy.general();
+        let wait = self.wait_limit(&g);
+        match (wait, self.transaction_limit(&g)) {
+            (Some(w), Some(t)) => Some(if t.0 < w.0 { t } else { w }),
+            (w, t) => w.or(t),
+        }
+    }
+
+    /// What is left of `transaction_timeout_ms` for the transaction being timed: from its
+    /// first request sent to a server (a `BEGIN` the proxy answered holds no server yet, and
+    /// `idle_transaction_timeout_ms` is the limit for that).
+    fn transaction_limit(&self, g: &crate::config::General) -> Option<(Duration, Limit)> {
+        let ms = g.transaction_timeout_ms;
+        if ms == 0 || self.server.is_none() {
+            return None;
+        }
+        let started = self.timing.transaction_started()?;
+        let held = Duration::from_nanos(crate::clock::now_ns().saturating_sub(started));
+        Some((
+            Duration::from_millis(ms).saturating_sub(held),
+            Limit::Transaction,
+        ))
+    }
+
+    /// The limit of the wait. The idle limits apply while the server owes nothing, since
+    /// otherwise the client waits, not the proxy; the query limit applies while it owes.
+    fn wait_limit(&self, g: &crate::config::General) -> Option<(Duration, Limit)> {
         let status = match &self.server {
             Some(_) if !self.responses.quiet() => {
                 let ms = g.query_timeout_ms;
@@ -79,6 +110,19 @@ impl Session<'_> {
                 sqlstate::IDLE_SESSION_TIMEOUT,
                 "terminating connection due to idle-session timeout".into(),
             )),
+            Limit::Transaction => {
+                // The end of the session rolls it back: a server that still works on it is
+                // sent a cancel and closed, an idle one gets ROLLBACK (see `clean_up`).
+                tracing::info!(
+                    pid = self.pid,
+                    transaction_timeout_ms = self.proxy.general().transaction_timeout_ms,
+                    "closing a client whose transaction held its server too long"
+                );
+                Err(End::Fatal(
+                    sqlstate::TRANSACTION_TIMEOUT,
+                    "terminating connection due to transaction timeout".into(),
+                ))
+            }
             Limit::Query => {
                 let Some(att) = &self.server else {
                     return Ok(());

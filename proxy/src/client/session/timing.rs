@@ -67,6 +67,11 @@ impl Timing {
         took
     }
 
+    /// When the transaction being timed started ([`clock::now_ns`]), if one is.
+    pub fn transaction_started(&self) -> Option<u64> {
+        (self.transaction != 0).then_some(self.transaction)
+    }
+
     /// The server is gone: nothing is being timed.
     pub fn stop(&mut self) {
         *self = Timing::default();
