@@ -799,8 +799,9 @@ async fn max_db_connections_caps_what_all_users_hold_on_a_server() {
         &format!("ALTER DATABASE {db} CONNECTION LIMIT 3"),
     )
     .unwrap();
+    // The first user's own pool_size is above the cap.
     let users = format!(
-        "[pools.{db}.users.{}]\n[pools.{db}.users.{}]\npassword = \"{}\"\n",
+        "[pools.{db}.users.{}]\npool_size = 5\n[pools.{db}.users.{}]\npassword = \"{}\"\n",
         roles::TRUST,
         roles::MD5,
         roles::MD5_PASSWORD
@@ -861,6 +862,29 @@ async fn max_db_connections_caps_what_all_users_hold_on_a_server() {
     for x in &a[1..] {
         x.batch_execute("COMMIT").await.unwrap();
     }
+
+    // A checkout of the first user that finds the cap reached (its pool_size is not) gets
+    // the first of its own connections that goes idle.
+    let fourth = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    for x in &a {
+        x.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        fourth.simple_query("SELECT 3").await.unwrap();
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a[0].batch_execute("COMMIT").await.unwrap();
+    let waited = waiting.await.unwrap();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1400),
+        "{waited:?}"
+    );
+    for x in &a[1..] {
+        x.batch_execute("COMMIT").await.unwrap();
+    }
+    assert_eq!(server_connections(&db), 3);
 
     // Both users at once: every statement is served, and PostgreSQL's own limit (the same
     // number) never refuses a connection.

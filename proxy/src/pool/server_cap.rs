@@ -39,6 +39,15 @@ pub struct ServerCap {
     members: Mutex<Vec<Weak<ServerPool>>>,
 }
 
+/// What a checkout waiting under the cap gets.
+#[derive(Debug)]
+pub enum Room {
+    /// A place for a new connection.
+    Ticket(CapTicket),
+    /// One of its own pool's connections, which went idle while it waited.
+    Idle(Box<ServerConn>),
+}
+
 /// One connection's place under its server's cap, given back when dropped.
 #[derive(Debug)]
 pub struct CapTicket(Arc<ServerCap>);
@@ -119,16 +128,17 @@ impl ServerCap {
             .map(|_| CapTicket(self.clone()))
     }
 
-    /// A ticket for a connection `own` is about to open: at once if the cap leaves room, else
-    /// after closing an idle connection of another member, else when one closes or goes idle.
-    /// Gives up after `timeout`, returning how long it waited.
+    /// Room for a checkout of `own` that found no idle connection: a ticket at once if the
+    /// cap leaves room; else `own`'s connection that went idle meanwhile; else the ticket of
+    /// another member's idle connection, closed for it; else, when one closes or goes idle,
+    /// the same again. Gives up after `timeout`, returning how long it waited.
     pub async fn reserve(
         self: &Arc<Self>,
         own: &ServerPool,
         timeout: Duration,
-    ) -> Result<CapTicket, Duration> {
+    ) -> Result<Room, Duration> {
         if let Some(t) = self.try_reserve() {
-            return Ok(t);
+            return Ok(Room::Ticket(t));
         }
         let started = Instant::now();
         self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -138,14 +148,17 @@ impl ServerCap {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if let Some(t) = self.try_reserve() {
-                return Ok(t);
+                return Ok(Room::Ticket(t));
+            }
+            if let Some(conn) = own.sound_idle() {
+                return Ok(Room::Idle(conn));
             }
             if let Some(mut idle) = self.evict_idle(own) {
                 // Its place becomes this checkout's once the server has let it go.
                 let ticket = idle.cap_ticket.take();
                 idle.close().await;
                 match ticket {
-                    Some(t) => return Ok(t),
+                    Some(t) => return Ok(Room::Ticket(t)),
                     None => continue,
                 }
             }

@@ -11,7 +11,7 @@
 //! retires its pool ([`ServerPool::retire`]): the idle connections close at once, those in use
 //! when their transaction ends, and checkouts still queued there are told to route again.
 
-use super::server_cap::{CapTicket, ServerCap};
+use super::server_cap::{CapTicket, Room, ServerCap};
 use super::slots::{Expired, Slots, WaitTotal};
 use super::PoolTimeouts;
 use crate::config::{General, Role};
@@ -278,14 +278,11 @@ impl ServerPool {
                 size: self.size,
             });
         }
-        while let Some(mut conn) = self.pop_idle() {
-            if conn.idle_check() && conn.generation == self.generation.load(Ordering::Relaxed) {
-                return Ok(Pooled {
-                    conn: Some(conn),
-                    pool: self,
-                });
-            }
-            tracing::debug!(server = %self.name, "discarding a broken idle server connection");
+        if let Some(conn) = self.sound_idle() {
+            return Ok(Pooled {
+                conn: Some(conn),
+                pool: self,
+            });
         }
         // The slot is held by `pooled` from here: a failed connect gives it back.
         let mut pooled = Pooled {
@@ -299,19 +296,34 @@ impl ServerPool {
         Ok(pooled)
     }
 
-    /// Opens a connection once the server's cap leaves room for it (see `server_cap`).
+    /// An idle connection that is still sound; broken ones found on the way are closed.
+    #[inline]
+    pub(super) fn sound_idle(&self) -> Option<Box<ServerConn>> {
+        while let Some(mut conn) = self.pop_idle() {
+            if conn.idle_check() && conn.generation == self.generation.load(Ordering::Relaxed) {
+                return Some(conn);
+            }
+            tracing::debug!(server = %self.name, "discarding a broken idle server connection");
+        }
+        None
+    }
+
+    /// Opens a connection once the server's cap leaves room for it, or hands out one of the
+    /// pool's own that went idle meanwhile (see `server_cap`).
     async fn open_under_cap(self: Arc<Self>) -> Result<Box<ServerConn>, CheckoutError> {
         let ticket = match self.cap.try_reserve() {
             Some(t) => t,
-            None => self
-                .cap
-                .reserve(&self, self.timeouts.checkout())
-                .await
-                .map_err(|waited| CheckoutError::Capped {
-                    server: self.name.clone(),
-                    waited_ms: waited.as_millis(),
-                    max: self.cap.limit(),
-                })?,
+            None => match self.cap.reserve(&self, self.timeouts.checkout()).await {
+                Ok(Room::Ticket(t)) => t,
+                Ok(Room::Idle(conn)) => return Ok(conn),
+                Err(waited) => {
+                    return Err(CheckoutError::Capped {
+                        server: self.name.clone(),
+                        waited_ms: waited.as_millis(),
+                        max: self.cap.limit(),
+                    })
+                }
+            },
         };
         self.cap.join(&self);
         Ok(self.open(ticket).await?)
