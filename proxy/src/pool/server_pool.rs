@@ -311,19 +311,16 @@ impl ServerPool {
     /// Opens a connection once the server's cap leaves room for it, or hands out one of the
     /// pool's own that went idle meanwhile (see `server_cap`).
     async fn open_under_cap(self: Arc<Self>) -> Result<Box<ServerConn>, CheckoutError> {
-        let ticket = match self.cap.try_reserve() {
-            Some(t) => t,
-            None => match self.cap.reserve(&self, self.timeouts.checkout()).await {
-                Ok(Room::Ticket(t)) => t,
-                Ok(Room::Idle(conn)) => return Ok(conn),
-                Err(waited) => {
-                    return Err(CheckoutError::Capped {
-                        server: self.name.clone(),
-                        waited_ms: waited.as_millis(),
-                        max: self.cap.limit(),
-                    })
-                }
-            },
+        let ticket = match self.cap.reserve(&self, self.timeouts.checkout()).await {
+            Ok(Room::Ticket(t)) => t,
+            Ok(Room::Idle(conn)) => return Ok(conn),
+            Err(waited) => {
+                return Err(CheckoutError::Capped {
+                    server: self.name.clone(),
+                    waited_ms: waited.as_millis(),
+                    max: self.cap.limit(),
+                })
+            }
         };
         self.cap.join(&self);
         Ok(self.open(ticket).await?)
