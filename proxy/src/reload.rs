@@ -91,8 +91,9 @@ fn sweep(workers: &Workers) {
 
 /// The `[general]` settings a reload applies: timeouts and limits, read where they are used.
 /// The others (addresses, worker threads, socket options) are taken once, at start.
-const LIVE_GENERAL: [&str; 14] = [
+const LIVE_GENERAL: [&str; 15] = [
     "max_client_conn",
+    "max_user_connections",
     "max_message_size",
     "checkout_timeout_ms",
     "connect_timeout_ms",
@@ -112,6 +113,7 @@ const LIVE_GENERAL: [&str; 14] = [
 fn live_general(running: &General, new: &General) -> General {
     General {
         max_client_conn: new.max_client_conn,
+        max_user_connections: new.max_user_connections,
         max_message_size: new.max_message_size,
         checkout_timeout_ms: new.checkout_timeout_ms,
         connect_timeout_ms: new.connect_timeout_ms,
@@ -145,7 +147,13 @@ fn reloads(key: &[String]) -> bool {
         ["pools", _, "pool_mode" | "reset_query" | "track_session_state"] => true,
         ["pools", _, "users", _, setting, ..] => matches!(
             *setting,
-            "password" | "auth" | "server_user" | "server_password" | "pool_size" | "min_pool_size"
+            "password"
+                | "auth"
+                | "server_user"
+                | "server_password"
+                | "pool_size"
+                | "min_pool_size"
+                | "max_user_connections"
         ),
         _ => false,
     }
@@ -291,6 +299,8 @@ mod tests {
             "pools.app.servers[1].port",
             "pools.app.pool_size",
             "pools.app.max_db_connections",
+            "pools.app.users.alice.max_user_connections",
+            "general.max_user_connections",
             "pools.app.users.alice.password",
             "pools.app.users.alice.pool_size",
             "pools.app.pool_mode",
@@ -334,6 +344,7 @@ mod tests {
             value
         };
         new.max_client_conn = next() as usize;
+        new.max_user_connections = next() as u32;
         new.max_message_size = next() as usize;
         new.checkout_timeout_ms = next();
         new.connect_timeout_ms = next();

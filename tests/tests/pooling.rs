@@ -786,6 +786,58 @@ fn server_connections(db: &str) -> usize {
     activity(db).len()
 }
 
+/// Holds a server in a transaction for each of `holders`, sends a statement for `waiter`, and
+/// ends the first transaction 300 ms later: the waiter must be served then, not before, and
+/// within the 1,500 ms checkout timeout. Ends the other transactions; gives the waiter back.
+async fn served_when_one_goes_idle(
+    holders: &[tokio_postgres::Client],
+    waiter: tokio_postgres::Client,
+) -> tokio_postgres::Client {
+    for x in holders {
+        x.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        waiter.simple_query("SELECT 2").await.unwrap();
+        (started.elapsed(), waiter)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holders[0].batch_execute("COMMIT").await.unwrap();
+    let (waited, waiter) = waiting.await.unwrap();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1400),
+        "{waited:?}"
+    );
+    for x in &holders[1..] {
+        x.batch_execute("COMMIT").await.unwrap();
+    }
+    waiter
+}
+
+/// Connects a client to each of `conn_strs` at once; each runs 15 statements, all of which
+/// must be served with the right answer.
+async fn all_served(conn_strs: Vec<String>) {
+    let mut tasks = Vec::new();
+    for (i, conn_str) in conn_strs.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for n in 0..15 {
+                let rows = client
+                    .simple_query(&format!("SELECT {i} * 100 + {n}"))
+                    .await
+                    .unwrap();
+                assert_eq!(first_value::<i64>(&rows), Some(i as i64 * 100 + n));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn max_db_connections_caps_what_all_users_hold_on_a_server() {
     let c = shared_cluster();
@@ -844,24 +896,7 @@ async fn max_db_connections_caps_what_all_users_hold_on_a_server() {
     assert_eq!(server_connections(&db), 3);
 
     // A checkout that waits is served when a connection goes idle.
-    for x in &a {
-        x.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    }
-    let waiting = tokio::spawn(async move {
-        let started = Instant::now();
-        b.simple_query("SELECT 2").await.unwrap();
-        (started.elapsed(), b)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    a[0].batch_execute("COMMIT").await.unwrap();
-    let (waited, b) = waiting.await.unwrap();
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1400),
-        "{waited:?}"
-    );
-    for x in &a[1..] {
-        x.batch_execute("COMMIT").await.unwrap();
-    }
+    let b = served_when_one_goes_idle(&a, b).await;
 
     // A checkout of the first user that finds the cap reached (its pool_size is not) gets
     // the first of its own connections that goes idle.
@@ -888,34 +923,110 @@ async fn max_db_connections_caps_what_all_users_hold_on_a_server() {
 
     // Both users at once: every statement is served, and PostgreSQL's own limit (the same
     // number) never refuses a connection.
-    let mut tasks = Vec::new();
-    for (i, (user, password)) in [
+    let clients = [
         (roles::TRUST, None),
         (roles::MD5, Some(roles::MD5_PASSWORD)),
-    ]
-    .into_iter()
-    .cycle()
-    .take(6)
-    .enumerate()
-    {
-        let conn_str = proxy.conn_str(user, password, &db);
-        tasks.push(tokio::spawn(async move {
-            let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            for n in 0..15 {
-                let rows = client
-                    .simple_query(&format!("SELECT {i} * 100 + {n}"))
-                    .await
-                    .unwrap();
-                assert_eq!(first_value::<i64>(&rows), Some(i as i64 * 100 + n));
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    ];
+    all_served(
+        clients
+            .iter()
+            .cycle()
+            .take(6)
+            .map(|(user, password)| proxy.conn_str(user, *password, &db))
+            .collect(),
+    )
+    .await;
     assert!(server_connections(&db) <= 3);
+    drop((a, b));
+}
+
+/// How many connections the primary has for server login `login`.
+fn login_connections(login: &str) -> usize {
+    let c = shared_cluster();
+    let out = c
+        .psql(
+            c.primary.port,
+            "postgres",
+            &format!("select count(*) from pg_stat_activity where usename = '{login}'"),
+        )
+        .unwrap();
+    out.trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn max_user_connections_caps_a_login_across_databases() {
+    let c = shared_cluster();
+    let login = unique_name("ucap");
+    // PostgreSQL itself refuses the login a third connection: the cap must never let one
+    // through, not even while a connection closed to make room is still going away.
+    c.psql(
+        c.primary.port,
+        "postgres",
+        &format!("CREATE ROLE {login} LOGIN CONNECTION LIMIT 2"),
+    )
+    .unwrap();
+    let (one, two) = (unique_name("ucap_one"), unique_name("ucap_two"));
+    c.create_database(&one, roles::TRUST);
+    c.create_database(&two, roles::TRUST);
+    // Through the socket directory, where pg_hba.conf trusts every role. The cap is set on
+    // one pool's user and holds for the login in both.
+    let pool = |db: &str, cap: &str| {
+        format!(
+            "[pools.{db}]\nservers = [{{ host = \"{}\", port = {}, role = \"primary\" }}]\n\
+             pool_mode = \"transaction\"\npool_size = 3\n\
+             [pools.{db}.users.{}]\nserver_user = \"{login}\"\n{cap}\n",
+            c.dir.join("sock").display(),
+            c.primary.port,
+            roles::TRUST
+        )
+    };
+    let proxy = Proxy::start(
+        "checkout_timeout_ms = 1500",
+        &(pool(&one, "max_user_connections = 2") + &pool(&two, "")),
+    );
+    let a = [
+        proxy.connect(roles::TRUST, None, &one).await.unwrap(),
+        proxy.connect(roles::TRUST, None, &one).await.unwrap(),
+    ];
+    let b = proxy.connect(roles::TRUST, None, &two).await.unwrap();
+
+    // Two transactions in the first database hold the login's two connections: the second
+    // database waits out checkout_timeout_ms.
+    for x in &a {
+        x.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let started = Instant::now();
+    let e = b.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e), Some("53300"), "{e:?}");
+    let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+    assert!(message.contains("max_user_connections (2)"), "{message}");
+    assert!(message.contains(&login), "{message}");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert_eq!(login_connections(&login), 2);
+
+    // Idle connections of the other database make room at once.
+    for x in &a {
+        x.batch_execute("COMMIT").await.unwrap();
+    }
+    let started = Instant::now();
+    b.simple_query("SELECT 1").await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert_eq!(login_connections(&login), 2);
+
+    // A checkout that waits is served when a connection of the other database goes idle.
+    let b = served_when_one_goes_idle(&a, b).await;
+
+    // Both databases at once: every statement is served, and PostgreSQL's own limit never
+    // refuses a connection.
+    all_served(
+        [&one, &two]
+            .into_iter()
+            .cycle()
+            .take(6)
+            .map(|db| proxy.conn_str(roles::TRUST, None, db))
+            .collect(),
+    )
+    .await;
+    assert!(login_connections(&login) <= 2);
     drop((a, b));
 }

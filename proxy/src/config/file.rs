@@ -21,6 +21,25 @@ pub struct Config {
     pub base_dir: std::path::PathBuf,
 }
 
+impl Config {
+    /// The `max_user_connections` of server login `login` (0: none): the value of the pool
+    /// users that log in as it and set one (validation makes them agree), else the general
+    /// one.
+    pub fn max_user_connections(&self, login: &str) -> u32 {
+        self.logins()
+            .find_map(|(l, u)| (l == login).then_some(u.max_user_connections).flatten())
+            .unwrap_or(self.general.max_user_connections)
+    }
+
+    /// Each pool user's server login, with the user's table.
+    pub fn logins(&self) -> impl Iterator<Item = (&str, &UserConfig)> {
+        self.pools
+            .values()
+            .flat_map(|p| p.users.iter())
+            .map(|(name, u)| (u.server_user.as_deref().unwrap_or(name), u))
+    }
+}
+
 /// Process-wide settings.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +55,10 @@ pub struct General {
     pub worker_threads: Option<usize>,
     /// Most client connections open at once; more get `53300` at login.
     pub max_client_conn: usize,
+    /// Most server connections one server login holds, across all databases and servers,
+    /// idle ones included (0 = no cap; PgBouncer's `max_user_connections`). A pool user's
+    /// `max_user_connections` sets it for its login.
+    pub max_user_connections: u32,
     /// Largest client message accepted, in bytes (PostgreSQL's own limit is 1 GiB).
     pub max_message_size: usize,
     /// How long a client waits for a server connection before `53300`.
@@ -130,6 +153,7 @@ impl Default for General {
             unix_socket_dir: None,
             worker_threads: None,
             max_client_conn: 1000,
+            max_user_connections: 0,
             max_message_size: 64 << 20,
             checkout_timeout_ms: 5000,
             connect_timeout_ms: 5000,
@@ -319,6 +343,10 @@ pub struct UserConfig {
     /// Connections kept open per server; default: the pool's `min_pool_size`.
     #[serde(default)]
     pub min_pool_size: Option<u32>,
+    /// Most server connections its server login holds across all databases and servers;
+    /// default: `general.max_user_connections`. Pool users with the same login must agree.
+    #[serde(default)]
+    pub max_user_connections: Option<u32>,
 }
 
 impl UserConfig {

@@ -234,6 +234,29 @@ mod tests {
     }
 
     #[test]
+    fn max_user_connections_is_per_login_across_databases() {
+        let two = format!(
+            "[general]\nmax_user_connections = 7\n{MINIMAL}\n[pools.other]\nservers = [{{ host = \"127.0.0.1\", port = 5432, role = \"primary\" }}]\n[pools.other.users.bob]\nserver_user = \"alice\"\nMAX\n[pools.other.users.carol]\n"
+        );
+        let c = parse_str(&two.replace("MAX", "")).unwrap();
+        assert_eq!(c.max_user_connections("alice"), 7, "the general default");
+        let c = parse_str(&two.replace("MAX", "max_user_connections = 3")).unwrap();
+        assert_eq!(c.max_user_connections("alice"), 3, "bob logs in as alice");
+        assert_eq!(c.max_user_connections("carol"), 7);
+        let e = parse_str(&two.replace("MAX", "max_user_connections = 3").replace(
+            "password = \"pw\"",
+            "password = \"pw\"\nmax_user_connections = 4",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("pools.other.users.bob.max_user_connections")
+                || e.contains("pools.app.users.alice.max_user_connections"),
+            "{e}"
+        );
+        assert!(e.contains("per server login (alice)"), "{e}");
+    }
+
+    #[test]
     fn unix_socket_directories_must_be_absolute_and_short_enough() {
         let c = parse_str(&MINIMAL.replace("host = \"127.0.0.1\"", "host = \"/run/pg\"")).unwrap();
         assert_eq!(c.pools["app"].servers[0].host, "/run/pg");

@@ -128,6 +128,29 @@ pub fn check(config: &Config) -> Result<(), Failure> {
             }
         }
     }
+    let mut logins: std::collections::BTreeMap<&str, (u32, String)> = Default::default();
+    for (db, pool) in &config.pools {
+        for (user, u) in &pool.users {
+            let Some(max) = u.max_user_connections else {
+                continue;
+            };
+            let login = u.server_user.as_deref().unwrap_or(user);
+            let key = format!("pools.{db}.users.{user}.max_user_connections");
+            match logins.get(login) {
+                Some((other, other_key)) if *other != max => {
+                    return Err((
+                        key,
+                        format!(
+                            "is {max}, but {other_key} is {other}: the cap is per server login ({login}), across databases"
+                        ),
+                    ))
+                }
+                _ => {
+                    logins.insert(login, (max, key));
+                }
+            }
+        }
+    }
     if let Some(admin) = &config.admin {
         if admin.database.is_empty() {
             return Err(("admin.database".into(), "must not be empty".into()));

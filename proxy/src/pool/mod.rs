@@ -16,7 +16,7 @@ mod user_pool;
 
 pub use backends::{Backends, LiveBackends};
 pub use reaper::{expire_waiters, reaper};
-pub use server_cap::{CapTicket, Caps, ServerCap};
+pub use server_cap::{AllCaps, CapKind, CapTicket, Caps, ConnCaps, ServerCap};
 pub use server_pool::{CheckoutError, Pooled, ServerPool, Servers};
 pub use stats::{Batch, PoolStats, Totals};
 pub use stats_log::{stats_log, Period};
@@ -53,7 +53,7 @@ pub struct Pools {
 #[derive(Debug)]
 pub struct Shared {
     pub timeouts: Arc<PoolTimeouts>,
-    pub caps: Caps,
+    pub caps: AllCaps,
     pub workers: usize,
 }
 
@@ -64,7 +64,7 @@ impl Pools {
     pub fn from_config(config: &Config, workers: usize) -> Result<Self, LoadError> {
         let shared = Shared {
             timeouts: Arc::new(PoolTimeouts::from_general(&config.general)),
-            caps: Caps::default(),
+            caps: AllCaps::default(),
             workers,
         };
         let mut by_database = PoolMap::new();
@@ -80,9 +80,7 @@ impl Pools {
                     .insert(user.clone(), Arc::new(up));
             }
         }
-        for (db, pool) in &config.pools {
-            shared.caps.set_limit(db, pool.max_db_connections);
-        }
+        shared.caps.apply(config);
         Ok(Pools {
             by_database: ArcSwap::from_pointee(by_database),
             shared,
@@ -166,9 +164,7 @@ impl Pools {
             }
         }
         self.shared.timeouts.update(&config.general);
-        for (db, pool) in &config.pools {
-            self.shared.caps.set_limit(db, pool.max_db_connections);
-        }
+        self.shared.caps.apply(config);
         if !added.is_empty() {
             let mut map = PoolMap::clone(&running);
             for (db, users) in added {
@@ -317,13 +313,47 @@ mod tests {
             pools.get("app", "alice").unwrap(),
             pools.get("app", "bob").unwrap(),
         );
-        let cap = |p: &UserPool, i: usize| p.servers()[i].cap() as *const ServerCap;
+        let cap = |p: &UserPool, i: usize| Arc::as_ptr(&p.servers()[i].caps().database);
         assert_eq!(cap(&alice, 0), cap(&bob, 0), "one cap per server");
         assert_ne!(cap(&alice, 0), cap(&alice, 1));
-        assert_eq!(alice.servers()[1].cap().limit(), 4);
+        assert_eq!(alice.servers()[1].caps().database.limit(), 4);
         pools.reload(&capped(9)).unwrap();
-        assert_eq!(bob.servers()[0].cap().limit(), 9);
+        assert_eq!(bob.servers()[0].caps().database.limit(), 9);
         assert_eq!(cap(&alice, 0), cap(&bob, 0));
+    }
+
+    #[test]
+    fn a_login_has_one_cap_across_servers_and_databases_and_a_reload_changes_it() {
+        let capped = |general: u32, bob: Option<u32>| {
+            let mut c = config(&format!("{PRIMARY}, {REPLICA}"), 5, &["alice", "bob"]);
+            c.general.max_user_connections = general;
+            let mut other = c.pools["app"].clone();
+            other.users.get_mut("alice").unwrap().server_user = Some("bob".into());
+            other.users.get_mut("bob").unwrap().max_user_connections = bob;
+            c.pools.insert("other".into(), other);
+            c
+        };
+        let pools = Pools::from_config(&capped(4, None), 1).unwrap();
+        let user = |db: &str, name: &str, i: usize| {
+            pools.get(db, name).unwrap().servers()[i]
+                .caps()
+                .user
+                .clone()
+        };
+        let bob = user("app", "bob", 0);
+        assert!(Arc::ptr_eq(&bob, &user("app", "bob", 1)), "across servers");
+        assert!(
+            Arc::ptr_eq(&bob, &user("other", "bob", 0)),
+            "across databases"
+        );
+        assert!(
+            Arc::ptr_eq(&bob, &user("other", "alice", 1)),
+            "by server login"
+        );
+        assert!(!Arc::ptr_eq(&bob, &user("app", "alice", 0)));
+        assert_eq!((bob.limit(), user("app", "alice", 0).limit()), (4, 4));
+        pools.reload(&capped(0, Some(2))).unwrap();
+        assert_eq!((bob.limit(), user("app", "alice", 0).limit()), (2, 0));
     }
 
     #[test]

@@ -1,32 +1,35 @@
-//! `pools.<db>.max_db_connections`: a cap on the connections all the users of a database hold
-//! to one server together, so that the pools of many users cannot exhaust a server's
-//! `max_connections` between them (PgBouncer's `max_db_connections`; with several servers
-//! per database, Switchyard caps each server apart).
+//! Caps on the server connections that several server pools hold together:
+//! `pools.<db>.max_db_connections`, what all the users of a database hold to one server (so
+//! that the pools of many users cannot exhaust a server's `max_connections` between them;
+//! PgBouncer's, which Switchyard applies per server since a pool may have several), and
+//! `max_user_connections`, what one server login holds across all databases and servers
+//! (PgBouncer's; PostgreSQL's `CONNECTION LIMIT` of a role counts the same way).
 //!
-//! Every server connection carries a [`CapTicket`] of its server's cap from before it is
-//! opened until it closes, however it closes (the ticket's `Drop`), so the count cannot drift.
-//! A checkout that has to open a connection while the cap is reached closes an idle connection
-//! of another user's pool to the same server, as PgBouncer evicts one, and takes over its
-//! ticket once the server has closed its end (so PostgreSQL, which counts a backend until it
-//! exits, never sees more than the cap); or it waits for a connection to close or go idle, up
-//! to `checkout_timeout_ms`.
+//! Every server connection carries a [`CapTicket`] of both its caps from before it is opened
+//! until it closes, however it closes (the ticket's `Drop`), so the counts cannot drift.
+//! A checkout that has to open a connection while a cap is reached closes an idle connection
+//! of another pool under that cap, as PgBouncer evicts one, and takes its place once the
+//! server has closed its end (so PostgreSQL, which counts a backend until it exits, never sees
+//! more than the cap); or it waits for a connection to close or go idle, up to
+//! `checkout_timeout_ms`.
 //!
 //! None of this is on the query path: a ticket is taken when a connection opens, and a
-//! checkin reads one counter to see whether anybody waits.
+//! checkin reads two counters to see whether anybody waits.
 
 use super::server_pool::ServerPool;
 use crate::server::ServerConn;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// The connections of one database's users to one server, and their cap.
+/// Server connections that several server pools hold together, and their cap.
 #[derive(Debug, Default)]
 pub struct ServerCap {
-    /// `max_db_connections`; 0: no cap (connections are still counted, so a reload that sets
-    /// one starts from the true count).
+    /// The cap; 0: none (connections are still counted, so a reload that sets one starts
+    /// from the true count).
     limit: AtomicU32,
     /// Connections open or being opened (tickets alive).
     open: AtomicU32,
@@ -35,11 +38,20 @@ pub struct ServerCap {
     /// Woken when a connection closes or goes idle while checkouts wait, and when the cap
     /// changes.
     changed: Notify,
-    /// The server pools (one per user) whose idle connections may be closed to make room.
+    /// The server pools whose idle connections may be closed to make room.
     members: Mutex<Vec<Weak<ServerPool>>>,
 }
 
-/// What a checkout waiting under the cap gets.
+/// Which of a connection's two caps left no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapKind {
+    /// `max_db_connections`: the database's users on this server.
+    Database,
+    /// `max_user_connections`: the server login across databases and servers.
+    User,
+}
+
+/// What a checkout waiting under the caps gets.
 #[derive(Debug)]
 pub enum Room {
     /// A place for a new connection.
@@ -48,30 +60,41 @@ pub enum Room {
     Idle(Box<ServerConn>),
 }
 
-/// One connection's place under its server's cap, given back when dropped.
+/// The two caps a server pool's connections count under: its database's on its server, and
+/// its server login's.
+#[derive(Debug, Clone, Default)]
+pub struct ConnCaps {
+    pub database: Arc<ServerCap>,
+    pub user: Arc<ServerCap>,
+}
+
+/// One connection's place under both its caps, given back when dropped.
 #[derive(Debug)]
-pub struct CapTicket(Arc<ServerCap>);
+pub struct CapTicket(ConnCaps);
 
 impl CapTicket {
-    /// Whether the cap has a limit now.
+    /// Whether either cap has a limit now.
     pub fn limited(&self) -> bool {
-        self.0.limit() > 0
+        self.0.database.limit() > 0 || self.0.user.limit() > 0
     }
 }
 
 impl Drop for CapTicket {
     fn drop(&mut self) {
-        let cap = &self.0;
-        // SeqCst with `reserve`'s: either this sees the waiter, or the waiter sees the room.
-        cap.open.fetch_sub(1, Ordering::SeqCst);
-        if cap.waiting.load(Ordering::SeqCst) > 0 {
-            cap.changed.notify_waiters();
-        }
+        self.0.database.give_back();
+        self.0.user.give_back();
     }
 }
 
 /// Keeps `waiting` counted while a checkout waits, also when its future is dropped.
 struct Waiting<'a>(&'a ServerCap);
+
+impl<'a> Waiting<'a> {
+    fn on(cap: &'a ServerCap) -> Self {
+        cap.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(cap)
+    }
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
@@ -92,9 +115,15 @@ impl ServerCap {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// Connections open (or being opened) to the server by all the database's users.
+    /// Connections open (or being opened) under the cap.
     pub fn open(&self) -> u32 {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cap is reached.
+    fn full(&self) -> bool {
+        let limit = self.limit.load(Ordering::SeqCst);
+        limit > 0 && self.open.load(Ordering::SeqCst) >= limit
     }
 
     /// Changes the cap (a reload); checkouts waiting look again.
@@ -117,60 +146,27 @@ impl ServerCap {
         }
     }
 
-    /// A ticket if the cap leaves room now.
-    pub fn try_reserve(self: &Arc<Self>) -> Option<CapTicket> {
+    /// Counts one more connection if the cap leaves room now.
+    fn take(&self) -> bool {
         let limit = self.limit.load(Ordering::SeqCst);
         self.open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (limit == 0 || n < limit).then_some(n + 1)
             })
-            .ok()
-            .map(|_| CapTicket(self.clone()))
+            .is_ok()
     }
 
-    /// Room for a checkout of `own` that found no idle connection: a ticket at once if the
-    /// cap leaves room; else `own`'s connection that went idle meanwhile; else the ticket of
-    /// another member's idle connection, closed for it; else, when one closes or goes idle,
-    /// the same again. Gives up after `timeout`, returning how long it waited.
-    pub async fn reserve(
-        self: &Arc<Self>,
-        own: &ServerPool,
-        timeout: Duration,
-    ) -> Result<Room, Duration> {
-        if let Some(t) = self.try_reserve() {
-            return Ok(Room::Ticket(t));
-        }
-        let started = Instant::now();
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(self);
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(t) = self.try_reserve() {
-                return Ok(Room::Ticket(t));
-            }
-            if let Some(conn) = own.sound_idle() {
-                return Ok(Room::Idle(conn));
-            }
-            if let Some(mut idle) = self.evict_idle(own) {
-                // Its place becomes this checkout's once the server has let it go.
-                let ticket = idle.cap_ticket.take();
-                idle.close().await;
-                match ticket {
-                    Some(t) => return Ok(Room::Ticket(t)),
-                    None => continue,
-                }
-            }
-            let left = timeout.saturating_sub(started.elapsed());
-            if tokio::time::timeout(left, changed).await.is_err() {
-                return Err(started.elapsed());
-            }
+    /// Counts one connection less, and wakes the checkouts waiting for room.
+    fn give_back(&self) {
+        // SeqCst with `reserve`'s: either this sees the waiter, or the waiter sees the room.
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
         }
     }
 
-    /// Takes an idle connection of another member, to be closed to make room.
-    fn evict_idle(&self, own: &ServerPool) -> Option<Box<ServerConn>> {
+    /// Takes an idle connection of a member other than `own`, to be closed to make room.
+    fn evict_idle(&self, own: &ServerPool, kind: CapKind) -> Option<Box<ServerConn>> {
         let members: Vec<Arc<ServerPool>> = {
             let m = self.members.lock().unwrap_or_else(|e| e.into_inner());
             m.iter().filter_map(Weak::upgrade).collect()
@@ -179,7 +175,8 @@ impl ServerCap {
             if let Some(conn) = pool.take_idle() {
                 tracing::debug!(
                     server = %pool.name,
-                    "closing an idle server connection to make room under max_db_connections"
+                    cap = ?kind,
+                    "closing an idle server connection to make room under the cap"
                 );
                 return Some(conn);
             }
@@ -189,35 +186,152 @@ impl ServerCap {
 
     /// A member's connection went idle: a waiting checkout may close it.
     #[inline]
-    pub fn connection_idle(&self) {
+    fn connection_idle(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.changed.notify_waiters();
         }
     }
 }
 
-/// The caps of all servers, by (database as clients name it, server address): the pools of a
-/// database's users share one per server, and a reload finds them again.
-#[derive(Debug, Default)]
-pub struct Caps(Mutex<HashMap<(String, String), Arc<ServerCap>>>);
-
-impl Caps {
-    /// The cap of `database`'s connections to the server at `addr` (a new one has no limit
-    /// until [`Caps::set_limit`]).
-    pub fn of(&self, database: &str, addr: &str) -> Arc<ServerCap> {
-        let mut caps = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        caps.entry((database.to_owned(), addr.to_owned()))
-            .or_default()
-            .clone()
+impl ConnCaps {
+    /// A ticket if both caps leave room now.
+    pub fn try_reserve(&self) -> Option<CapTicket> {
+        if !self.database.take() {
+            return None;
+        }
+        if !self.user.take() {
+            self.database.give_back();
+            return None;
+        }
+        Some(CapTicket(self.clone()))
     }
 
-    /// Sets the cap of each of `database`'s servers to `limit` (0: none): once the config
-    /// that says so is accepted, at start or at a reload.
-    pub fn set_limit(&self, database: &str, limit: u32) {
+    /// Lists `pool` under both caps as one whose idle connections can make room.
+    pub fn join(&self, pool: &Arc<ServerPool>) {
+        self.database.join(pool);
+        self.user.join(pool);
+    }
+
+    /// A connection of a member went idle: a checkout waiting under either cap may take it.
+    #[inline]
+    pub fn connection_idle(&self) {
+        self.database.connection_idle();
+        self.user.connection_idle();
+    }
+
+    /// The cap that is reached now, if one is (the database's first).
+    fn full(&self) -> Option<(&ServerCap, CapKind)> {
+        if self.database.full() {
+            Some((&self.database, CapKind::Database))
+        } else if self.user.full() {
+            Some((&self.user, CapKind::User))
+        } else {
+            None
+        }
+    }
+
+    /// Room for a checkout of `own` that found no idle connection: a ticket at once if both
+    /// caps leave room; else `own`'s connection that went idle meanwhile; else, for the cap
+    /// that is reached, another member's idle connection is closed and its place taken once
+    /// the server has let it go; else, when a connection closes or goes idle, the same again.
+    /// Gives up after `timeout`, returning how long it waited and which cap was reached.
+    pub async fn reserve(
+        &self,
+        own: &ServerPool,
+        timeout: Duration,
+    ) -> Result<Room, (Duration, CapKind)> {
+        if let Some(t) = self.try_reserve() {
+            return Ok(Room::Ticket(t));
+        }
+        let started = Instant::now();
+        let _waiting = (Waiting::on(&self.database), Waiting::on(&self.user));
+        loop {
+            // Only the cap that is reached can make room; a connection of `own` going idle
+            // wakes both of its caps.
+            let Some((full, kind)) = self.full() else {
+                if let Some(t) = self.try_reserve() {
+                    return Ok(Room::Ticket(t));
+                }
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let changed = full.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(t) = self.try_reserve() {
+                return Ok(Room::Ticket(t));
+            }
+            if let Some(conn) = own.sound_idle() {
+                return Ok(Room::Idle(conn));
+            }
+            if let Some(idle) = full.evict_idle(own, kind) {
+                // Its tickets are given back once the server has let it go; then the room
+                // is this checkout's (tried again at once, before any other await).
+                idle.close().await;
+                continue;
+            }
+            let left = timeout.saturating_sub(started.elapsed());
+            if tokio::time::timeout(left, changed).await.is_err() {
+                return Err((started.elapsed(), kind));
+            }
+        }
+    }
+}
+
+/// Caps by key, so that the pools that share one find it, also those a reload makes: the
+/// databases' caps by (database as clients name it, server address), the server logins'
+/// caps by login.
+#[derive(Debug)]
+pub struct Caps<K>(Mutex<HashMap<K, Arc<ServerCap>>>);
+
+impl<K> Default for Caps<K> {
+    fn default() -> Self {
+        Caps(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Hash + Eq> Caps<K> {
+    /// The cap for `key` (a new one has no limit until [`Caps::set_limits`]).
+    pub fn of(&self, key: K) -> Arc<ServerCap> {
+        let mut caps = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        caps.entry(key).or_default().clone()
+    }
+
+    /// Sets each cap's limit to `limit(key)` (0: none): once the config that says so is
+    /// accepted, at start or at a reload.
+    pub fn set_limits(&self, limit: impl Fn(&K) -> u32) {
         let caps = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        caps.iter()
-            .filter(|((db, _), _)| db == database)
-            .for_each(|(_, cap)| cap.set_limit(limit));
+        caps.iter().for_each(|(k, cap)| cap.set_limit(limit(k)));
+    }
+}
+
+/// The caps of every pool: one per database and server, one per server login.
+#[derive(Debug, Default)]
+pub struct AllCaps {
+    databases: Caps<(String, String)>,
+    users: Caps<String>,
+}
+
+impl AllCaps {
+    /// The caps of a pool of `database` (as clients name it) on the server at `addr`, logged
+    /// in as `login`.
+    pub fn of(&self, database: &str, addr: &str, login: &str) -> ConnCaps {
+        ConnCaps {
+            database: self.databases.of((database.to_owned(), addr.to_owned())),
+            user: self.users.of(login.to_owned()),
+        }
+    }
+
+    /// Sets every cap to what `config` says: at start, and at each reload it accepts.
+    pub fn apply(&self, config: &crate::config::Config) {
+        self.databases.set_limits(|(db, _)| {
+            config
+                .pools
+                .get(db)
+                .map_or(0, |pool| pool.max_db_connections)
+        });
+        self.users
+            .set_limits(|login| config.max_user_connections(login));
     }
 }
 
@@ -225,55 +339,91 @@ impl Caps {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tickets_count_open_connections_up_to_the_cap() {
-        let cap = Arc::new(ServerCap::new(2));
-        let a = cap.try_reserve().expect("room for one");
-        let b = cap.try_reserve().expect("room for two");
-        assert!(cap.try_reserve().is_none(), "the cap is 2");
-        assert_eq!(cap.open(), 2);
-        drop(a);
-        assert_eq!(cap.open(), 1);
-        let _c = cap.try_reserve().expect("a closed connection makes room");
-        cap.set_limit(0);
-        let _d = cap.try_reserve().expect("0 is no cap");
-        assert_eq!(cap.open(), 3);
-        drop(b);
-        assert_eq!(cap.open(), 2);
+    fn caps(database: u32, user: u32) -> ConnCaps {
+        ConnCaps {
+            database: Arc::new(ServerCap::new(database)),
+            user: Arc::new(ServerCap::new(user)),
+        }
     }
 
     #[test]
-    fn the_pools_of_a_database_share_a_cap_per_server() {
+    fn tickets_count_open_connections_up_to_the_cap() {
+        let caps = caps(2, 0);
+        let a = caps.try_reserve().expect("room for one");
+        let b = caps.try_reserve().expect("room for two");
+        assert!(caps.try_reserve().is_none(), "the cap is 2");
+        assert_eq!(caps.database.open(), 2);
+        drop(a);
+        assert_eq!(caps.database.open(), 1);
+        let _c = caps.try_reserve().expect("a closed connection makes room");
+        caps.database.set_limit(0);
+        let _d = caps.try_reserve().expect("0 is no cap");
+        assert_eq!(caps.database.open(), 3);
+        drop(b);
+        assert_eq!(caps.database.open(), 2);
+    }
+
+    #[test]
+    fn a_ticket_needs_room_under_both_caps_and_a_refusal_counts_nothing() {
+        let user = Arc::new(ServerCap::new(2));
+        let app = ConnCaps {
+            database: Arc::new(ServerCap::new(5)),
+            user: user.clone(),
+        };
+        let other = ConnCaps {
+            database: Arc::new(ServerCap::new(5)),
+            user: user.clone(),
+        };
+        let a = app.try_reserve().unwrap();
+        let _b = other.try_reserve().unwrap();
+        assert!(
+            app.try_reserve().is_none(),
+            "the login's cap of 2 spans databases"
+        );
+        assert_eq!(
+            app.database.open(),
+            1,
+            "the refused ticket gave its place back"
+        );
+        assert_eq!(app.full().map(|(_, k)| k), Some(CapKind::User));
+        drop(a);
+        assert_eq!((app.database.open(), user.open()), (0, 1));
+        assert!(app.try_reserve().is_some());
+    }
+
+    #[test]
+    fn the_pools_that_share_a_key_share_its_cap() {
         let caps = Caps::default();
-        let a = caps.of("app", "10.0.0.1:5432");
-        let b = caps.of("app", "10.0.0.1:5432");
+        let a = caps.of(("app".to_owned(), "10.0.0.1:5432".to_owned()));
+        let b = caps.of(("app".to_owned(), "10.0.0.1:5432".to_owned()));
         assert!(Arc::ptr_eq(&a, &b));
-        let c = caps.of("app", "10.0.0.2:5432");
-        let other = caps.of("other", "10.0.0.1:5432");
+        let c = caps.of(("app".to_owned(), "10.0.0.2:5432".to_owned()));
+        let other = caps.of(("other".to_owned(), "10.0.0.1:5432".to_owned()));
         assert!(!Arc::ptr_eq(&a, &c) && !Arc::ptr_eq(&a, &other));
         assert_eq!(a.limit(), 0, "no cap until set");
-        caps.set_limit("app", 7);
+        caps.set_limits(|(db, _)| if db == "app" { 7 } else { 0 });
         assert_eq!((a.limit(), c.limit(), other.limit()), (7, 7, 0));
     }
 
     #[tokio::test]
     async fn a_waiting_reservation_gets_the_room_a_closed_connection_leaves() {
-        let cap = Arc::new(ServerCap::new(1));
-        let held = cap.try_reserve().unwrap();
+        let caps = caps(0, 1);
+        let held = caps.try_reserve().unwrap();
         let own = ServerPool::detached("s", crate::config::Role::Primary, 1, Duration::ZERO);
-        let short = cap.reserve(&own, Duration::from_millis(50)).await;
-        assert!(short.is_err(), "nothing closed within 50 ms");
+        let short = caps.reserve(&own, Duration::from_millis(50)).await;
+        assert_eq!(short.err().map(|(_, k)| k), Some(CapKind::User));
         let waiter = {
-            let cap = cap.clone();
+            let caps = caps.clone();
             tokio::spawn(async move {
                 let own =
                     ServerPool::detached("s", crate::config::Role::Primary, 1, Duration::ZERO);
-                cap.reserve(&own, Duration::from_secs(5)).await.is_ok()
+                caps.reserve(&own, Duration::from_secs(5)).await.is_ok()
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(held);
         assert!(waiter.await.unwrap(), "woken by the close");
-        assert_eq!(cap.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(caps.user.waiting.load(Ordering::SeqCst), 0);
+        assert_eq!(caps.database.waiting.load(Ordering::SeqCst), 0);
     }
 }

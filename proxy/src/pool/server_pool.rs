@@ -11,7 +11,7 @@
 //! retires its pool ([`ServerPool::retire`]): the idle connections close at once, those in use
 //! when their transaction ends, and checkouts still queued there are told to route again.
 
-use super::server_cap::{CapTicket, Room, ServerCap};
+use super::server_cap::{CapKind, CapTicket, ConnCaps, Room};
 use super::slots::{Expired, Slots, WaitTotal};
 use super::PoolTimeouts;
 use crate::config::{General, Role};
@@ -57,6 +57,17 @@ pub enum CheckoutError {
         waited_ms: u128,
         max: u32,
     },
+    /// The server login holds `max_user_connections` connections across its databases and
+    /// servers, none idle, and none closed or went idle within the wait.
+    #[error(
+        "no server connection to {server} could be opened within {waited_ms} ms: user {user} holds max_user_connections ({max}) across its databases"
+    )]
+    UserCapped {
+        server: String,
+        user: String,
+        waited_ms: u128,
+        max: u32,
+    },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// A reload replaced this server's pool while the checkout waited: route again, in the
@@ -91,8 +102,10 @@ pub struct ServerPool {
     generation: AtomicU64,
     /// Set by [`ServerPool::retire`]: a reload took the server out of its pool's list.
     retired: AtomicBool,
-    /// The server's `max_db_connections` cap, shared with the other users' pools.
-    cap: Arc<ServerCap>,
+    /// The caps its connections count under: the server's `max_db_connections`, shared with
+    /// the database's other users' pools, and its login's `max_user_connections`, shared with
+    /// the login's pools of other databases and servers.
+    caps: ConnCaps,
 }
 
 /// A checked-out connection, with the pool it came from (which holds its slot). Dropping it
@@ -179,14 +192,14 @@ impl ServerPool {
             down_until_ms: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             retired: AtomicBool::new(false),
-            cap: Arc::default(),
+            caps: ConnCaps::default(),
         }
     }
 
-    /// Counts its connections under `cap`, the server's `max_db_connections`, which the
-    /// pools of the database's other users share. For a pool just made.
-    pub fn capped_by(mut self, cap: Arc<ServerCap>) -> Self {
-        self.cap = cap;
+    /// Counts its connections under `caps`, which it shares with other pools (see
+    /// `server_cap`). For a pool just made.
+    pub fn capped_by(mut self, caps: ConnCaps) -> Self {
+        self.caps = caps;
         self
     }
 
@@ -251,9 +264,9 @@ impl ServerPool {
         })
     }
 
-    /// The server's `max_db_connections` cap.
-    pub fn cap(&self) -> &ServerCap {
-        &self.cap
+    /// The caps its connections count under.
+    pub fn caps(&self) -> &ConnCaps {
+        &self.caps
     }
 
     /// Hands out a connection: an idle one if any is sound, else a new one. Waits up to
@@ -311,18 +324,26 @@ impl ServerPool {
     /// Opens a connection once the server's cap leaves room for it, or hands out one of the
     /// pool's own that went idle meanwhile (see `server_cap`).
     async fn open_under_cap(self: Arc<Self>) -> Result<Box<ServerConn>, CheckoutError> {
-        let ticket = match self.cap.reserve(&self, self.timeouts.checkout()).await {
+        let ticket = match self.caps.reserve(&self, self.timeouts.checkout()).await {
             Ok(Room::Ticket(t)) => t,
             Ok(Room::Idle(conn)) => return Ok(conn),
-            Err(waited) => {
+            Err((waited, CapKind::Database)) => {
                 return Err(CheckoutError::Capped {
                     server: self.name.clone(),
                     waited_ms: waited.as_millis(),
-                    max: self.cap.limit(),
+                    max: self.caps.database.limit(),
+                })
+            }
+            Err((waited, CapKind::User)) => {
+                return Err(CheckoutError::UserCapped {
+                    server: self.name.clone(),
+                    user: self.target.user.clone(),
+                    waited_ms: waited.as_millis(),
+                    max: self.caps.user.limit(),
                 })
             }
         };
-        self.cap.join(&self);
+        self.caps.join(&self);
         Ok(self.open(ticket).await?)
     }
 
@@ -396,7 +417,7 @@ impl ServerPool {
         conn.idle_since_ms = now;
         let home = conn.home;
         self.shard(home).push(conn);
-        self.cap.connection_idle();
+        self.caps.connection_idle();
     }
 
     /// Closes idle connections past their idle timeout or lifetime; returns how many.
@@ -500,11 +521,11 @@ impl ServerPool {
                 conn: None,
                 pool: self.clone(),
             };
-            let Some(ticket) = self.cap.try_reserve() else {
-                tracing::debug!(server = %self.name, "min_pool_size not filled: max_db_connections reached");
+            let Some(ticket) = self.caps.try_reserve() else {
+                tracing::debug!(server = %self.name, "min_pool_size not filled: max_db_connections or max_user_connections reached");
                 return;
             };
-            self.cap.join(self);
+            self.caps.join(self);
             match self.open(ticket).await {
                 Ok(conn) => {
                     pooled.conn = Some(conn);

@@ -4,7 +4,7 @@
 use crate::auth::{AuthMethod, ClientSecret};
 use crate::config::{PoolConfig, PoolMode, Role, UserConfig};
 use crate::pool::{
-    Backends, Caps, LiveBackends, PoolStats, PoolTimeouts, ServerPool, Servers, Shared,
+    AllCaps, Backends, LiveBackends, PoolStats, PoolTimeouts, ServerPool, Servers, Shared,
 };
 use crate::router::{Route, Router};
 use crate::server::{ParamList, ServerTarget};
@@ -282,7 +282,7 @@ pub(super) fn server_pools(
     u: &UserConfig,
     timeouts: &Arc<PoolTimeouts>,
     stats: &PoolStats,
-    caps: &Caps,
+    caps: &AllCaps,
 ) -> Vec<ServerPool> {
     let workers = stats.workers();
     let size = u.pool_size.unwrap_or(pool.pool_size);
@@ -311,7 +311,7 @@ pub(super) fn server_pools(
                 password: server_password.clone(),
                 liveness: timeouts.liveness,
             };
-            let cap = caps.of(database, &addr);
+            let caps = caps.of(database, &addr, &server_user);
             ServerPool::new(
                 s.name.clone().unwrap_or(addr),
                 s.role,
@@ -321,7 +321,7 @@ pub(super) fn server_pools(
                 timeouts.clone(),
                 workers,
             )
-            .capped_by(cap)
+            .capped_by(caps)
             .counting_waits_in(stats.wait_total())
         })
         .collect()

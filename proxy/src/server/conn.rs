@@ -26,8 +26,8 @@ impl ServerKey {
     }
 }
 
-/// How long a closed connection under a `max_db_connections` cap waits for the server to
-/// close its end before it gives its place back anyway.
+/// How long a closed connection under a `max_db_connections` or `max_user_connections` cap
+/// waits for the server to close its end before it gives its place back anyway.
 pub const SERVER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A server connection past login, ready for queries.
@@ -62,7 +62,8 @@ pub struct ServerConn {
     /// The worker whose reactor the socket is registered with; it returns to that worker's
     /// idle list.
     pub home: usize,
-    /// Its place under the server's `max_db_connections` cap, given back when it closes.
+    /// Its place under its `max_db_connections` and `max_user_connections` caps, given back
+    /// when it closes.
     pub cap_ticket: Option<crate::pool::CapTicket>,
     /// The pool's generation when the connection was opened: the admin console's `RECONNECT`
     /// starts a new one, and a connection of an older one is closed when released.
@@ -93,7 +94,8 @@ impl ServerConn {
 
     /// Sends `Terminate` if the socket takes it at once, so the server logs a clean goodbye.
     ///
-    /// Under a `max_db_connections` cap the connection keeps its place until the server has
+    /// Under a `max_db_connections` or `max_user_connections` cap the connection keeps its
+    /// place until the server has
     /// closed its end (at most [`SERVER_CLOSE_WAIT`]): PostgreSQL counts a backend against
     /// its own limits until it exits, so a connection opened in its place at once could be
     /// refused, or make one more than the cap for a moment.

@@ -194,7 +194,9 @@ fn settled(
 /// The SQLSTATE and message a client gets when no server connection could be had.
 pub(super) fn checkout_error(pool: &UserPool, e: CheckoutError) -> (&'static str, String) {
     match e {
-        CheckoutError::Exhausted { .. } | CheckoutError::Capped { .. } => (
+        CheckoutError::Exhausted { .. }
+        | CheckoutError::Capped { .. }
+        | CheckoutError::UserCapped { .. } => (
             sqlstate::TOO_MANY_CONNECTIONS,
             format!(
                 "connection pool for database \"{}\" user \"{}\" is exhausted: {e}",
