@@ -117,7 +117,47 @@ impl Cluster {
             cluster.stop();
             return Err(format!("{e}\n--- server logs ---\n{logs}"));
         }
+        cluster.stop_when_orphaned();
         Ok(cluster)
+    }
+
+    /// Stops the cluster when this process dies without running its exit hooks (killed by a
+    /// signal: Ctrl-C on a hanging test, a CI timeout). PostgreSQL runs in a session of its
+    /// own, so nothing else would stop it. A small shell loop, in a process group of its own
+    /// so that the same Ctrl-C does not end it, looks for this process once a second; when it
+    /// is gone, it stops the nodes and removes the directory. After a normal exit it finds
+    /// nothing left to do. It watches for at most 24 hours.
+    fn stop_when_orphaned(&self) {
+        use std::os::unix::process::CommandExt;
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let pg_ctl = if is_root() {
+            format!("runuser -u '{}' -- '{}'", os_user(), pg_ctl.display())
+        } else {
+            format!("'{}'", pg_ctl.display())
+        };
+        let mut script = String::from(
+            "i=0; while kill -0 \"$0\" 2>/dev/null; do \
+             [ $i -ge 86400 ] && exit 0; sleep 1; i=$((i+1)); done; ",
+        );
+        for n in self.nodes().collect::<Vec<_>>().into_iter().rev() {
+            let d = n.datadir.display();
+            script.push_str(&format!(
+                "[ -f '{d}/postmaster.pid' ] && {pg_ctl} -D '{d}' -m immediate -w -t 30 stop; "
+            ));
+        }
+        script.push_str(&format!("rm -rf '{}'", self.dir.display()));
+        let spawned = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        if let Err(e) = spawned {
+            eprintln!("cannot watch for this process's end to stop the test cluster: {e}");
+        }
     }
 
     fn init(&mut self, replicas: usize) -> Result<(), String> {

@@ -50,7 +50,19 @@ impl Proxy {
         );
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(switchyard_binary())
+        let mut command = Command::new(switchyard_binary());
+        // Dropping the `Proxy` kills it; this kills it also when the test process is killed
+        // (Ctrl-C on a hanging test, a CI timeout) and no `Drop` runs. The signal comes when
+        // the spawning thread ends: a test's own thread, which outlives its `Proxy`.
+        // SAFETY: `prctl` is async-signal-safe and touches nothing of this process's state.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--config")
             .arg(&config_path)
             .env(

@@ -247,7 +247,10 @@ impl ConnCaps {
         let _waiting = (Waiting::on(&self.database), Waiting::on(&self.user));
         loop {
             // Only the cap that is reached can make room; a connection of `own` going idle
-            // wakes both of its caps.
+            // wakes both of its caps. (Listening to the other cap too would spin: a failed
+            // `try_reserve` gives back the place it took there, which wakes its waiters, this
+            // checkout among them. That give-back must wake: another checkout may have found
+            // no room because of the place held for that moment.)
             let Some((full, kind)) = self.full() else {
                 if let Some(t) = self.try_reserve() {
                     return Ok(Room::Ticket(t));
