@@ -48,8 +48,9 @@ pub struct Pools {
 }
 
 /// What all the server pools share: the timeouts they follow (a reload changes them in
-/// place), the servers' `max_db_connections` caps (one per database and server, across its
-/// users) and the worker count.
+/// place), the caps their connections count under (`max_db_connections`, one per database and
+/// server across its users; `max_user_connections`, one per server login across databases)
+/// and the worker count.
 #[derive(Debug)]
 pub struct Shared {
     pub timeouts: Arc<PoolTimeouts>,
