@@ -36,7 +36,7 @@ impl Config {
         self.pools
             .values()
             .flat_map(|p| p.users.iter())
-            .map(|(name, u)| (u.server_user.as_deref().unwrap_or(name), u))
+            .map(|(name, u)| (u.login(name), u))
     }
 }
 
@@ -350,6 +350,11 @@ pub struct UserConfig {
 }
 
 impl UserConfig {
+    /// The role this user (named `name` in the config) logs in as on the servers.
+    pub fn login<'a>(&'a self, name: &'a str) -> &'a str {
+        self.server_user.as_deref().unwrap_or(name)
+    }
+
     /// The client auth method and the parsed password, or the key suffix and message of the fault.
     pub fn client_auth(
         &self,

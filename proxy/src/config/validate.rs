@@ -134,7 +134,7 @@ pub fn check(config: &Config) -> Result<(), Failure> {
             let Some(max) = u.max_user_connections else {
                 continue;
             };
-            let login = u.server_user.as_deref().unwrap_or(user);
+            let login = u.login(user);
             let key = format!("pools.{db}.users.{user}.max_user_connections");
             match logins.get(login) {
                 Some((other, other_key)) if *other != max => {

@@ -287,7 +287,7 @@ pub(super) fn server_pools(
     let workers = stats.workers();
     let size = u.pool_size.unwrap_or(pool.pool_size);
     let min_size = u.min_pool_size.unwrap_or(pool.min_pool_size);
-    let server_user = u.server_user.clone().unwrap_or_else(|| user.to_owned());
+    let server_user = u.login(user).to_owned();
     let server_password = u.server_password();
     pool.servers
         .iter()
