@@ -251,8 +251,15 @@ impl Cluster {
         self.wait_streaming(replicas)
     }
 
-    fn start_node(&self, node: &Node) -> Result<(), String> {
+    /// Starts a stopped node; it accepts connections when this returns.
+    pub fn start_node(&self, node: &Node) -> Result<(), String> {
         self.pg_ctl(node, &["-w", "-t", "60", "start"])
+    }
+
+    /// Stops a node with `pg_ctl stop -m fast` (its sessions end with FATAL `57P01`); it
+    /// refuses connections until [`Cluster::start_node`].
+    pub fn stop_node(&self, node: &Node) -> Result<(), String> {
+        self.pg_ctl(node, &["-m", "fast", "-w", "-t", "60", "stop"])
     }
 
     /// Restarts a node with `pg_ctl restart -m fast`: its sessions are ended with FATAL

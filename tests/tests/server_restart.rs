@@ -224,3 +224,67 @@ async fn with_pause_and_resume_around_a_restart_no_client_sees_an_error() {
         "every transaction committed whole, once"
     );
 }
+
+#[tokio::test]
+async fn a_client_waiting_for_a_restarting_server_keeps_its_place_in_line() {
+    let c = cluster();
+    register_stop_at_exit();
+    let _turn = TURN.lock().await;
+    let db = unique_name("ride_out_order");
+    c.create_database(&db, roles::TRUST);
+    // One slot: the clients are served one after another, in the order they came.
+    let proxy = Proxy::start(
+        "connect_timeout_ms = 2000\ncheckout_timeout_ms = 20000",
+        &trust_pool(c, &db, "pool_mode = \"transaction\"\npool_size = 1"),
+    );
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(proxy.connect(roles::TRUST, None, &db).await.unwrap());
+    }
+    tokio::task::spawn_blocking(move || c.stop_node(&c.primary))
+        .await
+        .unwrap()
+        .unwrap();
+    // The first client meets the server down and waits for it, trying again; the others come
+    // later and wait in line behind it.
+    let mut running = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        running.push(tokio::spawn(async move {
+            // One simple Query: one checkout (a prepared statement would take two).
+            let rows = client
+                .simple_query("SELECT clock_timestamp()::text")
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            rows.iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .ok_or_else(|| format!("no row: {rows:?}"))
+        }));
+        tokio::time::sleep(Duration::from_millis(if i == 0 { 700 } else { 150 })).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(move || c.start_node(&c.primary))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut served = Vec::new();
+    for (i, r) in running.into_iter().enumerate() {
+        let at = tokio::time::timeout(Duration::from_secs(30), r)
+            .await
+            .expect("served once the server is back")
+            .unwrap()
+            .unwrap_or_else(|e| panic!("client {i}: {e}\n{}", proxy.log()));
+        served.push(at);
+    }
+    // Timestamps of one server and one time zone: text order is time order.
+    let mut in_order = served.clone();
+    in_order.sort();
+    assert_eq!(
+        served,
+        in_order,
+        "the clients ran in the order they came\n{}",
+        proxy.log()
+    );
+}

@@ -132,6 +132,24 @@ impl Pooled {
         (conn, &self.pool)
     }
 
+    /// Gives a slot its connection: a sound idle one, else a new one (once the caps leave
+    /// room). On an error the slot stays held, without a connection.
+    async fn fill(&mut self) -> Result<(), CheckoutError> {
+        match self.pool.sound_idle() {
+            Some(conn) => self.conn = Some(conn),
+            None => self.open().await?,
+        }
+        Ok(())
+    }
+
+    /// Gives a slot a new connection (once the caps leave room for it).
+    async fn open(&mut self) -> Result<(), CheckoutError> {
+        // Rare: boxed, so its large login state is not part of every session's future.
+        let conn = Box::pin(self.pool.clone().open_under_cap()).await?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
     /// Returns the connection to its pool's idle list, or closes it if it has outlived
     /// `server_lifetime`, a cancel may still hit it, or its pool was retired or reconnected.
     pub fn checkin(mut self) {
@@ -272,7 +290,27 @@ impl ServerPool {
     /// Hands out a connection: an idle one if any is sound, else a new one. Waits up to
     /// `checkout_timeout` for a free slot.
     pub async fn checkout(self: Arc<Self>) -> Result<Pooled, CheckoutError> {
+        // The fast path is written out (no nested futures): it runs for every transaction.
         let taken = self.slots.take(self.timeouts.checkout()).await;
+        let mut pooled = self.held(taken)?;
+        match pooled.pool.sound_idle() {
+            Some(conn) => pooled.conn = Some(conn),
+            None => pooled.open().await?,
+        }
+        Ok(pooled)
+    }
+
+    /// Waits up to `timeout` for a slot; the [`Pooled`] that holds it has no connection yet
+    /// (see [`Pooled::fill`]).
+    async fn slot(self: Arc<Self>, timeout: Duration) -> Result<Pooled, CheckoutError> {
+        let taken = self.slots.take(timeout).await;
+        self.held(taken)
+    }
+
+    /// The outcome of a wait for a slot: a [`Pooled`] without a connection that holds the
+    /// slot (dropped so, it gives the slot back), or why there is none.
+    #[inline]
+    fn held(self: Arc<Self>, taken: Result<(), Expired>) -> Result<Pooled, CheckoutError> {
         if self.retired.load(Ordering::Relaxed) {
             if taken.is_ok() {
                 self.slots.give_back();
@@ -291,22 +329,10 @@ impl ServerPool {
                 size: self.size,
             });
         }
-        if let Some(conn) = self.sound_idle() {
-            return Ok(Pooled {
-                conn: Some(conn),
-                pool: self,
-            });
-        }
-        // The slot is held by `pooled` from here: a failed connect gives it back.
-        let mut pooled = Pooled {
+        Ok(Pooled {
             conn: None,
             pool: self,
-        };
-        // Rare (a new connection): boxed, so its large login state is not part of every
-        // session's future.
-        let conn = Box::pin(pooled.pool.clone().open_under_cap()).await?;
-        pooled.conn = Some(conn);
-        Ok(pooled)
+        })
     }
 
     /// An idle connection that is still sound; broken ones found on the way are closed.
@@ -384,21 +410,30 @@ impl ServerPool {
     /// [`ServerPool::checkout`] for a client that no other server will do: a server that
     /// cannot be reached for a passing reason ([`ConnectError::passing`]: a restart, say) is
     /// tried again every [`RIDE_OUT_RETRY`] until `until`, so the client waits instead of
-    /// failing. Each try takes a slot as any checkout does, so at most `pool_size` clients of
-    /// a pool try at once.
+    /// failing. The client keeps its slot between tries: it keeps its place before the
+    /// clients that came after it, and at most `pool_size` clients of a pool try at once.
     pub async fn checkout_riding_out(
         self: Arc<Self>,
         until: Instant,
     ) -> Result<Pooled, CheckoutError> {
+        let left = || until.saturating_duration_since(Instant::now());
+        let mut pooled = self.clone().slot(left()).await?;
         loop {
-            match self.clone().checkout().await {
+            match pooled.fill().await {
+                Ok(()) => return Ok(pooled),
                 Err(CheckoutError::Connect(e))
                     if e.passing() && Instant::now() + RIDE_OUT_RETRY < until =>
                 {
                     tracing::debug!(server = %self.name, error = %e, "waiting for the server");
                     tokio::time::sleep(RIDE_OUT_RETRY).await;
                 }
-                done => return done,
+                Err(e) => return Err(e),
+            }
+            // A `PAUSE` or a reload meanwhile is met as a new checkout meets it: the slot goes
+            // back, and the next take waits for `RESUME` or answers that the server is retired.
+            if self.slots.is_paused() || self.retired.load(Ordering::Relaxed) {
+                drop(pooled);
+                pooled = self.clone().slot(left()).await?;
             }
         }
     }
