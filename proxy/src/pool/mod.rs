@@ -16,7 +16,7 @@ mod user_pool;
 
 pub use backends::{Backends, LiveBackends};
 pub use reaper::{expire_waiters, reaper};
-pub use server_cap::{AllCaps, CapKind, CapTicket, Caps, ConnCaps, ServerCap};
+pub use server_cap::{AllCaps, CapTicket};
 pub use server_pool::{CheckoutError, Pooled, ServerPool, Servers};
 pub use stats::{Batch, PoolStats, Totals};
 pub use stats_log::{stats_log, Period};
