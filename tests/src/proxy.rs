@@ -3,7 +3,7 @@
 use crate::cluster::free_port;
 use std::io::Read;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,35 @@ pub fn switchyard_binary() -> PathBuf {
     bin
 }
 
+/// Names a proxy's temporary directory, before the test process's pid.
+const DIR_PREFIX: &str = "switchyard-proxy-";
+
+/// Removes, once per test process, the proxy directories that test processes now gone left
+/// behind: a killed process runs no `Drop`, and its proxies die with it (`PR_SET_PDEATHSIG`)
+/// but not their config and log files.
+fn sweep_dirs_of_killed_runs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(DIR_PREFIX))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
 /// A running Switchyard, killed when dropped.
 pub struct Proxy {
     child: Child,
@@ -42,7 +71,11 @@ impl Proxy {
 
     /// [`Proxy::start`] on `port` (another proxy may be draining there).
     pub fn start_at(port: u16, general: &str, rest: &str) -> Proxy {
-        let dir = tempfile::tempdir().expect("tempdir");
+        sweep_dirs_of_killed_runs();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .expect("tempdir");
         let config_path = dir.path().join("switchyard.toml");
         let log_path = dir.path().join("switchyard.log");
         let config = format!(
