@@ -77,6 +77,60 @@ async fn looping_panicking_and_hoarding_plugins_fall_back_to_the_primary() {
     }
 }
 
+/// Wake-ups of the proxy's epoch ticker thread so far.
+fn ticker_wakeups(pid: u32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the proxy's threads") {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // `switchyard-epoch`, cut to the kernel's 15 characters.
+        if comm.trim() == "switchyard-epoc" {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse().ok())
+                .expect("a context switch count");
+        }
+    }
+    panic!("no epoch ticker thread in process {pid}");
+}
+
+#[tokio::test]
+async fn the_epoch_ticker_rests_while_no_plugin_runs_and_a_bad_call_after_that_still_stops() {
+    let cluster = shared_cluster();
+    let db = unique_name("ticker");
+    cluster.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start(
+        "plugin_deadline_ms = 20",
+        &pool_with(&db, "evil-policy", "loop"),
+    );
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let primary = cluster.primary.port;
+    assert_eq!(server_port(&c, "SELECT inet_server_port()").await, primary);
+    // A second without calls: the ticker parks (it ticks every 5 ms while calls run).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = ticker_wakeups(proxy.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = ticker_wakeups(proxy.pid()) - before;
+    assert!(idle <= 3, "{idle} ticker wake-ups in 500 ms without calls");
+    // The first call after the rest wakes it: a call that loops is stopped as usual.
+    let started = Instant::now();
+    let port = server_port(&c, "SELECT inet_server_port() /* trouble */").await;
+    let took = started.elapsed();
+    assert_eq!(port, primary, "the fallback is the primary");
+    assert!(
+        took < Duration::from_millis(150),
+        "the bad call took {took:?}"
+    );
+    let before = ticker_wakeups(proxy.pid());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let awake = ticker_wakeups(proxy.pid()) - before;
+    assert!(
+        awake >= 20,
+        "{awake} ticker wake-ups in 300 ms after a call"
+    );
+}
+
 #[tokio::test]
 async fn reads_may_fall_back_to_replicas_when_configured() {
     let cluster = shared_cluster();

@@ -1,4 +1,4 @@
-//! The wasmtime Engine, the epoch ticker that bounds every call, and plugin loading.
+//! The wasmtime Engine (its epoch ticker is `ticker`), and plugin loading.
 
 use super::bindings::RoutingPolicyPre;
 use super::host::HostState;
@@ -9,10 +9,7 @@ use thiserror::Error;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-/// How often the epoch advances. Each wake-up of the ticker thread costs CPU (measured: a 1 ms
-/// tick took ~22 ms of CPU per second, ~1 µs per transaction at 20k tps); at 5 ms it is a fifth
-/// of that; a tick is also the granularity of the deadline checks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub use super::ticker::EPOCH_TICK;
 
 /// Epochs to allow a call of `deadline`: rounded up, plus one because the next tick may come at
 /// any moment after the call starts. The expiry then starts the CPU-time check of
@@ -73,17 +70,7 @@ impl PluginEngine {
                 .max_wasm_stack(512 * 1024)
                 .memory_reservation(128 << 20);
             let engine = Engine::new(&config).expect("the engine config is valid");
-            let ticker = engine.weak();
-            std::thread::Builder::new()
-                .name("switchyard-epoch".into())
-                .spawn(move || loop {
-                    std::thread::sleep(EPOCH_TICK);
-                    match ticker.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => return,
-                    }
-                })
-                .expect("spawn the epoch ticker");
+            super::ticker::spawn(&engine);
             PluginEngine { engine }
         })
     }

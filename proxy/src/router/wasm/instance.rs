@@ -12,6 +12,7 @@ use super::cpu_deadline::thread_cpu_time;
 use super::engine::LoadedPlugin;
 use super::host::HostState;
 use super::memo::Memo;
+use super::ticker::CallMark;
 use crate::pool::Servers;
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -90,16 +91,19 @@ impl Live {
                 UpdateDeadline::Interrupt
             })
         });
-        arm(&mut store, 1000);
-        let policy = plugin
-            .pre
-            .instantiate(&mut store)
-            .map_err(InstanceError::Trap)?;
-        let settings = policy
-            .switchyard_policy_policy()
-            .call_init(&mut store, &plugin.config)
-            .map_err(InstanceError::Trap)?
-            .map_err(InstanceError::Init)?;
+        let (policy, settings) = {
+            let _call = arm(&mut store, 1000);
+            let policy = plugin
+                .pre
+                .instantiate(&mut store)
+                .map_err(InstanceError::Trap)?;
+            let settings = policy
+                .switchyard_policy_policy()
+                .call_init(&mut store, &plugin.config)
+                .map_err(InstanceError::Trap)?
+                .map_err(InstanceError::Init)?;
+            (policy, settings)
+        };
         let mut live = Live {
             store,
             policy,
@@ -118,7 +122,7 @@ impl Live {
 
     /// Pushes a topology.
     pub fn topology(&mut self, t: &Topology, deadline_ticks: u64) -> Result<(), InstanceError> {
-        arm(&mut self.store, deadline_ticks);
+        let _call = arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_topology_changed(&mut self.store, t.clone())
@@ -134,7 +138,7 @@ impl Live {
         s: &Session,
         deadline_ticks: u64,
     ) -> Result<(), InstanceError> {
-        arm(&mut self.store, deadline_ticks);
+        let _call = arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_session_opened(&mut self.store, s.clone())
@@ -148,7 +152,7 @@ impl Live {
         if !self.sessions.remove(&id) {
             return Ok(());
         }
-        arm(&mut self.store, deadline_ticks);
+        let _call = arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_session_closed(&mut self.store, id)
@@ -165,7 +169,7 @@ impl Live {
         candidates: u64,
         deadline_ticks: u64,
     ) -> Result<Decision, InstanceError> {
-        arm(&mut self.store, deadline_ticks);
+        let _call = arm(&mut self.store, deadline_ticks);
         let state = self.store.data_mut();
         state.set_sql(sql);
         state.asked_host = false;
@@ -182,7 +186,7 @@ impl Live {
 
     /// The message of the rejection `route` just returned.
     pub fn rejection(&mut self, deadline_ticks: u64) -> Result<String, InstanceError> {
-        arm(&mut self.store, deadline_ticks);
+        let _call = arm(&mut self.store, deadline_ticks);
         self.policy
             .switchyard_policy_policy()
             .call_rejection(&mut self.store)
@@ -191,11 +195,15 @@ impl Live {
 }
 
 /// Bounds the next call in `store`: `deadline_ticks` epochs of wall-clock time, then as much
-/// again of CPU time (see `cpu_deadline`).
+/// again of CPU time (see `cpu_deadline`). Keep what it returns until the call is over: the
+/// epoch ticker keeps ticking while it lives (see `ticker`). Calls do not nest.
 #[inline]
-fn arm(store: &mut Store<HostState>, deadline_ticks: u64) {
+#[must_use = "the ticker may park during a call that does not keep its CallMark"]
+fn arm(store: &mut Store<HostState>, deadline_ticks: u64) -> CallMark {
+    let call = CallMark::start();
     store.set_epoch_deadline(deadline_ticks);
     store.data_mut().deadline.arm(deadline_ticks);
+    call
 }
 
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);

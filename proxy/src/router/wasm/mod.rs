@@ -1,9 +1,11 @@
 //! Routing policies as WebAssembly components (`wit/policy.wit`), run by wasmtime.
 //!
-//! * [`engine`]: one Engine per process, an epoch ticker for call deadlines, and loading: a
+//! * [`engine`]: one Engine per process, and loading: a
 //!   component is compiled once, its imports checked against an allow-list, `init` run on a
 //!   scratch instance so that a bad config is refused with the plugin's own message.
 //! * [`compiled`]: compiled components by file, so a reload compiles only what changed.
+//! * [`ticker`]: the thread that advances the epoch for call deadlines while plugins are
+//!   called, parked while none are.
 //! * [`cpu_deadline`]: a call is stopped for the CPU it used, not for time it spent waiting
 //!   for a CPU.
 //! * [`host`]: what a plugin may call (`log`, `now-ms`, `in-flight`); nothing else.
@@ -21,6 +23,7 @@ pub mod engine;
 pub mod host;
 mod instance;
 mod memo;
+pub mod ticker;
 
 pub use chain::PolicyChain;
 pub use engine::{LoadError, LoadedPlugin, PluginEngine};
