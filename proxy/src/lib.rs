@@ -117,7 +117,14 @@ pub async fn run(
         workers = n,
         "switchyard listening"
     );
-    clock::spawn_ticker(shutdown.clone());
+    // Client traffic keeps the coarse clock ticking; without it, the ticker rests.
+    let traffic = pools.clone();
+    clock::spawn_ticker(shutdown.clone(), move || {
+        traffic.all().iter().fold(0u64, |n, p| {
+            let t = p.stats.totals();
+            n.wrapping_add(t.received).wrapping_add(t.requests)
+        })
+    });
     tokio::spawn(pool::stats_log(
         pools.clone(),
         proxy.live.clone(),

@@ -92,6 +92,50 @@ async fn exhausted_pool_queues_then_times_out_with_53300() {
     r.unwrap();
 }
 
+/// Times the proxy's threads have gone to sleep and woken up so far.
+fn wakeups(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the proxy's threads");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn an_idle_proxy_rests_and_a_checkout_queued_after_the_rest_times_out_on_time() {
+    let (db, proxy) = setup(
+        "checkout_timeout_ms = 500",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let waiter = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    holder.simple_query("SELECT 1").await.unwrap();
+    // After a second without traffic the clock's ticker rests, and the waiter expiry rests
+    // while no checkout waits: what wakes the process then is the reaper's 1 s round.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = wakeups(proxy.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = wakeups(proxy.pid()) - before;
+    assert!(idle <= 12, "{idle} wake-ups in 2 s without traffic");
+    // The first checkout that queues wakes the expiry: it times out as usual.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let started = Instant::now();
+    let err = waiter.simple_query("SELECT 1").await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(sqlstate(&err), Some("53300"), "{err}");
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiter.simple_query("SELECT 1").await.unwrap();
+}
+
 #[tokio::test]
 async fn client_leaving_mid_transaction_leaves_no_open_transaction() {
     for mode in ["transaction", "session"] {

@@ -173,7 +173,7 @@ pub fn render(proxy: &Proxy) -> String {
         }
     }
 
-    let now = crate::clock::now_ms();
+    let now = crate::clock::read_ms();
     e.family(
         "switchyard_server_connections",
         "gauge",

@@ -195,7 +195,7 @@ pub fn servers(proxy: &Proxy) -> Table {
         ("pool_size", Kind::Int),
         ("retired", Kind::Bool),
     ]);
-    let now = crate::clock::now_ms();
+    let now = crate::clock::read_ms();
     for pool in sorted(proxy) {
         let (current, retiring) = (pool.servers(), pool.retiring());
         for s in current.iter().chain(&retiring) {

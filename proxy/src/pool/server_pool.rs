@@ -135,17 +135,10 @@ impl Pooled {
     /// Gives a slot its connection: a sound idle one, else a new one (once the caps leave
     /// room). On an error the slot stays held, without a connection.
     async fn fill(&mut self) -> Result<(), CheckoutError> {
-        match self.pool.sound_idle() {
-            Some(conn) => self.conn = Some(conn),
-            None => self.open().await?,
-        }
-        Ok(())
-    }
-
-    /// Gives a slot a new connection (once the caps leave room for it).
-    async fn open(&mut self) -> Result<(), CheckoutError> {
-        // Rare: boxed, so its large login state is not part of every session's future.
-        let conn = Box::pin(self.pool.clone().open_under_cap()).await?;
+        let conn = match self.pool.sound_idle() {
+            Some(conn) => conn,
+            None => Box::pin(self.pool.clone().open_under_cap()).await?,
+        };
         self.conn = Some(conn);
         Ok(())
     }
@@ -293,10 +286,12 @@ impl ServerPool {
         // The fast path is written out (no nested futures): it runs for every transaction.
         let taken = self.slots.take(self.timeouts.checkout()).await;
         let mut pooled = self.held(taken)?;
-        match pooled.pool.sound_idle() {
-            Some(conn) => pooled.conn = Some(conn),
-            None => pooled.open().await?,
-        }
+        let conn = match pooled.pool.sound_idle() {
+            Some(conn) => conn,
+            // Rare: boxed, so its large login state is not part of every session's future.
+            None => Box::pin(pooled.pool.clone().open_under_cap()).await?,
+        };
+        pooled.conn = Some(conn);
         Ok(pooled)
     }
 
@@ -397,7 +392,7 @@ impl ServerPool {
                 Ok(conn)
             }
             Err(e) => {
-                let now = crate::clock::now_ms();
+                let now = crate::clock::read_ms();
                 let until = now + self.timeouts.login_retry().as_millis() as u64;
                 if self.down_until_ms.swap(until, Ordering::Relaxed) <= now {
                     tracing::warn!(server = %self.name, error = %e, "server marked unhealthy");

@@ -281,6 +281,7 @@ impl Future for Take<'_> {
             let w = Waiter::start(this.timeout);
             w.waker.register(cx.waker());
             queue.push_back(w.clone());
+            super::reaper::checkout_queued();
             this.waiter = Some(w);
             return Poll::Pending;
         };

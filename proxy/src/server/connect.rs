@@ -209,7 +209,7 @@ async fn login(
             }
             Message::ReadyForQuery(_) => {
                 let (pid, secret) = key.unwrap_or((0, 0));
-                let now = crate::clock::now_ms();
+                let now = crate::clock::read_ms();
                 return Ok(Box::new(ServerConn {
                     stream,
                     rbuf,

@@ -59,7 +59,7 @@ static LOG_COUNT: AtomicU64 = AtomicU64::new(0);
 
 /// Whether a rate-limited log line may be written now.
 pub fn log_allowed() -> bool {
-    let second = crate::clock::now_ms() / 1000;
+    let second = crate::clock::read_ms() / 1000;
     if LOG_WINDOW.swap(second, Ordering::Relaxed) != second {
         LOG_COUNT.store(0, Ordering::Relaxed);
     }
