@@ -159,6 +159,27 @@ impl Proxy {
         Ok(client)
     }
 
+    /// How many times each of the proxy's threads has gone to sleep (voluntary context
+    /// switches) so far, by thread name (the kernel keeps 15 characters of it).
+    pub fn wakeups(&self) -> Vec<(String, u64)> {
+        let dir = format!("/proc/{}/task", self.pid());
+        let tasks = std::fs::read_dir(dir).expect("the proxy's threads");
+        tasks
+            .filter_map(|t| {
+                let path = t.ok()?.path();
+                let name = std::fs::read_to_string(path.join("comm")).ok()?;
+                let status = std::fs::read_to_string(path.join("status")).ok()?;
+                let n = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((name.trim().to_string(), n))
+            })
+            .collect()
+    }
+
     /// The process id, for signals.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -92,20 +92,6 @@ async fn exhausted_pool_queues_then_times_out_with_53300() {
     r.unwrap();
 }
 
-/// Times the proxy's threads have gone to sleep and woken up so far.
-fn wakeups(pid: u32) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the proxy's threads");
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .filter_map(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
 #[tokio::test]
 async fn an_idle_proxy_rests_and_a_checkout_queued_after_the_rest_times_out_on_time() {
     let (db, proxy) = setup(
@@ -118,9 +104,10 @@ async fn an_idle_proxy_rests_and_a_checkout_queued_after_the_rest_times_out_on_t
     // After a second without traffic the clock's ticker rests, and the waiter expiry rests
     // while no checkout waits: what wakes the process then is the reaper's 1 s round.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = wakeups(proxy.pid());
+    let wakeups = || proxy.wakeups().iter().map(|(_, n)| n).sum::<u64>();
+    let before = wakeups();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = wakeups(proxy.pid()) - before;
+    let idle = wakeups() - before;
     assert!(idle <= 12, "{idle} wake-ups in 2 s without traffic");
     // The first checkout that queues wakes the expiry: it times out as usual.
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();

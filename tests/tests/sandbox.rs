@@ -78,21 +78,13 @@ async fn looping_panicking_and_hoarding_plugins_fall_back_to_the_primary() {
 }
 
 /// Wake-ups of the proxy's epoch ticker thread so far.
-fn ticker_wakeups(pid: u32) -> u64 {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the proxy's threads") {
-        let dir = task.unwrap().path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+fn ticker_wakeups(proxy: &Proxy) -> u64 {
+    proxy
+        .wakeups()
+        .into_iter()
         // `switchyard-epoch`, cut to the kernel's 15 characters.
-        if comm.trim() == "switchyard-epoc" {
-            let status = std::fs::read_to_string(dir.join("status")).unwrap();
-            return status
-                .lines()
-                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-                .and_then(|n| n.trim().parse().ok())
-                .expect("a context switch count");
-        }
-    }
-    panic!("no epoch ticker thread in process {pid}");
+        .find_map(|(name, n)| (name == "switchyard-epoc").then_some(n))
+        .expect("an epoch ticker thread")
 }
 
 #[tokio::test]
@@ -109,9 +101,9 @@ async fn the_epoch_ticker_rests_while_no_plugin_runs_and_a_bad_call_after_that_s
     assert_eq!(server_port(&c, "SELECT inet_server_port()").await, primary);
     // A second without calls: the ticker parks (it ticks every 5 ms while calls run).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = ticker_wakeups(proxy.pid());
+    let before = ticker_wakeups(&proxy);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = ticker_wakeups(proxy.pid()) - before;
+    let idle = ticker_wakeups(&proxy) - before;
     assert!(idle <= 3, "{idle} ticker wake-ups in 500 ms without calls");
     // The first call after the rest wakes it: a call that loops is stopped as usual.
     let started = Instant::now();
@@ -122,9 +114,9 @@ async fn the_epoch_ticker_rests_while_no_plugin_runs_and_a_bad_call_after_that_s
         took < Duration::from_millis(150),
         "the bad call took {took:?}"
     );
-    let before = ticker_wakeups(proxy.pid());
+    let before = ticker_wakeups(&proxy);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let awake = ticker_wakeups(proxy.pid()) - before;
+    let awake = ticker_wakeups(&proxy) - before;
     assert!(
         awake >= 20,
         "{awake} ticker wake-ups in 300 ms after a call"
