@@ -288,3 +288,47 @@ async fn a_client_waiting_for_a_restarting_server_keeps_its_place_in_line() {
         proxy.log()
     );
 }
+
+#[tokio::test]
+async fn a_pause_while_a_client_waits_for_a_stopped_server_answers_and_resume_serves_it() {
+    let c = cluster();
+    register_stop_at_exit();
+    let _turn = TURN.lock().await;
+    let db = unique_name("ride_out_pause");
+    c.create_database(&db, roles::TRUST);
+    let pool = trust_pool(c, &db, "pool_mode = \"transaction\"\npool_size = 1");
+    let proxy = Proxy::start(
+        "connect_timeout_ms = 2000\ncheckout_timeout_ms = 30000",
+        &format!("{pool}\n[admin.users.ops]\npassword = \"ops_pw\"\n"),
+    );
+    let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let admin = proxy
+        .connect("ops", Some("ops_pw"), "switchyard")
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || c.stop_node(&c.primary))
+        .await
+        .unwrap()
+        .unwrap();
+    // The client waits for the server, trying again every 200 ms.
+    let waiting = tokio::spawn(async move { client.simple_query("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // PAUSE waits for the servers in use: the waiting client lets its slot go at its next
+    // try, as a new checkout would meet the pause, so PAUSE answers long before the wait ends.
+    tokio::time::timeout(Duration::from_secs(5), admin.simple_query("PAUSE"))
+        .await
+        .unwrap_or_else(|_| panic!("PAUSE answers\n{}", proxy.log()))
+        .unwrap();
+    tokio::task::spawn_blocking(move || c.start_node(&c.primary))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "nothing is served while paused");
+    admin.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served after RESUME")
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log()));
+}
