@@ -69,15 +69,17 @@ pub async fn expire_waiters(pools: Arc<Pools>, mut shutdown: Shutdown) {
             _ = shutdown.closing() => return,
         }
         let now = crate::clock::now_ns();
+        let mut waiting = false;
         for pool in pools.all() {
             for server in pool.servers().iter() {
                 let expired = server.expire_waiters(now);
                 if expired > 0 {
                     tracing::debug!(server = %server.name, expired, "checkouts timed out");
                 }
+                waiting |= server.waiting() > 0;
             }
         }
-        if anyone_waits(&pools) {
+        if waiting {
             continue;
         }
         EXPIRY_RESTING.store(true, Ordering::SeqCst);

@@ -15,7 +15,7 @@
 //! The thread's CPU clock is a system call, so it is read only when a call overruns, never on
 //! the ordinary path; arming a call is two stores.
 
-use super::engine::EPOCH_TICK;
+use super::ticker::EPOCH_TICK;
 use std::time::Duration;
 
 /// The deadline state of the call running in one Store.

@@ -9,7 +9,7 @@ use thiserror::Error;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-pub use super::ticker::EPOCH_TICK;
+use super::ticker::EPOCH_TICK;
 
 /// Epochs to allow a call of `deadline`: rounded up, plus one because the next tick may come at
 /// any moment after the call starts. The expiry then starts the CPU-time check of
