@@ -1061,3 +1061,123 @@ async fn max_user_connections_caps_a_login_across_databases() {
     assert!(login_connections(&login) <= 2);
     drop((a, b));
 }
+
+/// Clients that vanish halfway through a request (PgDog's `partial_req` case, and more): half
+/// a message, a long query cut short, an extended request without its `Sync`, half a message
+/// inside a transaction, a `COPY FROM STDIN` without its end. None may leave a server waiting
+/// for the rest, a transaction open, or bytes that a later client's query would be glued to.
+#[tokio::test]
+async fn clients_that_leave_halfway_through_a_request_leave_no_server_waiting() {
+    for (mode, size) in [("transaction", 3), ("session", 5)] {
+        leave_halfway(mode, size).await;
+    }
+}
+
+/// A Query whose length promises `len` bytes of body, of which `sent` come.
+fn cut_query(len: usize, sent: usize) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&((len + 4) as i32).to_be_bytes());
+    m.extend(std::iter::repeat_n(b' ', sent));
+    m
+}
+
+async fn leave_halfway(mode: &str, size: usize) {
+    use tokio::io::AsyncWriteExt;
+    let (db, proxy) = setup("", &format!("pool_mode = \"{mode}\"\npool_size = {size}"));
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    c.batch_execute("CREATE TABLE half_done (x int)")
+        .await
+        .unwrap();
+    let mut leavers = Vec::new();
+    for i in 0..50 {
+        let port = proxy.port;
+        let db = db.clone();
+        leavers.push(tokio::spawn(async move {
+            let mut s = raw::login(port, roles::TRUST, &db).await;
+            match i % 5 {
+                0 => s.write_all(&cut_query(100, 30)).await.unwrap(),
+                // Longer than any read buffer: the proxy may pass its start on before the end.
+                1 => s.write_all(&cut_query(1 << 20, 300_000)).await.unwrap(),
+                2 => {
+                    let mut batch = raw::msg(b'P', b"\0INSERT INTO half_done VALUES (2)\0\0\0");
+                    batch.extend(raw::msg(b'B', b"\0\0\0\0\0\0\0\0"));
+                    batch.extend(raw::msg(b'E', b"\0\0\0\0\0"));
+                    batch.extend(raw::msg(b'H', b""));
+                    s.write_all(&batch).await.unwrap();
+                    assert_eq!(raw::read_until(&mut s, b'C').await, b"12C".to_vec());
+                }
+                3 => {
+                    s.write_all(&raw::query("BEGIN; INSERT INTO half_done VALUES (3)"))
+                        .await
+                        .unwrap();
+                    assert_eq!(raw::read_until(&mut s, b'Z').await, b"CCZ".to_vec());
+                    s.write_all(&cut_query(100, 30)).await.unwrap();
+                }
+                _ => {
+                    s.write_all(&raw::query("COPY half_done FROM STDIN"))
+                        .await
+                        .unwrap();
+                    assert_eq!(raw::read_until(&mut s, b'G').await, b"G".to_vec());
+                    s.write_all(&raw::msg(b'd', b"5\n")).await.unwrap();
+                }
+            }
+            // Give the proxy time to pass on what it will before the socket closes.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(s);
+        }));
+    }
+    for l in leavers {
+        l.await.unwrap();
+    }
+    // The server sessions come to rest: idle, nothing half read, no transaction open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let busy: Vec<_> = activity(&db)
+            .into_iter()
+            .filter(|(state, _)| state != "idle")
+            .collect();
+        if busy.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: server sessions still busy: {busy:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        activity(&db).len() <= size,
+        "{mode}: no more server connections than the pool's size"
+    );
+    // Nothing was written, and the pool's connections answer the next clients exactly.
+    let mut askers = Vec::new();
+    for i in 0..12 {
+        let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        askers.push(tokio::spawn(async move {
+            for j in 0..5 {
+                let v = i * 10 + j;
+                let got: i32 = client
+                    .query_one(&format!("SELECT {v}::int"), &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(got, v);
+                let got: i32 = client
+                    .query_one("SELECT $1::int", &[&v])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(got, v);
+            }
+        }));
+    }
+    for a in askers {
+        a.await.unwrap();
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM half_done", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "{mode}: no write of a client that left survived");
+}
