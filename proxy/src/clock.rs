@@ -132,6 +132,11 @@ pub fn read_ms() -> u64 {
     CLOCK.read_ms()
 }
 
+/// Whether the ticker rests: no client traffic for a while (see the module's comment).
+pub fn resting() -> bool {
+    CLOCK.now_ms.load(Ordering::Relaxed) == RESTING
+}
+
 /// The monotonic clock in nanoseconds, read now (`clock_gettime` through the vDSO, no system
 /// call, about 25 ns): for durations that need better than the ticker's 50 ms. Read directly
 /// rather than through `Instant::elapsed`, whose checked `timespec` arithmetic cost more

@@ -101,14 +101,16 @@ async fn an_idle_proxy_rests_and_a_checkout_queued_after_the_rest_times_out_on_t
     let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     let waiter = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     holder.simple_query("SELECT 1").await.unwrap();
-    // After a second without traffic the clock's ticker rests, and the waiter expiry rests
-    // while no checkout waits: what wakes the process then is the reaper's 1 s round.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // After a second without traffic the clock's ticker rests, the waiter expiry rests while
+    // no checkout waits, and the reaper (at its next round) until a connection's idle timeout
+    // is due: nothing wakes the process then.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let wakeups = || proxy.wakeups().iter().map(|(_, n)| n).sum::<u64>();
     let before = wakeups();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = wakeups() - before;
-    assert!(idle <= 12, "{idle} wake-ups in 2 s without traffic");
+    // (About 5 while the reaper still woke each second.)
+    assert!(idle <= 1, "{idle} wake-ups in 3 s without traffic");
     // The first checkout that queues wakes the expiry: it times out as usual.
     holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let started = Instant::now();
@@ -121,6 +123,52 @@ async fn an_idle_proxy_rests_and_a_checkout_queued_after_the_rest_times_out_on_t
     );
     holder.batch_execute("COMMIT").await.unwrap();
     waiter.simple_query("SELECT 1").await.unwrap();
+}
+
+/// The reaper rests too, and still closes idle connections on time: it wakes when a
+/// connection goes idle during its rest, and when that connection's idle timeout is due.
+#[tokio::test]
+async fn a_resting_reaper_still_closes_idle_connections_on_time() {
+    let (db, proxy) = setup(
+        "idle_timeout_ms = 3000",
+        "pool_mode = \"transaction\"\npool_size = 1",
+    );
+    let c = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // The only connection is in use: the proxy comes to rest with nothing due.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.batch_execute("COMMIT").await.unwrap();
+    let idle_since = Instant::now();
+    assert_eq!(activity(&db).len(), 1);
+    let deadline = idle_since + Duration::from_secs(6);
+    while !activity(&db).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle connection was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let closed_after = idle_since.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(2900) && closed_after < Duration::from_millis(4500),
+        "closed {closed_after:?} after it went idle"
+    );
+    // At rest again, with no connection: a reload that asks for one wakes the reaper.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pool = "pool_mode = \"transaction\"\npool_size = 1\nmin_pool_size = 1";
+    proxy.reload(
+        &trust_pool(shared_cluster(), &db, pool),
+        "routing policies and servers reloaded",
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while activity(&db).len() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "min_pool_size not opened after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.simple_query("SELECT 1").await.unwrap();
 }
 
 #[tokio::test]

@@ -173,6 +173,7 @@ impl Pools {
             }
             self.by_database.store(Arc::new(map));
         }
+        reaper::config_changed();
         Ok(notes)
     }
 

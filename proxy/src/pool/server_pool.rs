@@ -448,6 +448,7 @@ impl ServerPool {
         let home = conn.home;
         self.shard(home).push(conn);
         self.caps.connection_idle();
+        super::reaper::connection_idle();
     }
 
     /// Closes idle connections past their idle timeout or lifetime; returns how many.
@@ -476,6 +477,24 @@ impl ServerPool {
         let n = closed.len();
         closed.into_iter().for_each(|c| c.terminate());
         n
+    }
+
+    /// The earliest time after `now` at which an idle connection reaches its lifetime or idle
+    /// timeout (clock milliseconds), if any: when the resting reaper looks again.
+    pub fn next_reap(&self, now: u64) -> Option<u64> {
+        let idle_timeout = self.timeouts.idle().map(|t| t.as_millis() as u64);
+        let mut due = None::<u64>;
+        for shard in 0..self.idle.len() {
+            for c in self.shard(shard).iter() {
+                let idle_due = idle_timeout.map(|t| c.idle_since_ms.saturating_add(t));
+                for at in [c.retire_at_ms, idle_due].into_iter().flatten() {
+                    if at > now {
+                        due = Some(due.map_or(at, |d| d.min(at)));
+                    }
+                }
+            }
+        }
+        due
     }
 
     /// Stops handing out connections (the admin console's `PAUSE`): checkouts wait in line
@@ -541,11 +560,12 @@ impl ServerPool {
                 == (&b.host, b.port, &b.addr, &b.user, &b.database, &b.password)
     }
 
-    /// Opens connections until `min_pool_size` are open (idle or in use).
-    pub async fn fill_to_min(self: &Arc<Self>) {
+    /// Opens connections until `min_pool_size` are open (idle or in use). False when some are
+    /// still missing (no free slot, a cap, a failed connect): the reaper tries again soon.
+    pub async fn fill_to_min(self: &Arc<Self>) -> bool {
         while self.open_count() < self.min_size as usize && !self.is_retired() {
             if !self.slots.try_take() {
-                return;
+                return false;
             }
             let mut pooled = Pooled {
                 conn: None,
@@ -553,7 +573,7 @@ impl ServerPool {
             };
             let Some(ticket) = self.caps.try_reserve() else {
                 tracing::debug!(server = %self.name, "min_pool_size not filled: max_db_connections or max_user_connections reached");
-                return;
+                return false;
             };
             self.caps.join(self);
             match self.open(ticket).await {
@@ -563,10 +583,11 @@ impl ServerPool {
                 }
                 Err(e) => {
                     tracing::warn!(server = %self.name, error = %e, "cannot open min_pool_size connection");
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     /// Connections open now: idle plus checked out.
