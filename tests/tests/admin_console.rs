@@ -834,3 +834,115 @@ async fn each_period_a_pool_with_traffic_logs_its_stats() {
     let [xacts] = stats_of(&admin, &db, ["avg_xact_count"]).await;
     assert_eq!(xacts, 0);
 }
+
+/// A storm of clients that come and go every way a client can (PgCat's "query storm" and
+/// "clients that disconnect abruptly"): when it is over, the console shows no client but
+/// itself, no checkout waiting and no server in use, the servers rest idle, and the pool
+/// serves the next clients.
+#[tokio::test]
+async fn a_storm_of_clients_leaves_no_lingering_client_or_server() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let c = shared_cluster();
+    let db = unique_name("storm");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start("", &config(&db, &[], 4));
+    let port = proxy.port;
+    let mut storm = Vec::new();
+    for i in 0..120 {
+        let db = db.clone();
+        storm.push(tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let startup = wire::startup_packet(roles::TRUST, &db);
+            let login = |s: &mut TcpStream| {
+                s.write_all(&startup).unwrap();
+                let (_, closed) = wire::read_readies(s, 1);
+                assert!(!closed, "client {i}: login");
+            };
+            match i % 6 {
+                // Polite: a query, its own answer (not one left over from a leaver's query
+                // on the same server), a Terminate.
+                0 => {
+                    login(&mut s);
+                    s.write_all(&wire::query(&format!("SELECT 'storm {i}'")))
+                        .unwrap();
+                    let (msgs, closed) = wire::read_readies(&mut s, 1);
+                    let row = msgs.iter().find(|m| m.0 == b'D');
+                    assert!(
+                        !closed
+                            && row.is_some_and(|r| r.1.ends_with(format!("storm {i}").as_bytes())),
+                        "client {i}: {msgs:?}"
+                    );
+                    s.write_all(&wire::message(b'X', b"")).unwrap();
+                }
+                // Gone while its query runs (or waits for a server).
+                1 => {
+                    login(&mut s);
+                    s.write_all(&wire::query("SELECT pg_sleep(0.3)")).unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                // Gone inside a transaction.
+                2 => {
+                    login(&mut s);
+                    s.write_all(&wire::query("BEGIN; SELECT 1")).unwrap();
+                    let (_, closed) = wire::read_readies(&mut s, 1);
+                    assert!(!closed, "client {i}");
+                }
+                // Gone right after its startup packet.
+                3 => s.write_all(&startup).unwrap(),
+                // Gone halfway through its startup packet.
+                4 => s.write_all(&startup[..startup.len() / 2]).unwrap(),
+                // Gone right after sending a query, without reading anything.
+                _ => {
+                    login(&mut s);
+                    s.write_all(&wire::query("SELECT 1")).unwrap();
+                    let _ = s.read(&mut [0u8; 1]);
+                }
+            }
+        }));
+    }
+    for client in storm {
+        client.await.unwrap();
+    }
+    let admin = console(&proxy).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pools = show(&admin, "SHOW POOLS").await;
+        let pool = of(&pools, &db)[0].clone();
+        let clients = show(&admin, "SHOW CLIENTS").await;
+        let busy: Vec<_> = switchyard_tests::activity(&db)
+            .into_iter()
+            .filter(|(state, _)| state != "idle")
+            .collect();
+        let settled = ["cl_active", "cl_waiting", "sv_active"]
+            .iter()
+            .all(|k| get(&pool, k) == "0")
+            && clients.len() == 1
+            && busy.is_empty();
+        if settled {
+            assert_eq!(get(&clients[0], "state"), "console");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the storm: {pool:?}\nclients: {clients:?}\nbusy servers: {busy:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(switchyard_tests::activity(&db).len() <= 4);
+    let mut next = Vec::new();
+    for i in 0..8 {
+        let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+        next.push(tokio::spawn(async move {
+            for j in 0..10 {
+                let v = i * 100 + j;
+                let row = client.query_one("SELECT $1::int", &[&v]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), v);
+            }
+        }));
+    }
+    for n in next {
+        n.await.unwrap();
+    }
+}
