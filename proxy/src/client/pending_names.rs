@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 /// One Parse or Close awaiting its outcome.
 #[derive(Debug)]
 enum Pending {
-    Parse(Vec<u8>),
+    /// The name, and whether its failure leaves the name free: not when the Parse followed a
+    /// Close of the same name that turned out skipped (the statement it closed is still there).
+    Parse(Vec<u8>, bool),
     /// The name, and the statement the Close took (to put back if it is skipped).
     Close(Vec<u8>, Option<Statement>),
 }
@@ -28,7 +30,7 @@ impl PendingNames {
     }
 
     pub fn parse(&mut self, name: &[u8]) {
-        self.queue.push_back(Pending::Parse(name.to_vec()));
+        self.queue.push_back(Pending::Parse(name.to_vec(), true));
     }
 
     /// A Close of `name`, which took `taken` from the client's statements.
@@ -39,7 +41,7 @@ impl PendingNames {
     /// Whether a Parse or Close of `name` is pending.
     pub fn contains(&self, name: &[u8]) -> bool {
         self.queue.iter().any(|p| match p {
-            Pending::Parse(n) | Pending::Close(n, _) => n[..] == *name,
+            Pending::Parse(n, _) | Pending::Close(n, _) => n[..] == *name,
         })
     }
 
@@ -47,19 +49,35 @@ impl PendingNames {
     /// refused or skipped it. A name whose Parse did not happen does not exist (and a Close
     /// of it sent before it was parsed again took nothing); a statement whose Close did not
     /// happen is still there.
+    ///
+    /// A Parse of a name sent while a Close of it is pending is in the Close's batch (a later
+    /// one waits for the answers, see `waits_for_answers`): if the Close was skipped, so was
+    /// that Parse, and the closed statement is what the name means again.
     pub fn settle(&mut self, done: bool, statements: &mut Statements) {
         match self.queue.pop_front() {
-            Some(Pending::Parse(name)) if !done => {
-                statements.remove(&name);
+            Some(Pending::Parse(name, frees)) if !done => {
+                if frees {
+                    statements.remove(&name);
+                }
                 for later in self.queue.iter_mut() {
                     match later {
-                        Pending::Parse(n) if *n == name => break,
+                        Pending::Parse(n, _) if *n == name => break,
                         Pending::Close(n, taken) if *n == name => *taken = None,
                         _ => {}
                     }
                 }
             }
             Some(Pending::Close(name, Some(statement))) if !done => {
+                for later in self.queue.iter_mut() {
+                    match later {
+                        Pending::Parse(n, frees) if *n == name => {
+                            *frees = false;
+                            break;
+                        }
+                        Pending::Close(n, _) if *n == name => break,
+                        _ => {}
+                    }
+                }
                 statements.put_back(name, statement)
             }
             _ => {}
@@ -70,7 +88,7 @@ impl PendingNames {
     /// statements being closed stay closed.
     pub fn fail_all(&mut self, statements: &mut Statements) {
         for p in self.queue.drain(..) {
-            if let Pending::Parse(name) = p {
+            if let Pending::Parse(name, _) = p {
                 statements.remove(&name);
             }
         }
@@ -85,7 +103,7 @@ impl PendingNames {
             .iter()
             .skip(answered)
             .filter_map(|p| match p {
-                Pending::Parse(n) => Some(&n[..]),
+                Pending::Parse(n, _) => Some(&n[..]),
                 Pending::Close(..) => None,
             })
             .collect();
@@ -124,6 +142,28 @@ mod tests {
         assert_eq!(
             st.get(b"a").map(|(_, rest)| rest),
             Some(&b"SELECT 2\0\0\0"[..])
+        );
+    }
+
+    #[test]
+    fn a_skipped_close_keeps_its_statement_over_a_skipped_parse_of_the_name() {
+        // In one batch: Parse a (done), a Bind that fails, then Close a and Parse a again,
+        // both skipped. `a` is still the first statement.
+        let mut st = Statements::default();
+        let mut p = PendingNames::default();
+        st.insert(b"a", b"SELECT 1\0\0\0");
+        p.parse(b"a");
+        let first = st.take(b"a");
+        p.close(b"a", first);
+        st.insert(b"a", b"SELECT 2\0\0\0");
+        p.parse(b"a");
+        for done in [true, false, false] {
+            p.settle(done, &mut st);
+        }
+        assert!(p.is_empty());
+        assert_eq!(
+            st.get(b"a").map(|(_, rest)| rest),
+            Some(&b"SELECT 1\0\0\0"[..])
         );
     }
 

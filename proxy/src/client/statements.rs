@@ -65,9 +65,10 @@ impl Statements {
         self.by_name.remove(name)
     }
 
-    /// Puts back a statement [`Statements::take`] took, unless the name was used again since.
+    /// Puts back a statement [`Statements::take`] took: its Close was skipped, and so was
+    /// any Parse of the name sent after it (see `PendingNames::settle`).
     pub fn put_back(&mut self, name: Vec<u8>, statement: Statement) {
-        self.by_name.entry(name).or_insert(statement);
+        self.by_name.insert(name, statement);
     }
 
     /// Forgets all of the client's statements (its `DEALLOCATE ALL`).
