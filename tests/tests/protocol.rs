@@ -676,6 +676,79 @@ async fn statement_names_behave_as_in_postgresql() {
     assert!(reply[4].1.ends_with(b"6"), "{reply:?}");
 }
 
+/// Transaction mode: a client's Parse of a statement another client already prepared on the
+/// same server connection is checked by the server as PostgreSQL checks any Parse: refused in
+/// a failed transaction (unless it ends the transaction), refused when an object it reads is
+/// gone since. The proxy used to answer ParseComplete itself.
+#[tokio::test]
+async fn a_parse_of_a_statement_the_server_has_is_checked_as_on_postgresql() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let login = || {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+        read_until_ready(&mut s);
+        s
+    };
+    let sync = message(b'S', b"");
+    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
+    // A prepares three statements on the only server connection, then leaves.
+    let mut a = login();
+    a.write_all(&query("CREATE TABLE soon_gone (x int)"))
+        .unwrap();
+    read_until_ready(&mut a);
+    for sql in ["SELECT 1", "ROLLBACK", "SELECT x FROM soon_gone"] {
+        a.write_all(&[parse("mine", sql), sync.clone()].concat())
+            .unwrap();
+        assert_eq!(tags(&read_until_ready(&mut a)), "1Z", "{sql}");
+        a.write_all(&[message(b'C', b"Smine\0"), sync.clone()].concat())
+            .unwrap();
+        assert_eq!(tags(&read_until_ready(&mut a)), "3Z");
+    }
+    a.write_all(&query("DROP TABLE soon_gone")).unwrap();
+    read_until_ready(&mut a);
+    drop(a);
+    // B, in a failed transaction: the same text is refused (25P02), the rest of the batch
+    // skipped; a ROLLBACK may still be prepared, and it ends the transaction.
+    let mut b = login();
+    b.write_all(&query("BEGIN; SELECT 1/0")).unwrap();
+    let reply = read_until_ready(&mut b);
+    assert_eq!(tags(&reply).chars().last(), Some('Z'));
+    assert_eq!(reply.last().unwrap().1, b"E");
+    b.write_all(&[parse("s", "SELECT 1"), bind_execute_sync("s")].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut b);
+    assert_eq!(tags(&reply), "EZ", "{reply:?}");
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("25P02"));
+    b.write_all(&[parse("r", "ROLLBACK"), bind_execute_sync("r")].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut b);
+    assert_eq!(tags(&reply), "12CZ", "{reply:?}");
+    assert_eq!(reply.last().unwrap().1, b"I");
+    // Its Parse of the text whose table is gone fails as on PostgreSQL, and the name is free.
+    b.write_all(&[parse("g", "SELECT x FROM soon_gone"), sync.clone()].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut b);
+    assert_eq!(tags(&reply), "EZ", "{reply:?}");
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("42P01"));
+    b.write_all(&[parse("g", "SELECT 7"), bind_execute_sync("g")].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut b);
+    assert_eq!(tags(&reply), "12DCZ", "{reply:?}");
+    // An unnamed statement it parsed is still its own after a named Parse of known text.
+    b.write_all(
+        &[
+            parse("", "SELECT 8"),
+            parse("t", "SELECT 1"),
+            bind_execute_sync(""),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let reply = read_until_ready(&mut b);
+    assert_eq!(tags(&reply), "112DCZ", "{reply:?}");
+    assert!(reply[3].1.ends_with(b"8"), "{reply:?}");
+}
+
 /// Splits raw protocol bytes into (tag, body) messages.
 fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();

@@ -35,8 +35,14 @@ pub enum Owed {
     Execute,
     Close,
     /// Answered by the proxy with this bodyless message when it comes up. A synthetic
-    /// ParseComplete (`1`) answers a client's named Parse of a statement the server has.
+    /// ParseComplete (`1`) answers a client's named Parse of a statement the server has,
+    /// when a [`Owed::StandInParse`] would replace the client's own unnamed statement.
     Synthetic(u8),
+    /// A client's named Parse of a statement the server has already (under its proxy name).
+    /// The server got the same text as a Parse of its unnamed statement, which it completes,
+    /// refuses (a failed transaction, an object dropped since) or skips (after an error
+    /// earlier in a batch) as PostgreSQL would the client's Parse: its answer is the client's.
+    StandInParse,
     /// A message the proxy refuses itself (a Parse that reuses a statement name, a Bind of
     /// another client's unnamed statement). The proxy sent the server a stand-in that fails
     /// in its place, so the server fails the batch (and an open transaction) as PostgreSQL
@@ -376,10 +382,16 @@ impl Responses {
                     self.copy_in = true;
                 }
             }
-            b'1' => match self.pop_if(|o| matches!(o, Owed::Parse { .. } | Owed::InjectedParse(_)))
-            {
+            b'1' => match self.pop_if(|o| {
+                matches!(
+                    o,
+                    Owed::Parse { .. } | Owed::InjectedParse(_) | Owed::StandInParse
+                )
+            }) {
                 Some(Owed::InjectedParse(_)) => return Verdict::Swallow,
-                Some(Owed::Parse { named: Some(_) }) => self.name_outcomes.push_back(true),
+                Some(Owed::Parse { named: Some(_) } | Owed::StandInParse) => {
+                    self.name_outcomes.push_back(true)
+                }
                 _ => {}
             },
             b'2' => {
@@ -443,7 +455,7 @@ impl Responses {
                 prepared.remove(h);
                 self.name_outcomes.push_back(false);
             }
-            Owed::Synthetic(b'1') => self.name_outcomes.push_back(false),
+            Owed::Synthetic(b'1') | Owed::StandInParse => self.name_outcomes.push_back(false),
             Owed::InjectedParse(h) => prepared.remove(h),
             Owed::InjectedClose(h) => prepared.restore(h),
             Owed::ClosedName => self.name_outcomes.push_back(false),

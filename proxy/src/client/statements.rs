@@ -159,6 +159,14 @@ pub fn write_parse(out: &mut BytesMut, hash: u64, parse_rest: &[u8]) {
     });
 }
 
+/// A Parse of the unnamed statement with the body (text and types) of a client's Parse.
+pub fn write_unnamed_parse(out: &mut BytesMut, parse_rest: &[u8]) {
+    with_length(out, b'P', |b| {
+        b.put_u8(0);
+        b.put_slice(parse_rest);
+    });
+}
+
 /// The client's Bind, pointed at the server name.
 pub fn write_bind(out: &mut BytesMut, portal: &[u8], hash: u64, bind_rest: &[u8]) {
     with_length(out, b'B', |b| {

@@ -72,10 +72,20 @@ impl Session<'_> {
                 } else {
                     self.pending_names.parse(name);
                     let h = self.statements.insert(name, rest);
+                    let own_unnamed = unnamed_key(self.pid, self.queries);
                     if prepare_here(&mut att.conn, out, r, max_prepared, h) {
                         statements::write_parse(out, h, rest);
                         r.push(Owed::Parse { named: Some(h) });
+                    } else if att.conn.unnamed_owner != own_unnamed {
+                        // The server has the statement. It still checks the text as
+                        // PostgreSQL would check the client's Parse (a failed transaction,
+                        // an object dropped since, a batch it skips after an error), as a
+                        // Parse of its unnamed statement, which this client does not hold.
+                        att.conn.unnamed_owner = u64::MAX;
+                        statements::write_unnamed_parse(out, rest);
+                        r.push(Owed::StandInParse);
                     } else {
+                        // Its stand-in would replace the client's own unnamed statement.
                         r.push(Owed::Synthetic(b'1'));
                     }
                 }
