@@ -24,8 +24,9 @@ const CLIENTS: u64 = 4;
 
 /// Seeds beyond the usual range whose streams once were answered differently (found by longer
 /// runs), replayed every time. 100441: a Close skipped after an error, then a Parse of the
-/// same name in the same batch (the name still held its first statement).
-const FOUND: &[u64] = &[100441];
+/// same name in the same batch (the name still held its first statement). 506019, 717467:
+/// a Parse whose statement name is not UTF-8 (refused with 22021 before its text is read).
+const FOUND: &[u64] = &[100441, 506019, 717467];
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)

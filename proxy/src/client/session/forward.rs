@@ -44,7 +44,7 @@ impl Session<'_> {
                     r.push(Owed::Parse { named: None });
                     return Ok(());
                 };
-                if name.is_empty() || !map_names || skipping {
+                if name.is_empty() || !map_names || skipping || refused_name(&att.conn, name) {
                     if name.is_empty() && !skipping {
                         att.conn.unnamed_owner = unnamed_key(self.pid, self.queries);
                     }
@@ -212,6 +212,16 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// A statement name PostgreSQL refuses for its encoding (`22021`): not UTF-8, where client
+/// and server both speak UTF-8. The server gets the client's Parse as it is and refuses it in
+/// PostgreSQL's words (under a proxy name its text would be checked instead). With other
+/// encodings the server might take the name, so it stays the proxy's.
+fn refused_name(conn: &ServerConn, name: &[u8]) -> bool {
+    std::str::from_utf8(name).is_err()
+        && conn.reported.get("client_encoding") == Some("UTF8")
+        && conn.reported.get("server_encoding") == Some("UTF8")
 }
 
 /// Who owns an unnamed statement parsed now (see `ServerConn::unnamed_owner`).
