@@ -853,6 +853,29 @@ async fn sql_deallocate_of_a_clients_statements_works_as_on_postgresql() {
     assert_eq!(t, "CZ", "{reply:?}");
     assert_eq!(reply[0].1, b"DEALLOCATE ALL\0");
     assert_eq!(ask(parses).0, "11Z");
+    // Behind extended messages with no Sync between: if one of them fails, PostgreSQL skips
+    // the DEALLOCATE up to the Sync, and the names stay; if none fails, it runs.
+    // (The same bytes sent to PostgreSQL directly get the same answers.)
+    let mut ask_n = |m: Vec<u8>, n: usize| {
+        s.write_all(&m).unwrap();
+        let reply = read_readies(&mut s, n);
+        (tags(&reply), reply)
+    };
+    let bind_one_param = message(b'B', b"\0a\0\0\0\0\x01\0\0\0\x011\0\0");
+    let (t, reply) = ask_n(
+        [bind_one_param, query("DEALLOCATE ALL"), sync.clone()].concat(),
+        1,
+    );
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("08P01"));
+    let (t, reply) = ask_n(bind_execute_sync("a"), 1);
+    assert_eq!(t, "2DCZ", "`a` is still there: {reply:?}");
+    let bind_a = message(b'B', b"\0a\0\0\0\0\0\0\0");
+    let (t, reply) = ask_n([bind_a, query("DEALLOCATE a"), sync.clone()].concat(), 2);
+    assert_eq!(t, "2CZZ", "{reply:?}");
+    let (t, reply) = ask_n(bind_execute_sync("a"), 1);
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("26000"));
     // The only server went back to the pool each time: another client gets it.
     let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     let v: i32 = other.query_one("SELECT 7", &[]).await.unwrap().get(0);

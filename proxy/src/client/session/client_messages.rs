@@ -78,6 +78,11 @@ impl Session<'_> {
                 break Ok(());
             }
             if self.waits_for_answers(f.tag, &cbuf[..f.total]) {
+                if !self.responses.ready_coming() {
+                    // Answers the server keeps until a Sync or Flush (a held DEALLOCATE
+                    // behind unsynced messages): have them sent. An error was sent already.
+                    self.to_server.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+                }
                 self.held = true;
                 break Ok(());
             }
@@ -131,8 +136,9 @@ impl Session<'_> {
     /// - a Bind or Describe of a statement whose Parse or Close, followed by a Sync, is
     ///   unanswered: if the server skipped that Parse, the statement does not exist; if it
     ///   skipped that Close, the statement is still there;
-    /// - a simple-query `DEALLOCATE`: PostgreSQL refuses it in a failed transaction, and a
-    ///   skipped Parse leaves nothing to deallocate.
+    /// - a simple-query `DEALLOCATE`: PostgreSQL refuses it in a failed transaction, a
+    ///   skipped Parse leaves nothing to deallocate, and behind extended messages with no
+    ///   Sync between it is skipped if one of them failed.
     pub(super) fn waits_for_answers(&self, tag: u8, msg: &[u8]) -> bool {
         match tag {
             b'P' => {
@@ -152,7 +158,8 @@ impl Session<'_> {
                     && statement.is_some_and(|(name, _)| self.pending_names.contains(name))
             }
             b'Q' if self.per_transaction && self.server.is_some() => {
-                statements::deallocate_target(msg).is_some() && self.responses.ready_coming()
+                statements::deallocate_target(msg).is_some()
+                    && (self.responses.ready_coming() || !self.responses.settled())
             }
             _ => false,
         }
