@@ -159,6 +159,36 @@ impl Proxy {
         Ok(client)
     }
 
+    /// `clients` clients of `db` (the trust role) at once, each running `queries` pairs of
+    /// statements whose answers are values of its own, and checking them: a pool that handed
+    /// out a connection with an answer still owed to someone else fails it.
+    pub async fn each_gets_its_own_answers(&self, db: &str, clients: i32, queries: i32) {
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            let client = self.connect(crate::roles::TRUST, None, db).await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                for j in 0..queries {
+                    let v = i * 1000 + j;
+                    let got: i32 = client
+                        .query_one(&format!("SELECT {v}::int"), &[])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    assert_eq!(got, v);
+                    let got: i32 = client
+                        .query_one("SELECT $1::int", &[&v])
+                        .await
+                        .unwrap()
+                        .get(0);
+                    assert_eq!(got, v);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
     /// How many times each of the proxy's threads has gone to sleep (voluntary context
     /// switches) so far, by thread name (the kernel keeps 15 characters of it).
     pub fn wakeups(&self) -> Vec<(String, u64)> {

@@ -931,18 +931,5 @@ async fn a_storm_of_clients_leaves_no_lingering_client_or_server() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(switchyard_tests::activity(&db).len() <= 4);
-    let mut next = Vec::new();
-    for i in 0..8 {
-        let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
-        next.push(tokio::spawn(async move {
-            for j in 0..10 {
-                let v = i * 100 + j;
-                let row = client.query_one("SELECT $1::int", &[&v]).await.unwrap();
-                assert_eq!(row.get::<_, i32>(0), v);
-            }
-        }));
-    }
-    for n in next {
-        n.await.unwrap();
-    }
+    proxy.each_gets_its_own_answers(&db, 8, 10).await;
 }

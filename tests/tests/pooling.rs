@@ -1198,30 +1198,7 @@ async fn leave_halfway(mode: &str, size: usize) {
         "{mode}: no more server connections than the pool's size"
     );
     // Nothing was written, and the pool's connections answer the next clients exactly.
-    let mut askers = Vec::new();
-    for i in 0..12 {
-        let client = proxy.connect(roles::TRUST, None, &db).await.unwrap();
-        askers.push(tokio::spawn(async move {
-            for j in 0..5 {
-                let v = i * 10 + j;
-                let got: i32 = client
-                    .query_one(&format!("SELECT {v}::int"), &[])
-                    .await
-                    .unwrap()
-                    .get(0);
-                assert_eq!(got, v);
-                let got: i32 = client
-                    .query_one("SELECT $1::int", &[&v])
-                    .await
-                    .unwrap()
-                    .get(0);
-                assert_eq!(got, v);
-            }
-        }));
-    }
-    for a in askers {
-        a.await.unwrap();
-    }
+    proxy.each_gets_its_own_answers(&db, 12, 5).await;
     let n: i64 = c
         .query_one("SELECT count(*) FROM half_done", &[])
         .await
