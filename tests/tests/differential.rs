@@ -21,6 +21,9 @@ use switchyard_tests::{roles, shared_cluster, trust_proxy};
 /// concurrent clients (`SWITCHYARD_DIFF_CLIENTS`; 1 replays a failure in order).
 const STREAMS: u64 = 400;
 const CLIENTS: u64 = 4;
+/// Messages per stream: 1 to this many (`SWITCHYARD_DIFF_LONGEST` sets another; the seeds
+/// of `FOUND` are streams of the default length).
+const LONGEST: u64 = 11;
 
 /// Seeds beyond the usual range whose streams once were answered differently (found by longer
 /// runs), replayed every time. 100441: a Close skipped after an error, then a Parse of the
@@ -349,6 +352,7 @@ fn differential(mode: &str) {
     let first = env_or("SWITCHYARD_DIFF_FIRST", 0);
     let streams = env_or("SWITCHYARD_DIFF_STREAMS", STREAMS);
     let clients = env_or("SWITCHYARD_DIFF_CLIENTS", CLIENTS);
+    let longest = env_or("SWITCHYARD_DIFF_LONGEST", LONGEST);
     let seeds: Vec<u64> = FOUND
         .iter()
         .copied()
@@ -363,7 +367,7 @@ fn differential(mode: &str) {
                 let mut diffs = Vec::new();
                 for &seed in seeds.iter().skip(w as usize).step_by(clients as usize) {
                     let mut r = Rng(seed);
-                    let stream: Vec<_> = (0..1 + r.below(11))
+                    let stream: Vec<_> = (0..1 + r.below(longest))
                         .map(|_| random_message(&mut r))
                         .collect();
                     let through = run(port, &db, &stream);

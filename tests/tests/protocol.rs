@@ -749,6 +749,49 @@ async fn a_parse_of_a_statement_the_server_has_is_checked_as_on_postgresql() {
     assert!(reply[3].1.ends_with(b"8"), "{reply:?}");
 }
 
+/// Transaction mode: a client's Parse of the unnamed statement that the server skips (after
+/// an error earlier in its batch) leaves the server's unnamed statement as it was, another
+/// client's: a Bind of it in the next batch gets `26000`, as on a connection of its own, never
+/// that client's statement.
+#[tokio::test]
+async fn a_skipped_unnamed_parse_never_binds_another_clients_statement() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let login = || {
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
+        read_until_ready(&mut s);
+        s
+    };
+    let sync = message(b'S', b"");
+    let mut a = login();
+    a.write_all(&[parse("", "SELECT $1::int * 1000"), sync.clone()].concat())
+        .unwrap();
+    assert_eq!(tags(&read_until_ready(&mut a)), "1Z");
+    let mut b = login();
+    let bind_one = |stmt: &str| {
+        let mut body = format!("\0{stmt}\0").into_bytes();
+        body.extend_from_slice(b"\0\0\0\x01\0\0\0\x017\0\0");
+        message(b'B', &body)
+    };
+    let execute = message(b'E', b"\0\0\0\0\0");
+    b.write_all(
+        &[
+            bind_one("nope"),
+            parse("", "SELECT $1::int"),
+            sync.clone(),
+            bind_one(""),
+            execute,
+            sync,
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let reply = read_readies(&mut b, 2);
+    assert_eq!(tags(&reply), "EZEZ", "{reply:?}");
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("26000"));
+    assert_eq!(wire::error_code(&reply[2].1).as_deref(), Some("26000"));
+}
+
 /// Splits raw protocol bytes into (tag, body) messages.
 fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();

@@ -25,6 +25,11 @@ pub enum Owed {
     Parse {
         named: Option<u64>,
     },
+    /// A client's Parse of the unnamed statement, with the client's key for it (see
+    /// `ServerConn::unnamed_owner`): once done, the server's unnamed statement is that
+    /// client's; refused, there is none (PostgreSQL drops the old one first); skipped, it is
+    /// what it was.
+    UnnamedParse(u64),
     /// A Parse the proxy added before a Bind or Describe; its ParseComplete is swallowed.
     InjectedParse(u64),
     /// A Close the proxy added to keep the server's statements under the cap; its
@@ -114,6 +119,9 @@ pub struct Responses {
     /// Outcomes of the client's named Parses and Closes, in order: whether the server did
     /// them (false when it refused or skipped them). The session drains them.
     pub name_outcomes: VecDeque<bool>,
+    /// Who holds the server's unnamed statement now, as the answers to `UnnamedParse` and
+    /// `StandInParse` tell (0: no news); the relay hands it to the server connection.
+    pub unnamed_owner_update: u64,
     /// The server completed a `LISTEN`: it now holds session state that notifications need.
     pub listened: bool,
     /// The server completed the client's `DISCARD ALL` (or a `DEALLOCATE ALL` the proxy did not
@@ -138,6 +146,7 @@ impl Default for Responses {
             error: BytesMut::new(),
             refusal_codes: VecDeque::new(),
             name_outcomes: VecDeque::new(),
+            unnamed_owner_update: 0,
             listened: false,
             discarded: None,
             progress: 0,
@@ -157,6 +166,7 @@ impl Responses {
         self.error.clear();
         self.refusal_codes.clear();
         self.name_outcomes.clear();
+        self.unnamed_owner_update = 0;
         self.listened = false;
         self.discarded = None;
         self.progress = self.progress.wrapping_add(1);
@@ -262,6 +272,13 @@ impl Responses {
         self.copy_in
     }
 
+    /// Whether a Parse of the unnamed statement by this client is still unanswered.
+    pub fn unnamed_parse_pending(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|o| matches!(o, Owed::UnnamedParse(_)))
+    }
+
     /// Whether the next owed answer is one the proxy gives itself.
     pub fn synthetic_next(&self) -> bool {
         matches!(self.queue.front(), Some(Owed::Synthetic(_)))
@@ -363,6 +380,10 @@ impl Responses {
                 }
                 Some(o) => {
                     self.pop_front();
+                    if matches!(o, Owed::UnnamedParse(_) | Owed::StandInParse) {
+                        // PostgreSQL dropped the old unnamed statement before it failed.
+                        self.unnamed_owner_update = u64::MAX;
+                    }
                     self.unanswered(o, prepared);
                     self.skip_to_sync(prepared);
                 }
@@ -385,13 +406,19 @@ impl Responses {
             b'1' => match self.pop_if(|o| {
                 matches!(
                     o,
-                    Owed::Parse { .. } | Owed::InjectedParse(_) | Owed::StandInParse
+                    Owed::Parse { .. }
+                        | Owed::InjectedParse(_)
+                        | Owed::StandInParse
+                        | Owed::UnnamedParse(_)
                 )
             }) {
                 Some(Owed::InjectedParse(_)) => return Verdict::Swallow,
-                Some(Owed::Parse { named: Some(_) } | Owed::StandInParse) => {
-                    self.name_outcomes.push_back(true)
+                Some(Owed::Parse { named: Some(_) }) => self.name_outcomes.push_back(true),
+                Some(Owed::StandInParse) => {
+                    self.name_outcomes.push_back(true);
+                    self.unnamed_owner_update = u64::MAX;
                 }
+                Some(Owed::UnnamedParse(owner)) => self.unnamed_owner_update = owner,
                 _ => {}
             },
             b'2' => {

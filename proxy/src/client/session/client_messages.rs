@@ -136,6 +136,9 @@ impl Session<'_> {
     /// - a Bind or Describe of a statement whose Parse or Close, followed by a Sync, is
     ///   unanswered: if the server skipped that Parse, the statement does not exist; if it
     ///   skipped that Close, the statement is still there;
+    /// - a Bind or Describe of the unnamed statement while the client's Parse of it, followed
+    ///   by a Sync, is unanswered: a skipped Parse leaves the server's unnamed statement as it
+    ///   was (another client's, maybe);
     /// - a simple-query `DEALLOCATE`: PostgreSQL refuses it in a failed transaction, a
     ///   skipped Parse leaves nothing to deallocate, and behind extended messages with no
     ///   Sync between it is skipped if one of them failed.
@@ -147,6 +150,10 @@ impl Session<'_> {
                         && (self.pending_names.contains(name)
                             || (self.per_transaction && self.statements.get(name).is_some()))
                 }) && self.responses.ready_coming()
+            }
+            b'B' | b'D' if self.responses.unnamed_parse_pending() && unnamed_use(tag, msg) => {
+                // Whether it is the client's follows from that Parse's answer.
+                self.responses.ready_coming()
             }
             b'B' | b'D' if !self.pending_names.is_empty() => {
                 let body = &msg[5..];
@@ -304,5 +311,16 @@ pub(super) fn forget_deallocated(statements: &mut Statements, msg: &[u8]) -> Opt
             Some(true)
         }
         Deallocate::Name(name) => statements.remove(&name).then_some(false),
+    }
+}
+
+/// Whether a Bind (`B`) or Describe (`D`) message uses the unnamed statement.
+fn unnamed_use(tag: u8, msg: &[u8]) -> bool {
+    let body = &msg[5..];
+    match tag {
+        b'B' => frame::cstr(body)
+            .and_then(|(_, rest)| frame::cstr(rest))
+            .is_some_and(|(stmt, _)| stmt.is_empty()),
+        _ => body.starts_with(b"S\0"),
     }
 }

@@ -45,11 +45,13 @@ impl Session<'_> {
                     return Ok(());
                 };
                 if name.is_empty() || !map_names || skipping || refused_name(&att.conn, name) {
-                    if name.is_empty() && !skipping {
-                        att.conn.unnamed_owner = unnamed_key(self.pid, self.queries);
-                    }
                     out.extend_from_slice(msg);
-                    r.push(Owed::Parse { named: None });
+                    if name.is_empty() && !skipping {
+                        // Whose the unnamed statement is follows from the server's answer.
+                        r.push(Owed::UnnamedParse(unnamed_key(self.pid, self.queries)));
+                    } else {
+                        r.push(Owed::Parse { named: None });
+                    }
                 } else if let Some((old, old_rest)) = self.statements.get(name) {
                     // As PostgreSQL: a statement name must be closed before it is reused.
                     // (A name whose Parse is still in flight counts as used.) The server gets
@@ -76,7 +78,7 @@ impl Session<'_> {
                     if prepare_here(&mut att.conn, out, r, max_prepared, h) {
                         statements::write_parse(out, h, rest);
                         r.push(Owed::Parse { named: Some(h) });
-                    } else if att.conn.unnamed_owner != own_unnamed {
+                    } else if att.conn.unnamed_owner != own_unnamed && !r.unnamed_parse_pending() {
                         // The server has the statement. It still checks the text as
                         // PostgreSQL would check the client's Parse (a failed transaction,
                         // an object dropped since, a batch it skips after an error), as a
@@ -100,7 +102,11 @@ impl Session<'_> {
                     return Ok(());
                 };
                 let unnamed = unnamed_key(self.pid, self.queries);
-                if stmt.is_empty() && att.conn.unnamed_owner != unnamed && !skipping {
+                if stmt.is_empty()
+                    && att.conn.unnamed_owner != unnamed
+                    && !r.unnamed_parse_pending()
+                    && !skipping
+                {
                     self.refuse_unnamed();
                     return Ok(());
                 }
@@ -133,6 +139,7 @@ impl Session<'_> {
                 if kind == b'S'
                     && name.is_empty()
                     && att.conn.unnamed_owner != unnamed_key(self.pid, self.queries)
+                    && !r.unnamed_parse_pending()
                     && !skipping
                 {
                     self.refuse_unnamed();

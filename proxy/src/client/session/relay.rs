@@ -92,6 +92,9 @@ impl Session<'_> {
                 break;
             }
             let verdict = r.on_server_message(f.tag, body, &mut conn.prepared);
+            if r.unnamed_owner_update != 0 {
+                conn.unnamed_owner = std::mem::take(&mut r.unnamed_owner_update);
+            }
             if f.tag == b'Z' {
                 let now_idle = body.first() == Some(&b'I');
                 ready = true;
