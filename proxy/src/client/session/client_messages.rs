@@ -151,9 +151,13 @@ impl Session<'_> {
                             || (self.per_transaction && self.statements.get(name).is_some()))
                 }) && self.responses.ready_coming()
             }
-            b'B' | b'D' if self.responses.unnamed_parse_pending() && unnamed_use(tag, msg) => {
-                // Whether it is the client's follows from that Parse's answer.
-                self.responses.ready_coming()
+            // Whether the unnamed statement is the client's follows from that Parse's answer.
+            b'B' | b'D'
+                if self.responses.ready_coming()
+                    && self.responses.unnamed_parse_pending()
+                    && unnamed_use(tag, msg) =>
+            {
+                true
             }
             b'B' | b'D' if !self.pending_names.is_empty() => {
                 let body = &msg[5..];
