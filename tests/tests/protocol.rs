@@ -175,9 +175,7 @@ async fn copy_data_sent_right_behind_the_copy_command_is_accounted_for() {
     // CopyInResponse. The Syncs then reach a server that is out of the copy and answers
     // them: the proxy must count those answers, or it releases the server too early.
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-    read_until_ready(&mut s);
+    let mut s = login(proxy.port, &db);
     let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     s.write_all(&query("CREATE TABLE c (a int)")).unwrap();
     read_until_ready(&mut s);
@@ -213,9 +211,7 @@ async fn extended_messages_sent_behind_a_query_keep_the_server_until_their_sync(
         "checkout_timeout_ms = 300",
         "pool_mode = \"transaction\"\npool_size = 1",
     );
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-    read_until_ready(&mut s);
+    let mut s = login(proxy.port, &db);
     let mut unsynced = message(b'Q', b"SELECT 1\0");
     unsynced.extend(parse("", "SELECT 2"));
     unsynced.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
@@ -602,6 +598,14 @@ fn bind_execute_sync(name: &str) -> Vec<u8> {
     m
 }
 
+/// A raw connection through the proxy, logged in as the trust role to `db`.
+fn login(port: u16, db: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&startup_packet(roles::TRUST, db)).unwrap();
+    read_until_ready(&mut s);
+    s
+}
+
 /// Reads messages up to and including the next ReadyForQuery: (tag, body) pairs.
 fn read_until_ready(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
     read_readies(s, 1)
@@ -621,9 +625,7 @@ fn tags(msgs: &[(u8, Vec<u8>)]) -> String {
 #[tokio::test]
 async fn statement_names_behave_as_in_postgresql() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-    read_until_ready(&mut s);
+    let mut s = login(proxy.port, &db);
     let sync = message(b'S', b"");
     // A name in use: 42P05, and the rest of the batch is skipped up to the Sync.
     s.write_all(&[parse("a", "SELECT 1"), sync.clone()].concat())
@@ -683,12 +685,7 @@ async fn statement_names_behave_as_in_postgresql() {
 #[tokio::test]
 async fn a_parse_of_a_statement_the_server_has_is_checked_as_on_postgresql() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
-    let login = || {
-        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-        s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-        read_until_ready(&mut s);
-        s
-    };
+    let login = || login(proxy.port, &db);
     let sync = message(b'S', b"");
     let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     // A prepares three statements on the only server connection, then leaves.
@@ -756,12 +753,7 @@ async fn a_parse_of_a_statement_the_server_has_is_checked_as_on_postgresql() {
 #[tokio::test]
 async fn a_skipped_unnamed_parse_never_binds_another_clients_statement() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
-    let login = || {
-        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-        s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-        read_until_ready(&mut s);
-        s
-    };
+    let login = || login(proxy.port, &db);
     let sync = message(b'S', b"");
     let mut a = login();
     a.write_all(&[parse("", "SELECT $1::int * 1000"), sync.clone()].concat())
@@ -806,9 +798,7 @@ fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 #[tokio::test]
 async fn broken_messages_are_answered_in_order_as_by_postgresql() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-    read_until_ready(&mut s);
+    let mut s = login(proxy.port, &db);
     let sync = message(b'S', b"");
     // A Bind whose names cannot be read: ERROR 08P01, the batch is skipped to its Sync, and
     // the session goes on.
@@ -847,9 +837,7 @@ async fn sql_deallocate_of_a_clients_statements_works_as_on_postgresql() {
     // PDO (and psycopg with libpq before 17) prepare with Parse and drop with a simple-query
     // DEALLOCATE. In transaction mode the names are the session's: the proxy answers.
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-    read_until_ready(&mut s);
+    let mut s = login(proxy.port, &db);
     let sync = message(b'S', b"");
     let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     let mut ask = |m: Vec<u8>| {
@@ -933,9 +921,7 @@ async fn a_stale_statement_prepared_again_before_the_servers_ready_for_query_is_
     // ends with a Flush, so the server's ReadyForQuery comes only after the client's Sync,
     // which travels with the new Parse.)
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(&startup_packet(roles::TRUST, &db)).unwrap();
-    read_until_ready(&mut s);
+    let mut s = login(proxy.port, &db);
     let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     s.write_all(&query("CREATE TABLE t (a int); INSERT INTO t VALUES (1)"))
         .unwrap();
