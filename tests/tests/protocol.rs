@@ -681,7 +681,8 @@ async fn statement_names_behave_as_in_postgresql() {
 /// Transaction mode: a client's Parse of a statement another client already prepared on the
 /// same server connection is checked by the server as PostgreSQL checks any Parse: refused in
 /// a failed transaction (unless it ends the transaction), refused when an object it reads is
-/// gone since. The proxy used to answer ParseComplete itself.
+/// gone since, and opening the implicit transaction. The proxy used to answer ParseComplete
+/// itself.
 #[tokio::test]
 async fn a_parse_of_a_statement_the_server_has_is_checked_as_on_postgresql() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
@@ -744,6 +745,16 @@ async fn a_parse_of_a_statement_the_server_has_is_checked_as_on_postgresql() {
     let reply = read_until_ready(&mut b);
     assert_eq!(tags(&reply), "112DCZ", "{reply:?}");
     assert!(reply[3].1.ends_with(b"8"), "{reply:?}");
+    // Such a Parse, by a client that holds the unnamed statement, opens the implicit
+    // transaction as on PostgreSQL: a BEGIN that sets the isolation level behind it comes
+    // too late (25001). The proxy used to answer that Parse itself.
+    let begin = query("BEGIN ISOLATION LEVEL SERIALIZABLE");
+    b.write_all(&[parse("u", "SELECT 1"), begin].concat())
+        .unwrap();
+    let reply = read_until_ready(&mut b);
+    assert_eq!(tags(&reply), "1EZ", "{reply:?}");
+    assert_eq!(wire::error_code(&reply[1].1).as_deref(), Some("25001"));
+    assert_eq!(reply.last().unwrap().1, b"I");
 }
 
 /// Transaction mode: a client's Parse of the unnamed statement that the server skips (after
@@ -911,6 +922,75 @@ async fn sql_deallocate_of_a_clients_statements_works_as_on_postgresql() {
     let other = proxy.connect(roles::TRUST, None, &db).await.unwrap();
     let v: i32 = other.query_one("SELECT 7", &[]).await.unwrap().get(0);
     assert_eq!(v, 7);
+}
+
+/// Transaction mode: a `DEALLOCATE` of the client's statement sent through the extended
+/// protocol (psycopg 3 in pipeline mode sends its `DEALLOCATE`s so) works as on PostgreSQL.
+/// The servers know the statement by the proxy's name: they answered 26000.
+#[tokio::test]
+async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = login(proxy.port, &db);
+    let sync = message(b'S', b"");
+    let mut ask = |m: Vec<u8>| {
+        s.write_all(&m).unwrap();
+        let reply = read_until_ready(&mut s);
+        (tags(&reply), reply)
+    };
+    let gone = |reply: &[(u8, Vec<u8>)]| wire::error_code(&reply[0].1).as_deref() == Some("26000");
+    assert_eq!(
+        ask([parse("_pg3_0", "SELECT 1"), sync.clone()].concat()).0,
+        "1Z"
+    );
+    // psycopg's shape: the unnamed statement, its portal described, then run.
+    let describe_portal = message(b'D', b"P\0");
+    let bind = message(b'B', b"\0\0\0\0\0\0\0\0");
+    let execute = message(b'E', b"\0\0\0\0\0");
+    let pipeline = [
+        parse("", "DEALLOCATE _pg3_0"),
+        bind.clone(),
+        describe_portal,
+        execute.clone(),
+        sync.clone(),
+    ];
+    let (t, reply) = ask(pipeline.concat());
+    assert_eq!(t, "12nCZ", "{reply:?}");
+    assert_eq!(reply[3].1, b"DEALLOCATE\0");
+    let (t, reply) = ask(bind_execute_sync("_pg3_0"));
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert!(gone(&reply), "{reply:?}");
+    // A named statement that deallocates itself.
+    let (t, reply) = ask([parse("s1", "DEALLOCATE s1"), bind_execute_sync("s1")].concat());
+    assert_eq!(t, "12CZ", "{reply:?}");
+    let (t, reply) = ask(bind_execute_sync("s1"));
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert!(gone(&reply), "{reply:?}");
+    // A name the client never prepared: the server's own error.
+    let (t, reply) = ask([parse("", "DEALLOCATE nope"), bind_execute_sync("")].concat());
+    assert_eq!(t, "12EZ", "{reply:?}");
+    assert!(wire::error_code(&reply[2].1).as_deref() == Some("26000"));
+    // In a transaction block the portal outlives a Sync; it ends with the transaction.
+    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
+    assert_eq!(ask(query("BEGIN")).0, "CZ");
+    let parses = [parse("a", "SELECT 1"), parse("", "DEALLOCATE ALL")];
+    let (t, reply) = ask([&parses[..], &[bind.clone(), sync.clone()]]
+        .concat()
+        .concat());
+    assert_eq!(t, "112Z", "{reply:?}");
+    let (t, reply) = ask([execute.clone(), sync.clone()].concat());
+    assert_eq!(t, "CZ", "{reply:?}");
+    assert_eq!(reply[0].1, b"DEALLOCATE ALL\0");
+    let (t, reply) = ask(bind_execute_sync("a"));
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert!(gone(&reply), "{reply:?}");
+    assert_eq!(ask(query("ROLLBACK")).0, "CZ");
+    let (t, reply) = ask([&parses[..], &[bind, sync.clone()]].concat().concat());
+    assert_eq!(t, "112Z", "{reply:?}");
+    let (t, reply) = ask([execute, sync].concat());
+    assert_eq!(t, "EZ", "the portal is gone: {reply:?}");
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("34000"));
+    let (t, reply) = ask(bind_execute_sync("a"));
+    assert_eq!(t, "2DCZ", "`a` is still there: {reply:?}");
 }
 
 #[tokio::test]

@@ -2,9 +2,8 @@
 //!
 //! Every message forwarded to the server that the server answers adds an entry; each answer the
 //! server sends removes one. This tells the session when the server is truly idle (nothing in
-//! flight after the last Sync: only then may it go back to the pool), where to insert the answers
-//! the proxy gives itself (a `ParseComplete` for a statement already prepared on this server, a
-//! `CloseComplete`), and which server answers to swallow (those of Parses the proxy added).
+//! flight after the last Sync: only then may it go back to the pool), and which server answers
+//! to swallow or reword (those of messages the proxy added, or sent in the place of a client's).
 
 use crate::protocol::backend;
 use crate::server::maintenance::forgets_prepared_statements;
@@ -39,15 +38,14 @@ pub enum Owed {
     Describe,
     Execute,
     Close,
-    /// Answered by the proxy with this bodyless message when it comes up. A synthetic
-    /// ParseComplete (`1`) answers a client's named Parse of a statement the server has,
-    /// when a [`Owed::StandInParse`] would replace the client's own unnamed statement.
-    Synthetic(u8),
     /// A client's named Parse of a statement the server has already (under its proxy name).
-    /// The server got the same text as a Parse of its unnamed statement, which it completes,
-    /// refuses (a failed transaction, an object dropped since) or skips (after an error
-    /// earlier in a batch) as PostgreSQL would the client's Parse: its answer is the client's.
+    /// The server got the same text under a reserved name (`statements::write_stand_in`),
+    /// which it completes, refuses (a failed transaction, an object dropped since) or skips
+    /// (after an error earlier in a batch) as PostgreSQL would the client's Parse: its answer
+    /// is the client's.
     StandInParse,
+    /// The Close of that stand-in, right behind it: its CloseComplete is swallowed.
+    StandInClose,
     /// A message the proxy refuses itself (a Parse that reuses a statement name, a Bind of
     /// another client's unnamed statement). The proxy sent the server a stand-in that fails
     /// in its place, so the server fails the batch (and an open transaction) as PostgreSQL
@@ -132,6 +130,10 @@ pub struct Responses {
     /// it moves, a request was answered in full or a new server took over. `query_timeout_ms`
     /// gives each request its time from there.
     pub progress: u16,
+    /// Moves when the client's portals are gone: at a ReadyForQuery outside a transaction
+    /// block, and when another server is attached (wrapping; one byte, as a portal is only
+    /// looked up by it between its Bind and its Execute).
+    pub portal_epoch: u8,
 }
 
 impl Default for Responses {
@@ -150,6 +152,7 @@ impl Default for Responses {
             listened: false,
             discarded: None,
             progress: 0,
+            portal_epoch: 0,
         }
     }
 }
@@ -170,6 +173,7 @@ impl Responses {
         self.listened = false;
         self.discarded = None;
         self.progress = self.progress.wrapping_add(1);
+        self.portal_epoch = self.portal_epoch.wrapping_add(1);
     }
 
     /// Records a refusal: the proxy sent a stand-in in place of the client's message, and the
@@ -279,27 +283,6 @@ impl Responses {
             .any(|o| matches!(o, Owed::UnnamedParse(_)))
     }
 
-    /// Whether the next owed answer is one the proxy gives itself.
-    pub fn synthetic_next(&self) -> bool {
-        matches!(self.queue.front(), Some(Owed::Synthetic(_)))
-    }
-
-    /// Writes the proxy's own answers now at the head of the queue.
-    pub fn emit_synthetic(&mut self, out: &mut BytesMut) {
-        loop {
-            match self.queue.front().copied() {
-                Some(Owed::Synthetic(tag)) => {
-                    backend::empty(out, tag);
-                    if tag == b'1' {
-                        self.name_outcomes.push_back(true);
-                    }
-                }
-                _ => return,
-            }
-            self.pop_front();
-        }
-    }
-
     /// Takes the head of the queue, and the `CopyEnd` marks it uncovers (they owe nothing).
     fn pop_front(&mut self) -> Option<Owed> {
         let head = self.queue.pop_front();
@@ -355,11 +338,14 @@ impl Responses {
                 }
                 // At a ReadyForQuery only if nothing was sent after what it answers: a Parse,
                 // Bind or Execute sent behind a Query runs in a transaction that only the
-                // client's next Sync ends (answers the proxy gives itself need no server).
-                self.at_sync = self.queue.iter().all(|o| matches!(o, Owed::Synthetic(_)));
+                // client's next Sync ends.
+                self.at_sync = self.queue.is_empty();
                 self.server_skipping = false;
                 self.tx_status = body.first().copied().unwrap_or(b'I');
                 self.progress = self.progress.wrapping_add(1);
+                if self.tx_status == b'I' {
+                    self.portal_epoch = self.portal_epoch.wrapping_add(1);
+                }
             }
             b'E' => match self
                 .queue
@@ -380,7 +366,7 @@ impl Responses {
                 }
                 Some(o) => {
                     self.pop_front();
-                    if matches!(o, Owed::UnnamedParse(_) | Owed::StandInParse) {
+                    if matches!(o, Owed::UnnamedParse(_)) {
                         // PostgreSQL dropped the old unnamed statement before it failed.
                         self.unnamed_owner_update = u64::MAX;
                     }
@@ -414,20 +400,20 @@ impl Responses {
             }) {
                 Some(Owed::InjectedParse(_)) => return Verdict::Swallow,
                 Some(Owed::Parse { named: Some(_) }) => self.name_outcomes.push_back(true),
-                Some(Owed::StandInParse) => {
-                    self.name_outcomes.push_back(true);
-                    self.unnamed_owner_update = u64::MAX;
-                }
+                Some(Owed::StandInParse) => self.name_outcomes.push_back(true),
                 Some(Owed::UnnamedParse(owner)) => self.unnamed_owner_update = owner,
                 _ => {}
             },
             b'2' => {
                 self.pop_if(|o| o == Owed::Bind);
             }
-            b'3' => match self
-                .pop_if(|o| matches!(o, Owed::Close | Owed::InjectedClose(_) | Owed::ClosedName))
-            {
-                Some(Owed::InjectedClose(_)) => return Verdict::Swallow,
+            b'3' => match self.pop_if(|o| {
+                matches!(
+                    o,
+                    Owed::Close | Owed::InjectedClose(_) | Owed::ClosedName | Owed::StandInClose
+                )
+            }) {
+                Some(Owed::InjectedClose(_) | Owed::StandInClose) => return Verdict::Swallow,
                 Some(Owed::ClosedName) => self.name_outcomes.push_back(true),
                 _ => {}
             },
@@ -482,7 +468,7 @@ impl Responses {
                 prepared.remove(h);
                 self.name_outcomes.push_back(false);
             }
-            Owed::Synthetic(b'1') | Owed::StandInParse => self.name_outcomes.push_back(false),
+            Owed::StandInParse => self.name_outcomes.push_back(false),
             Owed::InjectedParse(h) => prepared.remove(h),
             Owed::InjectedClose(h) => prepared.restore(h),
             Owed::ClosedName => self.name_outcomes.push_back(false),
@@ -579,17 +565,15 @@ mod tests {
             Owed::Parse { named: Some(1) },
             Owed::InjectedParse(2),
             Owed::Bind,
-            Owed::Synthetic(b'3'),
+            Owed::StandInParse,
+            Owed::StandInClose,
             Owed::Sync,
         ] {
             r.push(o);
         }
         run(&mut r, b"E", &mut p);
         assert!(p.is_empty(), "neither parse happened");
-        assert!(
-            !r.synthetic_next(),
-            "skipped messages get no synthetic answer"
-        );
+        assert_eq!(r.name_outcomes, [false, false], "nor the stand-in");
         assert_eq!(r.ready_owed(), 1);
         run(&mut r, b"Z", &mut p);
         assert!(r.releasable());
@@ -769,17 +753,22 @@ mod tests {
     }
 
     #[test]
-    fn synthetic_answers_wait_their_turn() {
+    fn a_stand_in_answers_for_the_client_and_its_close_is_swallowed() {
         let mut r = Responses::default();
         let mut p = PreparedSet::default();
-        r.push(Owed::Bind);
-        r.push(Owed::Synthetic(b'1'));
-        let mut out = BytesMut::new();
-        r.emit_synthetic(&mut out);
-        assert!(out.is_empty());
-        run(&mut r, b"2", &mut p);
-        r.emit_synthetic(&mut out);
-        assert_eq!(&out[..], b"1\0\0\0\x04");
+        r.sent();
+        for o in [Owed::StandInParse, Owed::StandInClose, Owed::Sync] {
+            r.push(o);
+        }
+        assert_eq!(r.on_server_message(b'1', b"", &mut p), Verdict::Forward);
+        assert_eq!(r.on_server_message(b'3', b"", &mut p), Verdict::Swallow);
+        assert_eq!(r.name_outcomes, [true]);
+        assert_eq!(
+            r.unnamed_owner_update, 0,
+            "the unnamed statement is untouched"
+        );
+        run(&mut r, b"Z", &mut p);
+        assert!(r.releasable());
     }
 
     #[test]

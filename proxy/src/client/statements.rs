@@ -82,8 +82,8 @@ impl Statements {
     }
 }
 
-/// What a simple-query `DEALLOCATE` names.
-#[derive(Debug, PartialEq, Eq)]
+/// What a `DEALLOCATE` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deallocate {
     All,
     /// A statement name, as PostgreSQL resolves it (unquoted: folded to lower case).
@@ -94,12 +94,29 @@ pub enum Deallocate {
 /// psycopg with libpq before 17 drop their protocol-level statements this way). Anything else,
 /// comments and multi-statement strings included, is `None`: the server answers it.
 pub fn deallocate_target(msg: &[u8]) -> Option<Deallocate> {
-    let sql = msg.get(5..)?.trim_ascii_start();
-    // Every Query of a transaction-mode client passes here: most are ruled out by one byte.
+    deallocate_sql(msg.get(5..)?.strip_suffix(b"\0")?)
+}
+
+/// The same for the text of a Parse (`parse_rest`: `query\0 nparams oids…`): psycopg 3 in
+/// pipeline mode sends its `DEALLOCATE`s through the extended protocol.
+pub fn deallocate_parsed(parse_rest: &[u8]) -> Option<Deallocate> {
+    // Ruled out by one byte before the text's end is looked for.
+    if parse_rest.trim_ascii_start().first()? | 0x20 != b'd' {
+        return None;
+    }
+    let (sql, _) = crate::protocol::frame::cstr(parse_rest)?;
+    deallocate_sql(sql)
+}
+
+/// The target of SQL text that is exactly one `DEALLOCATE [PREPARE] name|ALL`.
+fn deallocate_sql(sql: &[u8]) -> Option<Deallocate> {
+    let sql = sql.trim_ascii_start();
+    // Every Query and unnamed Parse of a transaction-mode client passes here: most are ruled
+    // out by one byte.
     if sql.first()? | 0x20 != b'd' {
         return None;
     }
-    let sql = sql.strip_suffix(b"\0")?.trim_ascii_end();
+    let sql = sql.trim_ascii_end();
     let sql = sql.strip_suffix(b";").unwrap_or(sql).trim_ascii_end();
     let rest = keyword(sql, b"deallocate")?;
     let rest = keyword(rest, b"prepare").unwrap_or(rest);
@@ -159,11 +176,24 @@ pub fn write_parse(out: &mut BytesMut, hash: u64, parse_rest: &[u8]) {
     });
 }
 
-/// A Parse of the unnamed statement with the body (text and types) of a client's Parse.
-pub fn write_unnamed_parse(out: &mut BytesMut, parse_rest: &[u8]) {
+/// The reserved server name of a stand-in Parse (see [`write_stand_in`]). Client names never
+/// reach the server in transaction mode (they become [`server_name`]s), so none can clash.
+const STAND_IN: &[u8] = b"switchyard: stand-in";
+
+/// A stand-in for a client's Parse of a statement the server has already: the same text and
+/// types under [`STAND_IN`], then a Close of it. The server checks the text as PostgreSQL
+/// would the client's Parse (and opens its implicit transaction, as that Parse would), and
+/// keeps nothing: not even its unnamed statement changes.
+pub fn write_stand_in(out: &mut BytesMut, parse_rest: &[u8]) {
     with_length(out, b'P', |b| {
+        b.put_slice(STAND_IN);
         b.put_u8(0);
         b.put_slice(parse_rest);
+    });
+    with_length(out, b'C', |b| {
+        b.put_u8(b'S');
+        b.put_slice(STAND_IN);
+        b.put_u8(0);
     });
 }
 

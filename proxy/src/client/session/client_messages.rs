@@ -78,14 +78,17 @@ impl Session<'_> {
                 break Ok(());
             }
             if self.waits_for_answers(f.tag, &cbuf[..f.total]) {
-                if !self.responses.ready_coming() {
+                if !self.responses.ready_coming() && !self.flush_asked {
                     // Answers the server keeps until a Sync or Flush (a held DEALLOCATE
-                    // behind unsynced messages): have them sent. An error was sent already.
+                    // behind unsynced messages): have them sent, once. An error was sent
+                    // already.
                     self.to_server.extend_from_slice(&[b'H', 0, 0, 0, 4]);
+                    self.flush_asked = true;
                 }
                 self.held = true;
                 break Ok(());
             }
+            self.flush_asked = false;
             self.more_buffered = cbuf.len() > f.total;
             if let Err(end) = self.on_client_message(f.tag, &cbuf[..f.total]).await {
                 break Err(end);
@@ -141,7 +144,9 @@ impl Session<'_> {
     ///   was (another client's, maybe);
     /// - a simple-query `DEALLOCATE`: PostgreSQL refuses it in a failed transaction, a
     ///   skipped Parse leaves nothing to deallocate, and behind extended messages with no
-    ///   Sync between it is skipped if one of them failed.
+    ///   Sync between it is skipped if one of them failed;
+    /// - the Execute of an extended-protocol `DEALLOCATE` (see `extended_deallocate`), for
+    ///   the same reasons.
     pub(super) fn waits_for_answers(&self, tag: u8, msg: &[u8]) -> bool {
         match tag {
             b'P' => {
@@ -170,6 +175,11 @@ impl Session<'_> {
             }
             b'Q' if self.per_transaction && self.server.is_some() => {
                 statements::deallocate_target(msg).is_some()
+                    && (self.responses.ready_coming() || !self.responses.settled())
+            }
+            b'E' if self.per_transaction && self.server.is_some() => {
+                let epoch = self.responses.portal_epoch;
+                self.extended_deallocate.executes(msg, epoch).is_some()
                     && (self.responses.ready_coming() || !self.responses.settled())
             }
             _ => false,
@@ -205,6 +215,35 @@ impl Session<'_> {
         true
     }
 
+    /// Answers the Execute of an extended-protocol `DEALLOCATE` of the client's own statement
+    /// names (see `extended_deallocate`), once the server has answered all before it (see
+    /// `waits_for_answers`): the server never sees it. False where PostgreSQL would not run
+    /// it (a failed transaction, a server skipping to the next Sync), or would refuse it (a
+    /// name the client does not have: the server refuses it in PostgreSQL's words).
+    fn answer_extended_deallocate(&mut self, msg: &[u8]) -> bool {
+        if self.server.is_none() || self.responses.skipping() || self.responses.tx_status == b'E' {
+            return false;
+        }
+        let epoch = self.responses.portal_epoch;
+        let all = match self.extended_deallocate.executes(msg, epoch) {
+            None => return false,
+            Some(Deallocate::All) => {
+                self.statements.clear();
+                true
+            }
+            Some(Deallocate::Name(name)) => {
+                if !self.statements.remove(name) {
+                    return false;
+                }
+                false
+            }
+        };
+        self.extended_deallocate.ran();
+        let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
+        backend::command_complete(&mut self.to_client, tag);
+        true
+    }
+
     pub(super) async fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
         if tag == b'X' {
             return Err(End::Terminate);
@@ -231,6 +270,9 @@ impl Session<'_> {
             // gets the Sync, and its ReadyForQuery ends the client's batch.
         }
         if tag == b'Q' && self.per_transaction && self.answer_deallocate(msg) {
+            return Ok(());
+        }
+        if tag == b'E' && self.per_transaction && self.answer_extended_deallocate(msg) {
             return Ok(());
         }
         if self.server.is_none() {

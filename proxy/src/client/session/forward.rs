@@ -23,10 +23,14 @@ impl Session<'_> {
             b'Q' | b'F' => {
                 out.extend_from_slice(msg);
                 r.push(Owed::Query);
+                if tag == b'Q' {
+                    self.extended_deallocate.batch_ended();
+                }
             }
             b'S' => {
                 out.extend_from_slice(msg);
                 r.push(Owed::Sync);
+                self.extended_deallocate.batch_ended();
             }
             b'H' | b'd' => out.extend_from_slice(msg),
             b'c' | b'f' => {
@@ -49,6 +53,9 @@ impl Session<'_> {
                     if name.is_empty() && !skipping {
                         // Whose the unnamed statement is follows from the server's answer.
                         r.push(Owed::UnnamedParse(unnamed_key(self.pid, self.queries)));
+                        if map_names {
+                            self.extended_deallocate.parsed_unnamed(rest);
+                        }
                     } else {
                         r.push(Owed::Parse { named: None });
                     }
@@ -74,21 +81,16 @@ impl Session<'_> {
                 } else {
                     self.pending_names.parse(name);
                     let h = self.statements.insert(name, rest);
-                    let own_unnamed = unnamed_key(self.pid, self.queries);
                     if prepare_here(&mut att.conn, out, r, max_prepared, h) {
                         statements::write_parse(out, h, rest);
                         r.push(Owed::Parse { named: Some(h) });
-                    } else if att.conn.unnamed_owner != own_unnamed && !r.unnamed_parse_pending() {
+                    } else {
                         // The server has the statement. It still checks the text as
                         // PostgreSQL would check the client's Parse (a failed transaction,
-                        // an object dropped since, a batch it skips after an error), as a
-                        // Parse of its unnamed statement, which this client does not hold.
-                        att.conn.unnamed_owner = u64::MAX;
-                        statements::write_unnamed_parse(out, rest);
+                        // an object dropped since, a batch it skips after an error).
+                        statements::write_stand_in(out, rest);
                         r.push(Owed::StandInParse);
-                    } else {
-                        // Its stand-in would replace the client's own unnamed statement.
-                        r.push(Owed::Synthetic(b'1'));
+                        r.push(Owed::StandInClose);
                     }
                 }
             }
@@ -121,8 +123,19 @@ impl Session<'_> {
                             r.push(Owed::InjectedParse(h));
                         }
                         statements::write_bind(out, portal, h, bind_rest);
+                        let target = statements::deallocate_parsed(parse_rest);
+                        self.extended_deallocate
+                            .bound(portal, target, r.portal_epoch);
                     }
-                    None => out.extend_from_slice(msg),
+                    None => {
+                        out.extend_from_slice(msg);
+                        if map_names && !skipping {
+                            // The unnamed statement, or a name the client does not have.
+                            let ed = &mut self.extended_deallocate;
+                            let target = ed.unnamed_target().filter(|_| stmt.is_empty());
+                            ed.bound(portal, target, r.portal_epoch);
+                        }
+                    }
                 }
                 r.push(Owed::Bind);
             }
@@ -177,7 +190,6 @@ impl Session<'_> {
             },
             _ => unreachable!("tags are checked before forwarding"),
         }
-        r.emit_synthetic(&mut self.to_client);
         Ok(())
     }
 

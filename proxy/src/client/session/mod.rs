@@ -23,6 +23,7 @@ mod traffic;
 
 use forward::named_statement;
 
+use super::extended_deallocate::ExtendedDeallocate;
 use super::handshake::Login;
 use super::pending_names::PendingNames;
 use super::queued;
@@ -106,6 +107,8 @@ pub(crate) struct Session<'p> {
     responses: Responses,
     params: ClientParams,
     statements: Statements,
+    /// Transaction mode: `DEALLOCATE`s sent through the extended protocol.
+    extended_deallocate: ExtendedDeallocate,
     cancel: Arc<CancelSlot>,
     pid: i32,
     peer: Option<std::net::SocketAddr>,
@@ -137,6 +140,8 @@ pub(crate) struct Session<'p> {
     /// The client's unhandled messages wait for the server's answers (see the holds in
     /// `handle_client_messages`): its socket is not read meanwhile, so they cannot pile up.
     held: bool,
+    /// A held message had the server asked for a Flush (see `handle_client_messages`).
+    flush_asked: bool,
     /// Transaction mode: the session state that statements sent to the attached server
     /// left, as far as their SQL tells (see `state_probe`).
     found: Found,
@@ -220,6 +225,7 @@ impl<'p> Session<'p> {
             responses: Responses::default(),
             params: login.params,
             statements: Statements::default(),
+            extended_deallocate: ExtendedDeallocate::default(),
             peer,
             cancel: registration.slot.clone(),
             pid: registration.pid,
@@ -235,6 +241,7 @@ impl<'p> Session<'p> {
             violation: None,
             violation_tag: 0,
             held: false,
+            flush_asked: false,
             queries: 0,
             found: Found::default(),
             time_limits: Self::time_limits_configured(&proxy.general()),

@@ -130,11 +130,6 @@ impl Session<'_> {
                 break;
             }
             pos += f.total;
-            if r.synthetic_next() {
-                out.extend_from_slice(&buf[from..pos]);
-                from = pos;
-                r.emit_synthetic(out);
-            }
         }
         self.traffic.sent(out.len() + (pos - from));
         if ready {

@@ -1,0 +1,115 @@
+//! Transaction mode: a `DEALLOCATE` of the client's own statement names sent through the
+//! extended protocol. psycopg 3 in pipeline mode sends its `DEALLOCATE`s so: a Parse, Bind and
+//! Execute of the unnamed statement. The servers know the client's statements by the proxy's
+//! names (see `statements`), so one would answer `26000`. As for a simple-query `DEALLOCATE`,
+//! the proxy answers it instead: the server gets the Parse and Bind, which it checks or skips
+//! as PostgreSQL would, and the proxy answers the Execute once the server's answers before it
+//! are in (it knows then that the server would run it), and forgets the names.
+
+use super::statements::{self, Deallocate};
+
+/// Which statement and portal hold a `DEALLOCATE`. Boxed: almost no session has one, and the
+/// session future stays small.
+#[derive(Debug, Default)]
+pub struct ExtendedDeallocate(Option<Box<Tracked>>);
+
+#[derive(Debug, Default)]
+struct Tracked {
+    /// What the unnamed statement deallocates, if it is a `DEALLOCATE`.
+    unnamed: Option<Deallocate>,
+    /// The portal bound to a `DEALLOCATE`: its name, what it deallocates, and the
+    /// `Responses::portal_epoch` it was bound in (portals end with their transaction).
+    portal: Option<(Vec<u8>, Deallocate, u8)>,
+}
+
+impl ExtendedDeallocate {
+    /// A Parse of the unnamed statement, with its body after the name.
+    pub fn parsed_unnamed(&mut self, parse_rest: &[u8]) {
+        let target = statements::deallocate_parsed(parse_rest);
+        if target.is_some() || self.0.is_some() {
+            self.0.get_or_insert_default().unnamed = target;
+        }
+    }
+
+    /// A Sync or a simple Query. A Query drops the unnamed statement. Past a Sync, the
+    /// server may have skipped its Parse (after an error earlier in the batch) and kept the
+    /// statement it had: a `DEALLOCATE` of the unnamed statement is answered only within its
+    /// batch (a later Bind of it goes to the server, which refuses it).
+    pub fn batch_ended(&mut self) {
+        if let Some(t) = &mut self.0 {
+            t.unnamed = None;
+        }
+    }
+
+    /// What the unnamed statement deallocates, if it is a `DEALLOCATE`.
+    pub fn unnamed_target(&self) -> Option<Deallocate> {
+        self.0.as_ref()?.unnamed.clone()
+    }
+
+    /// A Bind of `portal` to a statement that deallocates `target` (None: any other).
+    pub fn bound(&mut self, portal: &[u8], target: Option<Deallocate>, epoch: u8) {
+        match (target, &mut self.0) {
+            (Some(target), slot) => {
+                slot.get_or_insert_default().portal = Some((portal.to_vec(), target, epoch));
+            }
+            (None, Some(t)) if t.portal.as_ref().is_some_and(|(p, ..)| p == portal) => {
+                t.portal = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// What the `Execute` message `msg` deallocates, if it runs a portal bound to a
+    /// `DEALLOCATE` in this transaction.
+    pub fn executes(&self, msg: &[u8], epoch: u8) -> Option<&Deallocate> {
+        let (portal, target, bound_in) = self.0.as_ref()?.portal.as_ref()?;
+        let (name, _) = crate::protocol::frame::cstr(msg.get(5..)?)?;
+        (name == portal.as_slice() && *bound_in == epoch).then_some(target)
+    }
+
+    /// The portal ran (the proxy answered it).
+    pub fn ran(&mut self) {
+        if let Some(t) = &mut self.0 {
+            t.portal = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_rest(sql: &str) -> Vec<u8> {
+        [sql.as_bytes(), b"\0\0\0"].concat()
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        let body = [portal.as_bytes(), b"\0\0\0\0\0"].concat();
+        let len = (body.len() + 4) as u32;
+        [&[b'E'][..], &len.to_be_bytes(), &body].concat()
+    }
+
+    #[test]
+    fn the_portal_of_an_unnamed_deallocate_is_tracked_until_it_runs_or_its_transaction_ends() {
+        let mut d = ExtendedDeallocate::default();
+        d.parsed_unnamed(&parse_rest("SELECT 1"));
+        assert!(d.0.is_none(), "nothing kept for other statements");
+        d.parsed_unnamed(&parse_rest("deallocate _pg3_0"));
+        d.bound(b"", d.unnamed_target(), 7);
+        let name = Deallocate::Name(b"_pg3_0".to_vec());
+        assert_eq!(d.executes(&execute(""), 7), Some(&name));
+        assert_eq!(d.executes(&execute("p"), 7), None, "another portal");
+        assert_eq!(d.executes(&execute(""), 8), None, "a later transaction");
+        d.ran();
+        assert_eq!(d.executes(&execute(""), 7), None);
+        // A Sync or Query ends it; a named statement's text is its own.
+        d.batch_ended();
+        d.bound(b"", d.unnamed_target(), 7);
+        assert_eq!(d.executes(&execute(""), 7), None);
+        let all = statements::deallocate_parsed(&parse_rest("DEALLOCATE ALL"));
+        d.bound(b"p", all, 7);
+        assert_eq!(d.executes(&execute("p"), 7), Some(&Deallocate::All));
+        d.bound(b"p", None, 7);
+        assert_eq!(d.executes(&execute("p"), 7), None, "bound again to another");
+    }
+}
