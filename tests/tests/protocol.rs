@@ -986,11 +986,26 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     assert_eq!(ask(query("ROLLBACK")).0, "CZ");
     let (t, reply) = ask([&parses[..], &[bind, sync.clone()]].concat().concat());
     assert_eq!(t, "112Z", "{reply:?}");
-    let (t, reply) = ask([execute, sync].concat());
+    let (t, reply) = ask([execute, sync.clone()].concat());
     assert_eq!(t, "EZ", "the portal is gone: {reply:?}");
     assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("34000"));
     let (t, reply) = ask(bind_execute_sync("a"));
     assert_eq!(t, "2DCZ", "`a` is still there: {reply:?}");
+    // Like PostgreSQL's, both DEALLOCATEs take the transaction's snapshot: a SET TRANSACTION
+    // ISOLATION LEVEL behind them is too late (25001). The simple-query one here is the
+    // first statement of a transaction whose BEGIN the proxy deferred.
+    let two = [parse("x", "SELECT 1"), parse("y", "SELECT 2"), sync.clone()];
+    assert_eq!(ask(two.concat()).0, "11Z");
+    let extended = [parse("", "DEALLOCATE y"), bind_execute_sync("")].concat();
+    for (deallocate, answer) in [(query("DEALLOCATE x"), "CZ"), (extended, "12CZ")] {
+        assert_eq!(ask(query("BEGIN")).0, "CZ");
+        let (t, reply) = ask(deallocate);
+        assert_eq!(t, answer, "{reply:?}");
+        let (t, reply) = ask(query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"));
+        assert_eq!(t, "EZ", "{reply:?}");
+        assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("25001"));
+        assert_eq!(ask(query("ROLLBACK")).0, "CZ");
+    }
 }
 
 #[tokio::test]

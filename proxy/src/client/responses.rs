@@ -44,8 +44,16 @@ pub enum Owed {
     /// (after an error earlier in a batch) as PostgreSQL would the client's Parse: its answer
     /// is the client's.
     StandInParse,
-    /// The Close of that stand-in, right behind it: its CloseComplete is swallowed.
-    StandInClose,
+    /// The answer (ParseComplete, BindComplete, CloseComplete) to a message the proxy added
+    /// on its own account, such as the Close behind a `StandInParse`: swallowed.
+    Hidden,
+    /// The Execute of an extended-protocol `DEALLOCATE` of the client's own names (`all`: of
+    /// all of them), answered by the proxy. The server got a stand-in that takes a snapshot
+    /// as `DEALLOCATE` does (`statements::write_snapshot_stand_in`): its CommandComplete
+    /// becomes the `DEALLOCATE`'s.
+    ExtendedDeallocated {
+        all: bool,
+    },
     /// A message the proxy refuses itself (a Parse that reuses a statement name, a Bind of
     /// another client's unnamed statement). The proxy sent the server a stand-in that fails
     /// in its place, so the server fails the batch (and an open transaction) as PostgreSQL
@@ -54,10 +62,11 @@ pub enum Owed {
     /// transaction, bad SQL) is PostgreSQL's answer and goes through.
     Refused,
     /// A simple-query `DEALLOCATE` (`all`: of all statements) of the client's own statement
-    /// names, answered by the proxy. The server got an empty Query in its place
-    /// ([`EMPTY_QUERY`]), which it runs or skips (after an error earlier in a batch) as
-    /// PostgreSQL would the `DEALLOCATE`, and which drops the unnamed statement as any Query
-    /// does. Its EmptyQueryResponse becomes the `DEALLOCATE`'s CommandComplete.
+    /// names, answered by the proxy. The server got a stand-in Query in its place
+    /// ([`DEALLOCATE_STAND_IN`]), which it runs, refuses (a failed transaction) or skips
+    /// (after an error earlier in a batch) as PostgreSQL would the `DEALLOCATE`. Like it, it
+    /// takes the transaction's snapshot and drops the unnamed statement. Its RowDescription
+    /// is swallowed and its CommandComplete becomes the `DEALLOCATE`'s.
     Deallocated {
         all: bool,
     },
@@ -84,9 +93,10 @@ pub enum Verdict {
     Complete(&'static str),
 }
 
-/// An empty simple Query: the stand-in of a `DEALLOCATE` the proxy answers (see
-/// `Owed::Deallocated`).
-pub const EMPTY_QUERY: &[u8] = b"Q\0\0\0\x05\0";
+/// The stand-in of a `DEALLOCATE` the proxy answers (see `Owed::Deallocated`): a query that
+/// returns no row and changes nothing, but takes a snapshot as `DEALLOCATE` does (after it,
+/// `SET TRANSACTION ISOLATION LEVEL` is too late: `25001`).
+pub const DEALLOCATE_STAND_IN: &[u8] = b"Q\0\0\0\x17SELECT WHERE false\0";
 
 /// A Close of a statement that does not exist: always answered with CloseComplete, unless
 /// skipped after an error (see `Owed::ClosedName`).
@@ -396,32 +406,45 @@ impl Responses {
                         | Owed::InjectedParse(_)
                         | Owed::StandInParse
                         | Owed::UnnamedParse(_)
+                        | Owed::Hidden
                 )
             }) {
-                Some(Owed::InjectedParse(_)) => return Verdict::Swallow,
+                Some(Owed::InjectedParse(_) | Owed::Hidden) => return Verdict::Swallow,
                 Some(Owed::Parse { named: Some(_) }) => self.name_outcomes.push_back(true),
                 Some(Owed::StandInParse) => self.name_outcomes.push_back(true),
                 Some(Owed::UnnamedParse(owner)) => self.unnamed_owner_update = owner,
                 _ => {}
             },
+            b'2' if self.queue.front() == Some(&Owed::Hidden) => {
+                self.pop_front();
+                return Verdict::Swallow;
+            }
             b'2' => {
                 self.pop_if(|o| o == Owed::Bind);
             }
             b'3' => match self.pop_if(|o| {
                 matches!(
                     o,
-                    Owed::Close | Owed::InjectedClose(_) | Owed::ClosedName | Owed::StandInClose
+                    Owed::Close | Owed::InjectedClose(_) | Owed::ClosedName | Owed::Hidden
                 )
             }) {
-                Some(Owed::InjectedClose(_) | Owed::StandInClose) => return Verdict::Swallow,
+                Some(Owed::InjectedClose(_) | Owed::Hidden) => return Verdict::Swallow,
                 Some(Owed::ClosedName) => self.name_outcomes.push_back(true),
                 _ => {}
             },
+            b'T' | b'C' if matches!(self.queue.front(), Some(Owed::Deallocated { .. })) => {
+                let all = matches!(self.queue.front(), Some(Owed::Deallocated { all: true }));
+                return match tag {
+                    b'T' => Verdict::Swallow,
+                    _ if all => Verdict::Complete("DEALLOCATE ALL"),
+                    _ => Verdict::Complete("DEALLOCATE"),
+                };
+            }
             b'T' | b'n' => {
                 self.pop_if(|o| o == Owed::Describe);
             }
-            b'I' if matches!(self.queue.front(), Some(Owed::Deallocated { .. })) => {
-                let all = matches!(self.queue.front(), Some(Owed::Deallocated { all: true }));
+            b'C' if matches!(self.queue.front(), Some(Owed::ExtendedDeallocated { .. })) => {
+                let all = self.pop_front() == Some(Owed::ExtendedDeallocated { all: true });
                 return Verdict::Complete(if all { "DEALLOCATE ALL" } else { "DEALLOCATE" });
             }
             b'C' | b'I' | b's' => {
@@ -566,7 +589,7 @@ mod tests {
             Owed::InjectedParse(2),
             Owed::Bind,
             Owed::StandInParse,
-            Owed::StandInClose,
+            Owed::Hidden,
             Owed::Sync,
         ] {
             r.push(o);
@@ -634,8 +657,10 @@ mod tests {
 
     #[test]
     fn a_refusal_rewords_the_expected_error_and_lets_any_other_through() {
-        let len = u32::from_be_bytes(REFUSED[1..5].try_into().unwrap()) as usize;
-        assert_eq!(len + 1, REFUSED.len());
+        for stand_in in [REFUSED, CLOSE_NOTHING, DEALLOCATE_STAND_IN] {
+            let len = u32::from_be_bytes(stand_in[1..5].try_into().unwrap()) as usize;
+            assert_eq!(len + 1, stand_in.len());
+        }
         let mut p = PreparedSet::default();
         let mut r = Responses::default();
         r.sent();
@@ -688,8 +713,9 @@ mod tests {
         r.push(Owed::Deallocated { all: false });
         assert_eq!(r.ready_owed(), 2);
         run(&mut r, b"CZ", &mut p);
+        assert_eq!(r.on_server_message(b'T', b"\0\0", &mut p), Verdict::Swallow);
         assert_eq!(
-            r.on_server_message(b'I', b"", &mut p),
+            r.on_server_message(b'C', b"SELECT 0\0", &mut p),
             Verdict::Complete("DEALLOCATE")
         );
         assert!(!r.releasable());
@@ -757,7 +783,7 @@ mod tests {
         let mut r = Responses::default();
         let mut p = PreparedSet::default();
         r.sent();
-        for o in [Owed::StandInParse, Owed::StandInClose, Owed::Sync] {
+        for o in [Owed::StandInParse, Owed::Hidden, Owed::Sync] {
             r.push(o);
         }
         assert_eq!(r.on_server_message(b'1', b"", &mut p), Verdict::Forward);

@@ -197,6 +197,36 @@ pub fn write_stand_in(out: &mut BytesMut, parse_rest: &[u8]) {
     });
 }
 
+/// The stand-in of an extended-protocol `DEALLOCATE` the proxy answers: a query that
+/// returns no row and changes nothing, parsed, bound and run under [`STAND_IN`], then closed.
+/// Like `DEALLOCATE`, it takes the transaction's snapshot (after it, `SET TRANSACTION
+/// ISOLATION LEVEL` is too late).
+pub fn write_snapshot_stand_in(out: &mut BytesMut) {
+    with_length(out, b'P', |b| {
+        b.put_slice(STAND_IN);
+        b.put_u8(0);
+        b.put_slice(b"SELECT WHERE false\0\0\0");
+    });
+    with_length(out, b'B', |b| {
+        for _ in 0..2 {
+            b.put_slice(STAND_IN);
+            b.put_u8(0);
+        }
+        b.put_slice(&[0; 6]); // no parameter formats, parameters or result formats
+    });
+    with_length(out, b'E', |b| {
+        b.put_slice(STAND_IN);
+        b.put_slice(&[0; 5]); // all rows
+    });
+    for kind in [b'P', b'S'] {
+        with_length(out, b'C', |b| {
+            b.put_u8(kind);
+            b.put_slice(STAND_IN);
+            b.put_u8(0);
+        });
+    }
+}
+
 /// The client's Bind, pointed at the server name.
 pub fn write_bind(out: &mut BytesMut, portal: &[u8], hash: u64, bind_rest: &[u8]) {
     with_length(out, b'B', |b| {

@@ -187,12 +187,15 @@ impl Session<'_> {
     }
 
     /// Answers a simple-query `DEALLOCATE` of the client's own statement names (see
-    /// [`forget_deallocated`]): at once when no server is attached, else in turn after what the
-    /// attached server still owes. False for any other query, and where PostgreSQL would not
-    /// run it (a failed transaction, or a server skipping to the next Sync).
+    /// [`forget_deallocated`]): at once when no server is attached and no transaction is
+    /// deferred, else in turn after what the attached server still owes. False for any other
+    /// query, and where PostgreSQL would not run it (a failed transaction, or a server
+    /// skipping to the next Sync).
     pub(super) fn answer_deallocate(&mut self, msg: &[u8]) -> bool {
         let answerable = match self.server {
-            None => !self.deferred_failed,
+            // In a deferred transaction it takes the snapshot there (see `DEALLOCATE_STAND_IN`),
+            // so it waits for the server and its stand-in.
+            None => !self.deferred_failed && self.deferred.is_empty(),
             Some(_) => !self.responses.skipping() && self.responses.tx_status != b'E',
         };
         if !answerable {
@@ -208,7 +211,8 @@ impl Session<'_> {
             self.queries = self.queries.wrapping_add(1);
         } else {
             // The server runs a stand-in, or skips it as it would the DEALLOCATE.
-            self.to_server.extend_from_slice(responses::EMPTY_QUERY);
+            self.to_server
+                .extend_from_slice(responses::DEALLOCATE_STAND_IN);
             self.responses.sent();
             self.responses.push(Owed::Deallocated { all });
         }
@@ -217,9 +221,10 @@ impl Session<'_> {
 
     /// Answers the Execute of an extended-protocol `DEALLOCATE` of the client's own statement
     /// names (see `extended_deallocate`), once the server has answered all before it (see
-    /// `waits_for_answers`): the server never sees it. False where PostgreSQL would not run
-    /// it (a failed transaction, a server skipping to the next Sync), or would refuse it (a
-    /// name the client does not have: the server refuses it in PostgreSQL's words).
+    /// `waits_for_answers`). The server runs a stand-in that takes a snapshot, as the
+    /// `DEALLOCATE` would have. False where PostgreSQL would not run it (a failed
+    /// transaction, a server skipping to the next Sync), or would refuse it (a name the client
+    /// does not have: the server refuses it in PostgreSQL's words).
     fn answer_extended_deallocate(&mut self, msg: &[u8]) -> bool {
         if self.server.is_none() || self.responses.skipping() || self.responses.tx_status == b'E' {
             return false;
@@ -239,8 +244,14 @@ impl Session<'_> {
             }
         };
         self.extended_deallocate.ran();
-        let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
-        backend::command_complete(&mut self.to_client, tag);
+        statements::write_snapshot_stand_in(&mut self.to_server);
+        let r = &mut self.responses;
+        r.sent();
+        r.push(Owed::Hidden);
+        r.push(Owed::Hidden);
+        r.push(Owed::ExtendedDeallocated { all });
+        r.push(Owed::Hidden);
+        r.push(Owed::Hidden);
         true
     }
 
@@ -333,6 +344,9 @@ impl Session<'_> {
                 self.deferred.clear();
                 self.responses.sent();
                 self.responses.push(Owed::HiddenQuery);
+                if tag == b'Q' && self.answer_deallocate(msg) {
+                    return Ok(());
+                }
             }
         }
         self.forward(tag, msg)

@@ -90,7 +90,7 @@ impl Session<'_> {
                         // an object dropped since, a batch it skips after an error).
                         statements::write_stand_in(out, rest);
                         r.push(Owed::StandInParse);
-                        r.push(Owed::StandInClose);
+                        r.push(Owed::Hidden);
                     }
                 }
             }
@@ -132,7 +132,11 @@ impl Session<'_> {
                         if map_names && !skipping {
                             // The unnamed statement, or a name the client does not have.
                             let ed = &mut self.extended_deallocate;
-                            let target = ed.unnamed_target().filter(|_| stmt.is_empty());
+                            let target = if stmt.is_empty() {
+                                ed.unnamed_target()
+                            } else {
+                                None
+                            };
                             ed.bound(portal, target, r.portal_epoch);
                         }
                     }
@@ -219,6 +223,12 @@ impl Session<'_> {
             self.to_server.clear();
             release_if_large(&mut self.to_server);
             if let Err(e) = written {
+                // The server may have closed with its reasons (a FATAL error over a message
+                // it could not take during COPY FROM STDIN, say): the client gets them, as
+                // from PostgreSQL, before any error of the proxy's.
+                if self.read_last_words() {
+                    Box::pin(self.relay()).await?;
+                }
                 self.server_lost(&e.to_string(), false)?;
             }
         }
@@ -230,6 +240,22 @@ impl Session<'_> {
             r.map_err(|_| End::ClientGone)?;
         }
         Ok(())
+    }
+}
+
+impl Session<'_> {
+    /// Reads what the attached server sent before it closed, without waiting. True when
+    /// there is something to relay.
+    fn read_last_words(&mut self) -> bool {
+        let Some(att) = self.server.as_mut() else {
+            return false;
+        };
+        let conn = &mut *att.conn;
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = conn.stream.try_read(&mut chunk) {
+            conn.rbuf.extend_from_slice(&chunk[..n]);
+        }
+        !conn.rbuf.is_empty()
     }
 }
 
