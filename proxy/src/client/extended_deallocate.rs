@@ -3,8 +3,9 @@
 //! Execute of the unnamed statement. The servers know the client's statements by the proxy's
 //! names (see `statements`), so one would answer `26000`. As for a simple-query `DEALLOCATE`,
 //! the proxy answers it instead: the server gets the Parse and Bind, which it checks or skips
-//! as PostgreSQL would, and the proxy answers the Execute once the server's answers before it
-//! are in (it knows then that the server would run it), and forgets the names.
+//! as PostgreSQL would. Once the server's answers before the Execute are in (the proxy knows
+//! then that the server would run it), the proxy forgets the names and the server runs a
+//! stand-in in the Execute's place, which takes a snapshot as `DEALLOCATE` does.
 
 use super::statements::{self, Deallocate};
 

@@ -223,13 +223,15 @@ impl Session<'_> {
             self.to_server.clear();
             release_if_large(&mut self.to_server);
             if let Err(e) = written {
-                // The server may have closed with its reasons (a FATAL error over a message
-                // it could not take during COPY FROM STDIN, say): the client gets them, as
-                // from PostgreSQL, before any error of the proxy's.
-                if self.read_last_words() {
-                    Box::pin(self.relay()).await?;
+                // The server closed. It may have said why first (a FATAL error over a message
+                // it could not take during COPY FROM STDIN, say): the client gets that, as
+                // from PostgreSQL, before the proxy's error. Reading the server gives what it
+                // sent, then the end of the connection, which is acted on there (`relay`,
+                // `server_lost`). Meanwhile the connection must not go back to the pool.
+                tracing::debug!(pid = self.pid, error = %e, "write to the server failed");
+                if let Some(att) = self.server.as_mut() {
+                    att.conn.replace_when_released();
                 }
-                self.server_lost(&e.to_string(), false)?;
             }
         }
         if !self.to_client.is_empty() {
@@ -240,22 +242,6 @@ impl Session<'_> {
             r.map_err(|_| End::ClientGone)?;
         }
         Ok(())
-    }
-}
-
-impl Session<'_> {
-    /// Reads what the attached server sent before it closed, without waiting. True when
-    /// there is something to relay.
-    fn read_last_words(&mut self) -> bool {
-        let Some(att) = self.server.as_mut() else {
-            return false;
-        };
-        let conn = &mut *att.conn;
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = conn.stream.try_read(&mut chunk) {
-            conn.rbuf.extend_from_slice(&chunk[..n]);
-        }
-        !conn.rbuf.is_empty()
     }
 }
 
