@@ -1006,6 +1006,23 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
         assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("25001"));
         assert_eq!(ask(query("ROLLBACK")).0, "CZ");
     }
+    // Pipelined behind a batch whose answer has not come yet: the end of that batch's
+    // transaction is not the end of this portal's.
+    assert_eq!(
+        ask([parse("w", "DEALLOCATE w"), sync.clone()].concat()).0,
+        "1Z"
+    );
+    let pipeline = [
+        parse("v", "SELECT 1"),
+        sync.clone(),
+        message(b'B', b"p1\0w\0\0\0\0\0\0\0"),
+        message(b'E', b"p1\0\0\0\0\0"),
+        sync,
+    ];
+    s.write_all(&pipeline.concat()).unwrap();
+    let reply = read_readies(&mut s, 2);
+    assert_eq!(tags(&reply), "1Z2CZ", "{reply:?}");
+    assert_eq!(reply[3].1, b"DEALLOCATE\0");
 }
 
 #[tokio::test]

@@ -18,9 +18,10 @@ pub struct ExtendedDeallocate(Option<Box<Tracked>>);
 struct Tracked {
     /// What the unnamed statement deallocates, if it is a `DEALLOCATE`.
     unnamed: Option<Deallocate>,
-    /// The portal bound to a `DEALLOCATE`: its name, what it deallocates, and the
-    /// `Responses::portal_epoch` it was bound in (portals end with their transaction).
-    portal: Option<(Vec<u8>, Deallocate, u8)>,
+    /// The portal bound to a `DEALLOCATE`: its name and what it deallocates. Whether it
+    /// still exists when it runs is `Responses::deallocate_bound` (portals end with their
+    /// transaction).
+    portal: Option<(Vec<u8>, Deallocate)>,
 }
 
 impl ExtendedDeallocate {
@@ -48,10 +49,10 @@ impl ExtendedDeallocate {
     }
 
     /// A Bind of `portal` to a statement that deallocates `target` (None: any other).
-    pub fn bound(&mut self, portal: &[u8], target: Option<Deallocate>, epoch: u8) {
+    pub fn bound(&mut self, portal: &[u8], target: Option<Deallocate>) {
         match (target, &mut self.0) {
             (Some(target), slot) => {
-                slot.get_or_insert_default().portal = Some((portal.to_vec(), target, epoch));
+                slot.get_or_insert_default().portal = Some((portal.to_vec(), target));
             }
             (None, Some(t)) if t.portal.as_ref().is_some_and(|(p, ..)| p == portal) => {
                 t.portal = None;
@@ -60,12 +61,12 @@ impl ExtendedDeallocate {
         }
     }
 
-    /// What the `Execute` message `msg` deallocates, if it runs a portal bound to a
-    /// `DEALLOCATE` in this transaction.
-    pub fn executes(&self, msg: &[u8], epoch: u8) -> Option<&Deallocate> {
-        let (portal, target, bound_in) = self.0.as_ref()?.portal.as_ref()?;
+    /// What the `Execute` message `msg` deallocates, if it runs the portal last bound to a
+    /// `DEALLOCATE` (whether that portal still exists is for the caller to check).
+    pub fn executes(&self, msg: &[u8]) -> Option<&Deallocate> {
+        let (portal, target) = self.0.as_ref()?.portal.as_ref()?;
         let (name, _) = crate::protocol::frame::cstr(msg.get(5..)?)?;
-        (name == portal.as_slice() && *bound_in == epoch).then_some(target)
+        (name == portal.as_slice()).then_some(target)
     }
 
     /// The portal ran (the proxy answered it).
@@ -91,26 +92,25 @@ mod tests {
     }
 
     #[test]
-    fn the_portal_of_an_unnamed_deallocate_is_tracked_until_it_runs_or_its_transaction_ends() {
+    fn the_portal_of_an_unnamed_deallocate_is_tracked_until_it_runs() {
         let mut d = ExtendedDeallocate::default();
         d.parsed_unnamed(&parse_rest("SELECT 1"));
         assert!(d.0.is_none(), "nothing kept for other statements");
         d.parsed_unnamed(&parse_rest("deallocate _pg3_0"));
-        d.bound(b"", d.unnamed_target(), 7);
+        d.bound(b"", d.unnamed_target());
         let name = Deallocate::Name(b"_pg3_0".to_vec());
-        assert_eq!(d.executes(&execute(""), 7), Some(&name));
-        assert_eq!(d.executes(&execute("p"), 7), None, "another portal");
-        assert_eq!(d.executes(&execute(""), 8), None, "a later transaction");
+        assert_eq!(d.executes(&execute("")), Some(&name));
+        assert_eq!(d.executes(&execute("p")), None, "another portal");
         d.ran();
-        assert_eq!(d.executes(&execute(""), 7), None);
+        assert_eq!(d.executes(&execute("")), None);
         // A Sync or Query ends it; a named statement's text is its own.
         d.batch_ended();
-        d.bound(b"", d.unnamed_target(), 7);
-        assert_eq!(d.executes(&execute(""), 7), None);
+        d.bound(b"", d.unnamed_target());
+        assert_eq!(d.executes(&execute("")), None);
         let all = statements::deallocate_parsed(&parse_rest("DEALLOCATE ALL"));
-        d.bound(b"p", all, 7);
-        assert_eq!(d.executes(&execute("p"), 7), Some(&Deallocate::All));
-        d.bound(b"p", None, 7);
-        assert_eq!(d.executes(&execute("p"), 7), None, "bound again to another");
+        d.bound(b"p", all);
+        assert_eq!(d.executes(&execute("p")), Some(&Deallocate::All));
+        d.bound(b"p", None);
+        assert_eq!(d.executes(&execute("p")), None, "bound again to another");
     }
 }

@@ -35,6 +35,8 @@ pub enum Owed {
     /// CloseComplete is swallowed.
     InjectedClose(u64),
     Bind,
+    /// A client's Bind of a statement that is a `DEALLOCATE` (see `extended_deallocate`).
+    DeallocateBind,
     Describe,
     Execute,
     Close,
@@ -135,7 +137,7 @@ pub struct Responses {
     /// The server completed the client's `DISCARD ALL` (or a `DEALLOCATE ALL` the proxy did not
     /// answer): PostgreSQL forgets the session's prepared statements. How many entries of
     /// `name_outcomes` came before it; the session acts on it.
-    pub discarded: Option<usize>,
+    pub discarded: Option<u32>,
     /// Counts the server's ReadyForQuery messages and the servers attached (wrapping): when
     /// it moves, a request was answered in full or a new server took over. `query_timeout_ms`
     /// gives each request its time from there.
@@ -144,6 +146,10 @@ pub struct Responses {
     /// block, and when another server is attached (wrapping; one byte, as a portal is only
     /// looked up by it between its Bind and its Execute).
     pub portal_epoch: u8,
+    /// The `portal_epoch` in which the server completed the last `DeallocateBind` (none: it
+    /// failed, or there was none). Taken when its answer comes, not when it is sent: a
+    /// pipelined Bind goes out before the answers that end earlier transactions.
+    pub deallocate_bound: Option<u8>,
 }
 
 impl Default for Responses {
@@ -163,6 +169,7 @@ impl Default for Responses {
             discarded: None,
             progress: 0,
             portal_epoch: 0,
+            deallocate_bound: None,
         }
     }
 }
@@ -420,7 +427,10 @@ impl Responses {
                 return Verdict::Swallow;
             }
             b'2' => {
-                self.pop_if(|o| o == Owed::Bind);
+                let bound = self.pop_if(|o| matches!(o, Owed::Bind | Owed::DeallocateBind));
+                if bound == Some(Owed::DeallocateBind) {
+                    self.deallocate_bound = Some(self.portal_epoch);
+                }
             }
             b'3' => match self.pop_if(|o| {
                 matches!(
@@ -458,7 +468,7 @@ impl Responses {
                                 prepared.add(h);
                             }
                         }
-                        self.discarded = Some(self.name_outcomes.len());
+                        self.discarded = Some(self.name_outcomes.len() as u32);
                     }
                     self.listened |= body.starts_with(b"LISTEN\0");
                 }
@@ -495,6 +505,7 @@ impl Responses {
             Owed::InjectedParse(h) => prepared.remove(h),
             Owed::InjectedClose(h) => prepared.restore(h),
             Owed::ClosedName => self.name_outcomes.push_back(false),
+            Owed::DeallocateBind => self.deallocate_bound = None,
             // The server skipped the stand-in, as PostgreSQL would the refused message.
             Owed::Refused => {
                 self.drop_refusal();

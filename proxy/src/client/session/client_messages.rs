@@ -178,8 +178,7 @@ impl Session<'_> {
                     && (self.responses.ready_coming() || !self.responses.settled())
             }
             b'E' if self.per_transaction && self.server.is_some() => {
-                let epoch = self.responses.portal_epoch;
-                self.extended_deallocate.executes(msg, epoch).is_some()
+                self.extended_deallocate.executes(msg).is_some()
                     && (self.responses.ready_coming() || !self.responses.settled())
             }
             _ => false,
@@ -229,8 +228,11 @@ impl Session<'_> {
         if self.server.is_none() || self.responses.skipping() || self.responses.tx_status == b'E' {
             return false;
         }
-        let epoch = self.responses.portal_epoch;
-        let all = match self.extended_deallocate.executes(msg, epoch) {
+        let r = &self.responses;
+        if r.deallocate_bound != Some(r.portal_epoch) {
+            return false; // the portal's Bind failed, or its transaction is over
+        }
+        let all = match self.extended_deallocate.executes(msg) {
             None => return false,
             Some(Deallocate::All) => {
                 self.statements.clear();

@@ -112,6 +112,7 @@ impl Session<'_> {
                     self.refuse_unnamed();
                     return Ok(());
                 }
+                let mut deallocates = false;
                 match self
                     .statements
                     .get(stmt)
@@ -124,8 +125,8 @@ impl Session<'_> {
                         }
                         statements::write_bind(out, portal, h, bind_rest);
                         let target = statements::deallocate_parsed(parse_rest);
-                        self.extended_deallocate
-                            .bound(portal, target, r.portal_epoch);
+                        deallocates = target.is_some();
+                        self.extended_deallocate.bound(portal, target);
                     }
                     None => {
                         out.extend_from_slice(msg);
@@ -137,11 +138,16 @@ impl Session<'_> {
                             } else {
                                 None
                             };
-                            ed.bound(portal, target, r.portal_epoch);
+                            deallocates = target.is_some();
+                            ed.bound(portal, target);
                         }
                     }
                 }
-                r.push(Owed::Bind);
+                r.push(if deallocates {
+                    Owed::DeallocateBind
+                } else {
+                    Owed::Bind
+                });
             }
             b'D' => {
                 let Some((kind, (name, _))) = body

@@ -159,7 +159,8 @@ impl Session<'_> {
         if let Some(answered) = r.discarded.take().filter(|_| self.per_transaction) {
             // The client's own names go too, as in its own session, except those it parsed
             // after (the pending ones whose outcome came after it).
-            self.pending_names.discard(answered, &mut self.statements);
+            self.pending_names
+                .discard(answered as usize, &mut self.statements);
         }
         conn.rbuf.advance(pos);
         written.map_err(|_| End::ClientGone)?;
