@@ -96,21 +96,32 @@ impl PendingNames {
 
     /// The server ran the client's `DISCARD ALL` (or `DEALLOCATE ALL`) with `answered` of
     /// these settled before it (their outcomes came first): only names parsed after it are
-    /// left, and nothing a Close took comes back.
+    /// left, and a Close brings back (if skipped) only a statement parsed after it too.
     pub fn discard(&mut self, answered: usize, statements: &mut Statements) {
-        let after: Vec<&[u8]> = self
+        let after: Vec<Vec<u8>> = self
             .queue
             .iter()
             .skip(answered)
             .filter_map(|p| match p {
-                Pending::Parse(n, _) => Some(&n[..]),
+                Pending::Parse(n, _) => Some(n.clone()),
                 Pending::Close(..) => None,
             })
             .collect();
-        statements.retain(|name| after.contains(&name));
-        for p in self.queue.iter_mut() {
-            if let Pending::Close(_, taken) = p {
-                *taken = None;
+        statements.retain(|name| after.iter().any(|n| n[..] == *name));
+        for i in 0..self.queue.len() {
+            let Pending::Close(name, _) = &self.queue[i] else {
+                continue;
+            };
+            // The statement the Close took was parsed after the DISCARD if a Parse of the
+            // name came between them.
+            let parsed_after = self
+                .queue
+                .range(answered.min(i)..i)
+                .any(|p| matches!(p, Pending::Parse(n, _) if n == name));
+            if !parsed_after {
+                if let Pending::Close(_, taken) = &mut self.queue[i] {
+                    *taken = None;
+                }
             }
         }
     }
@@ -119,6 +130,27 @@ impl PendingNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_discard_keeps_what_a_skipped_close_took_when_it_was_parsed_after_the_discard() {
+        // DISCARD ALL; Parse a (done); Close a (skipped); Parse a (skipped).
+        let mut st = Statements::default();
+        let mut p = PendingNames::default();
+        st.insert(b"old", b"SELECT 0\0\0\0");
+        p.parse(b"a");
+        st.insert(b"a", b"SELECT 1\0\0\0");
+        let taken = st.take(b"a");
+        p.close(b"a", taken);
+        p.parse(b"a");
+        st.insert(b"a", b"SELECT 2\0\0\0");
+        p.discard(0, &mut st);
+        assert!(st.get(b"old").is_none(), "the DISCARD dropped it");
+        for done in [true, false, false] {
+            p.settle(done, &mut st);
+        }
+        let (_, rest) = st.get(b"a").expect("a is back");
+        assert_eq!(rest, b"SELECT 1\0\0\0");
+    }
 
     #[test]
     fn skipped_parses_and_closes_are_undone_in_order() {
