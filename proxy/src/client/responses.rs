@@ -5,6 +5,7 @@
 //! flight after the last Sync: only then may it go back to the pool), and which server answers
 //! to swallow or reword (those of messages the proxy added, or sent in the place of a client's).
 
+use super::statements::deallocate_tag;
 use crate::protocol::backend;
 use crate::server::maintenance::forgets_prepared_statements;
 use crate::server::prepared::PreparedSet;
@@ -446,8 +447,7 @@ impl Responses {
                 let all = matches!(self.queue.front(), Some(Owed::Deallocated { all: true }));
                 return match tag {
                     b'T' => Verdict::Swallow,
-                    _ if all => Verdict::Complete("DEALLOCATE ALL"),
-                    _ => Verdict::Complete("DEALLOCATE"),
+                    _ => Verdict::Complete(deallocate_tag(all)),
                 };
             }
             b'T' | b'n' => {
@@ -455,7 +455,7 @@ impl Responses {
             }
             b'C' if matches!(self.queue.front(), Some(Owed::ExtendedDeallocated { .. })) => {
                 let all = self.pop_front() == Some(Owed::ExtendedDeallocated { all: true });
-                return Verdict::Complete(if all { "DEALLOCATE ALL" } else { "DEALLOCATE" });
+                return Verdict::Complete(deallocate_tag(all));
             }
             b'C' | b'I' | b's' => {
                 self.copy_in = false;

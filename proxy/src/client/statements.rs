@@ -143,10 +143,18 @@ fn deallocate_sql(sql: &[u8]) -> Option<Deallocate> {
     Some(Deallocate::Name(rest.to_ascii_lowercase()))
 }
 
+/// The command tag PostgreSQL gives a `DEALLOCATE` (`all`: `DEALLOCATE ALL`).
+pub fn deallocate_tag(all: bool) -> &'static str {
+    if all {
+        "DEALLOCATE ALL"
+    } else {
+        "DEALLOCATE"
+    }
+}
+
 /// The answer to a `DEALLOCATE` the proxy answers itself: CommandComplete, ReadyForQuery.
 pub fn write_deallocate_answer(out: &mut BytesMut, all: bool, status: u8) {
-    let tag = if all { "DEALLOCATE ALL" } else { "DEALLOCATE" };
-    crate::protocol::backend::command_complete(out, tag);
+    crate::protocol::backend::command_complete(out, deallocate_tag(all));
     crate::protocol::backend::ready_for_query(out, status);
 }
 
