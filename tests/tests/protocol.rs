@@ -1023,6 +1023,67 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     let reply = read_readies(&mut s, 2);
     assert_eq!(tags(&reply), "1Z2CZ", "{reply:?}");
     assert_eq!(reply[3].1, b"DEALLOCATE\0");
+    // An unnamed DEALLOCATE bound in a later batch than its Parse, as on PostgreSQL: the
+    // server's answer to the Parse says whether it is still the unnamed statement.
+    let mut ask = |m: Vec<u8>| {
+        s.write_all(&m).unwrap();
+        let reply = read_until_ready(&mut s);
+        (tags(&reply), reply)
+    };
+    let sync = message(b'S', b"");
+    let prepare = |name: &str| {
+        [
+            parse(name, "SELECT 1"),
+            parse("", &format!("DEALLOCATE {name}")),
+            message(b'S', b""),
+        ]
+        .concat()
+    };
+    assert_eq!(ask(prepare("k1")).0, "11Z");
+    let (t, reply) = ask(bind_execute_sync(""));
+    assert_eq!(t, "2CZ", "{reply:?}");
+    assert_eq!(reply[1].1, b"DEALLOCATE\0");
+    let (t, reply) = ask(bind_execute_sync("k1"));
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert!(gone(&reply), "{reply:?}");
+    // A later Parse of the unnamed statement skipped after an error leaves it as it was.
+    assert_eq!(ask(prepare("k2")).0, "11Z");
+    let bind_nope = message(b'B', b"\0nope\0\0\0\0\0\0\0");
+    let skipped = [bind_nope, parse("", "SELECT 2"), sync.clone()];
+    assert_eq!(ask(skipped.concat()).0, "EZ");
+    let (t, reply) = ask(bind_execute_sync(""));
+    assert_eq!(t, "2CZ", "{reply:?}");
+    assert_eq!(reply[1].1, b"DEALLOCATE\0");
+    // One that is done replaces it; a simple Query drops it.
+    assert_eq!(ask(prepare("k3")).0, "11Z");
+    assert_eq!(ask([parse("", "SELECT 3"), sync.clone()].concat()).0, "1Z");
+    assert_eq!(ask(bind_execute_sync("")).0, "2DCZ");
+    assert_eq!(ask(bind_execute_sync("k3")).0, "2DCZ", "k3 is still there");
+    assert_eq!(ask([parse("", "DEALLOCATE k3"), sync].concat()).0, "1Z");
+    assert_eq!(ask(query("SELECT 4")).0, "TDCZ");
+    let (t, reply) = ask(bind_execute_sync(""));
+    assert_eq!(t, "EZ", "{reply:?}");
+    assert!(gone(&reply), "{reply:?}");
+    assert_eq!(ask(bind_execute_sync("k3")).0, "2DCZ", "k3 is still there");
+    // All in one write, so that each Parse is sent before the answers to those before it:
+    // k6's Parse is skipped after an error, and the Bind finds k5's.
+    let pipeline = [
+        parse("k5", "SELECT 1"),
+        parse("k6", "SELECT 1"),
+        parse("", "DEALLOCATE k5"),
+        message(b'S', b""),
+        message(b'B', b"\0nope\0\0\0\0\0\0\0"),
+        parse("", "DEALLOCATE k6"),
+        message(b'S', b""),
+        bind_execute_sync(""),
+        bind_execute_sync("k5"),
+        bind_execute_sync("k6"),
+    ];
+    s.write_all(&pipeline.concat()).unwrap();
+    let reply = read_readies(&mut s, 5);
+    assert_eq!(tags(&reply), "111ZEZ2CZEZ2DCZ", "{reply:?}");
+    assert_eq!(reply[7].1, b"DEALLOCATE\0");
+    assert!(gone(&reply[9..]), "k5 is gone: {reply:?}");
 }
 
 #[tokio::test]

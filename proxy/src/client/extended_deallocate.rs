@@ -16,8 +16,13 @@ pub struct ExtendedDeallocate(Option<Box<Tracked>>);
 
 #[derive(Debug, Default)]
 struct Tracked {
-    /// What the unnamed statement deallocates, if it is a `DEALLOCATE`.
-    unnamed: Option<Deallocate>,
+    /// The client's Parse of the unnamed statement in the current batch, if any, and what it
+    /// deallocates (None: it is no `DEALLOCATE`).
+    in_batch: Option<Option<Deallocate>>,
+    /// What the client's `DEALLOCATE`s parsed as the unnamed statement since its last simple
+    /// Query deallocate, by mark (0 or 1): a Parse's answer records its mark as the server's
+    /// unnamed statement's (see `parsed_unnamed`), for a Bind in a later batch.
+    marked: [Option<Deallocate>; 2],
     /// The portal bound to a `DEALLOCATE`: its name and what it deallocates. Whether it
     /// still exists when it runs is `Responses::deallocate_bound` (portals end with their
     /// transaction).
@@ -25,27 +30,60 @@ struct Tracked {
 }
 
 impl ExtendedDeallocate {
-    /// A Parse of the unnamed statement, with its body after the name.
-    pub fn parsed_unnamed(&mut self, parse_rest: &[u8]) {
+    /// A Parse of the unnamed statement, with its body after the name. Returns the mark (0
+    /// or 1) the caller records with it if it is a `DEALLOCATE`: the server's answer makes
+    /// it the unnamed statement's, so that a later batch's Bind finds what it deallocates
+    /// (past a Sync, the server may have skipped the Parse after an error and kept the
+    /// statement it had).
+    ///
+    /// `taken`: the marks the server's unnamed statement may have whatever the outcome of
+    /// the Parses before this one. A `DEALLOCATE` of another target takes a mark that is not
+    /// among them, so that either outcome of its Parse leaves a mark that tells the truth;
+    /// if both are, it gets none, and a later batch's Bind of it goes to the server (which
+    /// answers `26000`).
+    pub fn parsed_unnamed(&mut self, parse_rest: &[u8], taken: [bool; 2]) -> Option<u8> {
         let target = statements::deallocate_parsed(parse_rest);
-        if target.is_some() || self.0.is_some() {
-            self.0.get_or_insert_default().unnamed = target;
+        if target.is_none() && self.0.is_none() {
+            return None;
         }
+        let t = self.0.get_or_insert_default();
+        let mark = target.as_ref().and_then(|d| {
+            let same = (0..2).find(|&m| t.marked[usize::from(m)].as_ref() == Some(d));
+            let mark = same.or_else(|| (0..2).find(|&m| !taken[usize::from(m)]))?;
+            t.marked[usize::from(mark)] = Some(d.clone());
+            Some(mark)
+        });
+        t.in_batch = Some(target);
+        mark
     }
 
-    /// A Sync or a simple Query. A Query drops the unnamed statement. Past a Sync, the
-    /// server may have skipped its Parse (after an error earlier in the batch) and kept the
-    /// statement it had: a `DEALLOCATE` of the unnamed statement is answered only within its
-    /// batch (a later Bind of it goes to the server, which refuses it).
+    /// A Sync: the next batch's Bind of the unnamed statement finds whatever the server's
+    /// answers made it.
     pub fn batch_ended(&mut self) {
         if let Some(t) = &mut self.0 {
-            t.unnamed = None;
+            t.in_batch = None;
         }
     }
 
-    /// What the unnamed statement deallocates, if it is a `DEALLOCATE`.
-    pub fn unnamed_target(&self) -> Option<Deallocate> {
-        self.0.as_ref()?.unnamed.clone()
+    /// A simple Query: it drops the unnamed statement.
+    pub fn query(&mut self) {
+        if let Some(t) = &mut self.0 {
+            t.in_batch = None;
+            t.marked = [None, None];
+        }
+    }
+
+    /// What a Bind of the unnamed statement deallocates, if it is a `DEALLOCATE`:
+    /// - within the batch of the client's Parse of it, what that Parse holds (if the server
+    ///   fails or skips the Parse, it skips the Bind too);
+    /// - else, when the server's unnamed statement is the client's own `DEALLOCATE` of mark
+    ///   `server_mark` (its answer said so), what that one deallocates.
+    pub fn unnamed_target(&self, server_mark: Option<u8>) -> Option<Deallocate> {
+        let t = self.0.as_ref()?;
+        match &t.in_batch {
+            Some(target) => target.clone(),
+            None => t.marked[usize::from(server_mark?)].clone(),
+        }
     }
 
     /// A Bind of `portal` to a statement that deallocates `target` (None: any other).
@@ -94,23 +132,79 @@ mod tests {
     #[test]
     fn the_portal_of_an_unnamed_deallocate_is_tracked_until_it_runs() {
         let mut d = ExtendedDeallocate::default();
-        d.parsed_unnamed(&parse_rest("SELECT 1"));
+        assert_eq!(d.parsed_unnamed(&parse_rest("SELECT 1"), FREE), None);
         assert!(d.0.is_none(), "nothing kept for other statements");
-        d.parsed_unnamed(&parse_rest("deallocate _pg3_0"));
-        d.bound(b"", d.unnamed_target());
+        assert_eq!(
+            d.parsed_unnamed(&parse_rest("deallocate _pg3_0"), BOTH),
+            None
+        );
+        d.bound(b"", d.unnamed_target(None));
         let name = Deallocate::Name(b"_pg3_0".to_vec());
         assert_eq!(d.executes(&execute("")), Some(&name));
         assert_eq!(d.executes(&execute("p")), None, "another portal");
         d.ran();
         assert_eq!(d.executes(&execute("")), None);
-        // A Sync or Query ends it; a named statement's text is its own.
+        // Past a Sync, only a server's answer tells; a named statement's text is its own.
         d.batch_ended();
-        d.bound(b"", d.unnamed_target());
+        d.bound(b"", d.unnamed_target(None));
         assert_eq!(d.executes(&execute("")), None);
         let all = statements::deallocate_parsed(&parse_rest("DEALLOCATE ALL"));
         d.bound(b"p", all);
         assert_eq!(d.executes(&execute("p")), Some(&Deallocate::All));
         d.bound(b"p", None);
         assert_eq!(d.executes(&execute("p")), None, "bound again to another");
+    }
+
+    const FREE: [bool; 2] = [false, false];
+    const BOTH: [bool; 2] = [true, true];
+
+    #[test]
+    fn past_a_sync_the_mark_the_server_answered_tells_what_the_unnamed_statement_is() {
+        let mut d = ExtendedDeallocate::default();
+        let (a, b) = (
+            Deallocate::Name(b"a".to_vec()),
+            Deallocate::Name(b"b".to_vec()),
+        );
+        assert_eq!(d.parsed_unnamed(&parse_rest("DEALLOCATE a"), FREE), Some(0));
+        d.batch_ended();
+        assert_eq!(d.unnamed_target(Some(0)), Some(a.clone()));
+        assert_eq!(d.unnamed_target(None), None, "the server's is another");
+        // Within a batch, the Parse there decides, whatever the server has.
+        assert_eq!(
+            d.parsed_unnamed(&parse_rest("SELECT 1"), [true, false]),
+            None
+        );
+        assert_eq!(d.unnamed_target(Some(0)), None);
+        d.batch_ended();
+        assert_eq!(
+            d.unnamed_target(Some(0)),
+            Some(a.clone()),
+            "SELECT 1 was skipped"
+        );
+        // The same target keeps its mark; another takes one not taken, so that both
+        // outcomes of its Parse read true.
+        let mark = d.parsed_unnamed(&parse_rest("deallocate A"), [true, false]);
+        assert_eq!(mark, Some(0));
+        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE b"), [true, false]);
+        assert_eq!(mark, Some(1));
+        d.batch_ended();
+        assert_eq!(d.unnamed_target(Some(0)), Some(a), "b's Parse skipped");
+        assert_eq!(d.unnamed_target(Some(1)), Some(b.clone()), "b's Parse done");
+        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE c"), [false, true]);
+        assert_eq!(mark, Some(0));
+        assert_eq!(
+            d.unnamed_target(Some(1)),
+            Some(Deallocate::Name(b"c".to_vec()))
+        );
+        d.batch_ended();
+        assert_eq!(d.unnamed_target(Some(1)), Some(b));
+        // Both marks may be the server's: none.
+        assert_eq!(d.parsed_unnamed(&parse_rest("DEALLOCATE d"), BOTH), None);
+        // A Query drops the unnamed statement and starts afresh.
+        d.query();
+        assert_eq!(d.unnamed_target(Some(0)), None);
+        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE ALL"), FREE);
+        d.batch_ended();
+        assert_eq!(d.unnamed_target(mark), Some(Deallocate::All));
     }
 }

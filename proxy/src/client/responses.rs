@@ -96,8 +96,8 @@ pub enum Verdict {
     Complete(&'static str),
 }
 
-/// The stand-in of a `DEALLOCATE` the proxy answers (see `Owed::Deallocated`): a query that
-/// returns no row and changes nothing, but takes a snapshot as `DEALLOCATE` does (after it,
+/// The stand-in of a `DEALLOCATE` the proxy answers (see `Owed::Deallocated`): a simple Query
+/// of `statements::SNAPSHOT_QUERY`, which takes a snapshot as `DEALLOCATE` does (after it,
 /// `SET TRANSACTION ISOLATION LEVEL` is too late: `25001`).
 pub const DEALLOCATE_STAND_IN: &[u8] = b"Q\0\0\0\x17SELECT WHERE false\0";
 
@@ -299,6 +299,14 @@ impl Responses {
         self.queue
             .iter()
             .any(|o| matches!(o, Owed::UnnamedParse(_)))
+    }
+
+    /// The owner keys of this client's unanswered Parses of the unnamed statement.
+    pub fn unnamed_parses_pending(&self) -> impl Iterator<Item = u64> + '_ {
+        self.queue.iter().filter_map(|o| match o {
+            Owed::UnnamedParse(key) => Some(*key),
+            _ => None,
+        })
     }
 
     /// Takes the head of the queue, and the `CopyEnd` marks it uncovers (they owe nothing).
@@ -672,6 +680,8 @@ mod tests {
             let len = u32::from_be_bytes(stand_in[1..5].try_into().unwrap()) as usize;
             assert_eq!(len + 1, stand_in.len());
         }
+        let text = &DEALLOCATE_STAND_IN[5..DEALLOCATE_STAND_IN.len() - 1];
+        assert_eq!(text, super::super::statements::SNAPSHOT_QUERY);
         let mut p = PreparedSet::default();
         let mut r = Responses::default();
         r.sent();

@@ -198,12 +198,22 @@ pub fn write_stand_in(out: &mut BytesMut, parse_rest: &[u8]) {
         b.put_u8(0);
         b.put_slice(parse_rest);
     });
+    close_stand_in(out, b'S');
+}
+
+/// A Close of the statement (`kind` `S`) or portal (`P`) named [`STAND_IN`].
+fn close_stand_in(out: &mut BytesMut, kind: u8) {
     with_length(out, b'C', |b| {
-        b.put_u8(b'S');
+        b.put_u8(kind);
         b.put_slice(STAND_IN);
         b.put_u8(0);
     });
 }
+
+/// A query that returns no row and changes nothing, but takes the transaction's snapshot as
+/// `DEALLOCATE` does: the server runs it in place of one the proxy answers (here and in
+/// `responses::DEALLOCATE_STAND_IN`).
+pub const SNAPSHOT_QUERY: &[u8] = b"SELECT WHERE false";
 
 /// The stand-in of an extended-protocol `DEALLOCATE` the proxy answers: a query that
 /// returns no row and changes nothing, parsed, bound and run under [`STAND_IN`], then closed.
@@ -213,7 +223,8 @@ pub fn write_snapshot_stand_in(out: &mut BytesMut) {
     with_length(out, b'P', |b| {
         b.put_slice(STAND_IN);
         b.put_u8(0);
-        b.put_slice(b"SELECT WHERE false\0\0\0");
+        b.put_slice(SNAPSHOT_QUERY);
+        b.put_slice(&[0; 3]); // end of the text, no parameter types
     });
     with_length(out, b'B', |b| {
         for _ in 0..2 {
@@ -226,13 +237,8 @@ pub fn write_snapshot_stand_in(out: &mut BytesMut) {
         b.put_slice(STAND_IN);
         b.put_slice(&[0; 5]); // all rows
     });
-    for kind in [b'P', b'S'] {
-        with_length(out, b'C', |b| {
-            b.put_u8(kind);
-            b.put_slice(STAND_IN);
-            b.put_u8(0);
-        });
-    }
+    close_stand_in(out, b'P');
+    close_stand_in(out, b'S');
 }
 
 /// The client's Bind, pointed at the server name.

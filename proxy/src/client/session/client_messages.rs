@@ -203,6 +203,8 @@ impl Session<'_> {
         let Some(all) = forget_deallocated(&mut self.statements, msg) else {
             return false;
         };
+        // Like any Query, it drops the unnamed statement.
+        self.extended_deallocate.query();
         if self.server.is_none() {
             let status = self.idle_status();
             statements::write_deallocate_answer(&mut self.to_client, all, status);

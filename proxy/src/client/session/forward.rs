@@ -24,7 +24,7 @@ impl Session<'_> {
                 out.extend_from_slice(msg);
                 r.push(Owed::Query);
                 if tag == b'Q' {
-                    self.extended_deallocate.batch_ended();
+                    self.extended_deallocate.query();
                 }
             }
             b'S' => {
@@ -52,10 +52,15 @@ impl Session<'_> {
                     out.extend_from_slice(msg);
                     if name.is_empty() && !skipping {
                         // Whose the unnamed statement is follows from the server's answer.
-                        r.push(Owed::UnnamedParse(unnamed_key(self.pid, self.queries)));
+                        let mut key = unnamed_key(self.pid, self.queries);
                         if map_names {
-                            self.extended_deallocate.parsed_unnamed(rest);
+                            let taken = taken_marks(&att.conn, r, key);
+                            if let Some(mark) = self.extended_deallocate.parsed_unnamed(rest, taken)
+                            {
+                                key |= DEALLOCATES | u64::from(mark) << 31;
+                            }
                         }
+                        r.push(Owed::UnnamedParse(key));
                     } else {
                         r.push(Owed::Parse { named: None });
                     }
@@ -103,12 +108,8 @@ impl Session<'_> {
                     r.push(Owed::Bind);
                     return Ok(());
                 };
-                let unnamed = unnamed_key(self.pid, self.queries);
-                if stmt.is_empty()
-                    && att.conn.unnamed_owner != unnamed
-                    && !r.unnamed_parse_pending()
-                    && !skipping
-                {
+                let owner = unnamed_owner(&att.conn, self.pid, self.queries);
+                if stmt.is_empty() && owner.is_none() && !r.unnamed_parse_pending() && !skipping {
                     self.refuse_unnamed();
                     return Ok(());
                 }
@@ -134,7 +135,7 @@ impl Session<'_> {
                             // The unnamed statement, or a name the client does not have.
                             let ed = &mut self.extended_deallocate;
                             let target = if stmt.is_empty() {
-                                ed.unnamed_target()
+                                ed.unnamed_target(owner.flatten())
                             } else {
                                 None
                             };
@@ -161,7 +162,7 @@ impl Session<'_> {
                 };
                 if kind == b'S'
                     && name.is_empty()
-                    && att.conn.unnamed_owner != unnamed_key(self.pid, self.queries)
+                    && unnamed_owner(&att.conn, self.pid, self.queries).is_none()
                     && !r.unnamed_parse_pending()
                     && !skipping
                 {
@@ -261,9 +262,45 @@ fn refused_name(conn: &ServerConn, name: &[u8]) -> bool {
         && conn.reported.get("server_encoding") == Some("UTF8")
 }
 
-/// Who owns an unnamed statement parsed now (see `ServerConn::unnamed_owner`).
+/// Who owns an unnamed statement parsed now (see `ServerConn::unnamed_owner`). The count of
+/// Queries takes 31 bits: bit 31 and bit 63 are for [`DEALLOCATES`].
 pub(super) fn unnamed_key(pid: i32, queries: u32) -> u64 {
-    (u64::from(pid as u32) << 32) | u64::from(queries)
+    (u64::from(pid as u32) << 32) | u64::from(queries & 0x7fff_ffff)
+}
+
+/// Set in an [`unnamed_key`] (pids are positive, so the bit is free) when the statement
+/// parsed is a `DEALLOCATE` of the client's own names, with its mark (see
+/// `extended_deallocate`) in bit 31.
+const DEALLOCATES: u64 = 1 << 63;
+const MARK: u64 = 1 << 31;
+
+/// The mark of a `DEALLOCATE` in an owner key, if it is one (see [`DEALLOCATES`]).
+fn mark(key: u64) -> Option<u8> {
+    (key != u64::MAX && key & DEALLOCATES != 0).then_some(u8::from(key & MARK != 0))
+}
+
+/// Whether the server's unnamed statement is the client's own (see [`unnamed_key`]): `None`
+/// if not; else `Some` of its mark if it is one of the client's `DEALLOCATE`s.
+fn unnamed_owner(conn: &ServerConn, pid: i32, queries: u32) -> Option<Option<u8>> {
+    let owner = conn.unnamed_owner;
+    (owner != u64::MAX && owner & !(DEALLOCATES | MARK) == unnamed_key(pid, queries))
+        .then(|| mark(owner))
+}
+
+/// The marks the server's unnamed statement may have once this client's Parses of it that
+/// are unanswered are (`key`: the client's [`unnamed_key`]): a new `DEALLOCATE` must take
+/// another (see `extended_deallocate`).
+fn taken_marks(conn: &ServerConn, r: &Responses, key: u64) -> [bool; 2] {
+    let mut taken = [false; 2];
+    let now = (conn.unnamed_owner & !(DEALLOCATES | MARK) == key).then_some(conn.unnamed_owner);
+    for m in now
+        .into_iter()
+        .chain(r.unnamed_parses_pending())
+        .filter_map(mark)
+    {
+        taken[usize::from(m)] = true;
+    }
+    taken
 }
 
 /// Records a use of statement `h` on the server connection. Returns true when it is not
