@@ -36,12 +36,16 @@ impl ExtendedDeallocate {
     /// (past a Sync, the server may have skipped the Parse after an error and kept the
     /// statement it had).
     ///
-    /// `taken`: the marks the server's unnamed statement may have whatever the outcome of
+    /// `taken` gives the marks the server's unnamed statement may have whatever the outcome of
     /// the Parses before this one. A `DEALLOCATE` of another target takes a mark that is not
     /// among them, so that either outcome of its Parse leaves a mark that tells the truth;
     /// if both are, it gets none, and a later batch's Bind of it goes to the server (which
     /// answers `26000`).
-    pub fn parsed_unnamed(&mut self, parse_rest: &[u8], taken: [bool; 2]) -> Option<u8> {
+    pub fn parsed_unnamed(
+        &mut self,
+        parse_rest: &[u8],
+        taken: impl FnOnce() -> [bool; 2],
+    ) -> Option<u8> {
         let target = statements::deallocate_parsed(parse_rest);
         if target.is_none() && self.0.is_none() {
             return None;
@@ -49,7 +53,10 @@ impl ExtendedDeallocate {
         let t = self.0.get_or_insert_default();
         let mark = target.as_ref().and_then(|d| {
             let same = (0..2).find(|&m| t.marked[usize::from(m)].as_ref() == Some(d));
-            let mark = same.or_else(|| (0..2).find(|&m| !taken[usize::from(m)]))?;
+            let mark = same.or_else(|| {
+                let taken = taken();
+                (0..2).find(|&m| !taken[usize::from(m)])
+            })?;
             t.marked[usize::from(mark)] = Some(d.clone());
             Some(mark)
         });
@@ -132,10 +139,10 @@ mod tests {
     #[test]
     fn the_portal_of_an_unnamed_deallocate_is_tracked_until_it_runs() {
         let mut d = ExtendedDeallocate::default();
-        assert_eq!(d.parsed_unnamed(&parse_rest("SELECT 1"), FREE), None);
+        assert_eq!(d.parsed_unnamed(&parse_rest("SELECT 1"), || FREE), None);
         assert!(d.0.is_none(), "nothing kept for other statements");
         assert_eq!(
-            d.parsed_unnamed(&parse_rest("deallocate _pg3_0"), BOTH),
+            d.parsed_unnamed(&parse_rest("deallocate _pg3_0"), || BOTH),
             None
         );
         d.bound(b"", d.unnamed_target(None));
@@ -165,13 +172,16 @@ mod tests {
             Deallocate::Name(b"a".to_vec()),
             Deallocate::Name(b"b".to_vec()),
         );
-        assert_eq!(d.parsed_unnamed(&parse_rest("DEALLOCATE a"), FREE), Some(0));
+        assert_eq!(
+            d.parsed_unnamed(&parse_rest("DEALLOCATE a"), || FREE),
+            Some(0)
+        );
         d.batch_ended();
         assert_eq!(d.unnamed_target(Some(0)), Some(a.clone()));
         assert_eq!(d.unnamed_target(None), None, "the server's is another");
         // Within a batch, the Parse there decides, whatever the server has.
         assert_eq!(
-            d.parsed_unnamed(&parse_rest("SELECT 1"), [true, false]),
+            d.parsed_unnamed(&parse_rest("SELECT 1"), || [true, false]),
             None
         );
         assert_eq!(d.unnamed_target(Some(0)), None);
@@ -183,14 +193,14 @@ mod tests {
         );
         // The same target keeps its mark; another takes one not taken, so that both
         // outcomes of its Parse read true.
-        let mark = d.parsed_unnamed(&parse_rest("deallocate A"), [true, false]);
+        let mark = d.parsed_unnamed(&parse_rest("deallocate A"), || [true, false]);
         assert_eq!(mark, Some(0));
-        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE b"), [true, false]);
+        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE b"), || [true, false]);
         assert_eq!(mark, Some(1));
         d.batch_ended();
         assert_eq!(d.unnamed_target(Some(0)), Some(a), "b's Parse skipped");
         assert_eq!(d.unnamed_target(Some(1)), Some(b.clone()), "b's Parse done");
-        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE c"), [false, true]);
+        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE c"), || [false, true]);
         assert_eq!(mark, Some(0));
         assert_eq!(
             d.unnamed_target(Some(1)),
@@ -199,11 +209,11 @@ mod tests {
         d.batch_ended();
         assert_eq!(d.unnamed_target(Some(1)), Some(b));
         // Both marks may be the server's: none.
-        assert_eq!(d.parsed_unnamed(&parse_rest("DEALLOCATE d"), BOTH), None);
+        assert_eq!(d.parsed_unnamed(&parse_rest("DEALLOCATE d"), || BOTH), None);
         // A Query drops the unnamed statement and starts afresh.
         d.query();
         assert_eq!(d.unnamed_target(Some(0)), None);
-        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE ALL"), FREE);
+        let mark = d.parsed_unnamed(&parse_rest("DEALLOCATE ALL"), || FREE);
         d.batch_ended();
         assert_eq!(d.unnamed_target(mark), Some(Deallocate::All));
     }

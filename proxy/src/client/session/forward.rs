@@ -54,7 +54,7 @@ impl Session<'_> {
                         // Whose the unnamed statement is follows from the server's answer.
                         let mut key = unnamed_key(self.pid, self.queries);
                         if map_names {
-                            let taken = taken_marks(&att.conn, r, key);
+                            let taken = || taken_marks(&att.conn, r, key);
                             if let Some(mark) = self.extended_deallocate.parsed_unnamed(rest, taken)
                             {
                                 key |= DEALLOCATES | u64::from(mark) << 31;
