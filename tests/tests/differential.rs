@@ -21,6 +21,9 @@ use switchyard_tests::{roles, shared_cluster, trust_proxy};
 /// concurrent clients (`SWITCHYARD_DIFF_CLIENTS`; 1 replays a failure in order).
 const STREAMS: u64 = 400;
 const CLIENTS: u64 = 4;
+/// `SWITCHYARD_DIFF_DUMP=DIR` writes each stream's bytes to `DIR/seed-N.bin` before it is
+/// sent (the login and the closing `Sync`, `ROLLBACK` and `SELECT 42` are not in it).
+///
 /// Messages per stream: 1 to this many (`SWITCHYARD_DIFF_LONGEST` sets another; the seeds
 /// of `FOUND` are streams of the default length).
 const LONGEST: u64 = 11;
@@ -353,6 +356,7 @@ fn differential(mode: &str) {
     let streams = env_or("SWITCHYARD_DIFF_STREAMS", STREAMS);
     let clients = env_or("SWITCHYARD_DIFF_CLIENTS", CLIENTS);
     let longest = env_or("SWITCHYARD_DIFF_LONGEST", LONGEST);
+    let dump = std::env::var("SWITCHYARD_DIFF_DUMP").ok();
     let seeds: Vec<u64> = FOUND
         .iter()
         .copied()
@@ -363,6 +367,7 @@ fn differential(mode: &str) {
             let db = db.clone();
             let port = proxy.port;
             let seeds = seeds.clone();
+            let dump = dump.clone();
             std::thread::spawn(move || {
                 let mut diffs = Vec::new();
                 for &seed in seeds.iter().skip(w as usize).step_by(clients as usize) {
@@ -370,6 +375,10 @@ fn differential(mode: &str) {
                     let stream: Vec<_> = (0..1 + r.below(longest))
                         .map(|_| random_message(&mut r))
                         .collect();
+                    if let Some(dir) = &dump {
+                        // For replay by hand, message by message.
+                        let _ = std::fs::write(format!("{dir}/seed-{seed}.bin"), stream.concat());
+                    }
                     let through = run(port, &db, &stream);
                     let expected = run(direct, &db, &stream);
                     if through != expected && !(statement_mode && refused_block(&through, &expected)) {
