@@ -1086,6 +1086,42 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     assert!(gone(&reply[9..]), "k5 is gone: {reply:?}");
 }
 
+/// Transaction mode: a SQL `PREPARE` keeps the server with the client, and a `DEALLOCATE ALL`
+/// (simple or extended) drops those statements there too, with the client's protocol-level
+/// ones, as on PostgreSQL, where both share one namespace.
+#[tokio::test]
+async fn a_deallocate_all_drops_the_clients_sql_prepared_statements_too() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 2");
+    let mut s = login(proxy.port, &db);
+    let sync = message(b'S', b"");
+    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
+    let mut ask = |m: Vec<u8>| {
+        s.write_all(&m).unwrap();
+        let reply = read_until_ready(&mut s);
+        let code = reply
+            .iter()
+            .find(|(t, _)| *t == b'E')
+            .and_then(|(_, body)| wire::error_code(body));
+        (tags(&reply), code)
+    };
+    let extended = [parse("", "DEALLOCATE ALL"), bind_execute_sync("")].concat();
+    for (deallocate, answer) in [(query("DEALLOCATE ALL"), "CZ"), (extended, "12CZ")] {
+        assert_eq!(ask([parse("s", "SELECT 1"), sync.clone()].concat()).0, "1Z");
+        assert_eq!(ask(query("PREPARE q AS SELECT 2")).0, "CZ");
+        assert_eq!(ask(deallocate).0, answer);
+        assert_eq!(ask(query("PREPARE q AS SELECT 3")).0, "CZ", "q was dropped");
+        let (t, code) = ask(bind_execute_sync("s"));
+        assert_eq!((t.as_str(), code.as_deref()), ("EZ", Some("26000")));
+        // Statements prepared afresh on that connection work.
+        assert_eq!(
+            ask([parse("t", "SELECT 4"), bind_execute_sync("t")].concat()).0,
+            "12DCZ"
+        );
+        assert_eq!(ask(query("DEALLOCATE q")).0, "CZ");
+        assert_eq!(ask(query("DEALLOCATE t")).0, "CZ");
+    }
+}
+
 #[tokio::test]
 async fn a_stale_statement_prepared_again_before_the_servers_ready_for_query_is_fresh() {
     // The client re-prepares as soon as it reads the error, before the server's

@@ -3,6 +3,7 @@
 //! needs a server (see `attach`) and is forwarded (see `forward`).
 
 use super::*;
+use crate::server::session_probe::kept;
 
 impl Session<'_> {
     /// Answers a `BEGIN` (deferring it) or the `COMMIT`/`ROLLBACK` of a deferred transaction
@@ -197,7 +198,7 @@ impl Session<'_> {
             None => !self.deferred_failed && self.deferred.is_empty(),
             Some(_) => !self.responses.skipping() && self.responses.tx_status != b'E',
         };
-        if !answerable {
+        if !answerable || (self.may_hold_sql_prepared() && deallocates_all(msg)) {
             return false;
         }
         let Some(all) = forget_deallocated(&mut self.statements, msg) else {
@@ -236,6 +237,7 @@ impl Session<'_> {
         }
         let all = match self.extended_deallocate.executes(msg) {
             None => return false,
+            Some(Deallocate::All) if self.may_hold_sql_prepared() => return false,
             Some(Deallocate::All) => {
                 self.statements.clear();
                 true
@@ -257,6 +259,16 @@ impl Session<'_> {
         r.push(Owed::Hidden);
         r.push(Owed::Hidden);
         true
+    }
+
+    /// Whether the client may have statements of its own from a SQL `PREPARE` on a server
+    /// it keeps: its `DEALLOCATE ALL` then goes to that server, which drops them with the
+    /// rest (the proxy then forgets the client's names, and that connection's statements,
+    /// as after a `DISCARD ALL`).
+    fn may_hold_sql_prepared(&self) -> bool {
+        self.found.kept & kept::PREPARED != 0
+            || !self.parked.is_empty()
+            || self.server.as_ref().is_some_and(|att| att.keeps)
     }
 
     pub(super) async fn on_client_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), End> {
@@ -376,6 +388,11 @@ pub(super) fn forget_deallocated(statements: &mut Statements, msg: &[u8]) -> Opt
         }
         Deallocate::Name(name) => statements.remove(&name).then_some(false),
     }
+}
+
+/// Whether a simple Query is a `DEALLOCATE ALL`.
+fn deallocates_all(msg: &[u8]) -> bool {
+    statements::deallocate_target(msg) == Some(Deallocate::All)
 }
 
 /// Whether a Bind (`B`) or Describe (`D`) message uses the unnamed statement.
