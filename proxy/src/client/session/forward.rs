@@ -57,7 +57,7 @@ impl Session<'_> {
                             let taken = || taken_marks(&att.conn, r, key);
                             if let Some(mark) = self.extended_deallocate.parsed_unnamed(rest, taken)
                             {
-                                key |= DEALLOCATES | u64::from(mark) << 31;
+                                key = marked(key, mark);
                             }
                         }
                         r.push(Owed::UnnamedParse(key));
@@ -260,47 +260,6 @@ fn refused_name(conn: &ServerConn, name: &[u8]) -> bool {
     std::str::from_utf8(name).is_err()
         && conn.reported.get("client_encoding") == Some("UTF8")
         && conn.reported.get("server_encoding") == Some("UTF8")
-}
-
-/// Who owns an unnamed statement parsed now (see `ServerConn::unnamed_owner`). The count of
-/// Queries takes 31 bits: bit 31 and bit 63 are for [`DEALLOCATES`].
-pub(super) fn unnamed_key(pid: i32, queries: u32) -> u64 {
-    (u64::from(pid as u32) << 32) | u64::from(queries & 0x7fff_ffff)
-}
-
-/// Set in an [`unnamed_key`] (pids are positive, so the bit is free) when the statement
-/// parsed is a `DEALLOCATE` of the client's own names, with its mark (see
-/// `extended_deallocate`) in bit 31.
-const DEALLOCATES: u64 = 1 << 63;
-const MARK: u64 = 1 << 31;
-
-/// The mark of a `DEALLOCATE` in an owner key, if it is one (see [`DEALLOCATES`]).
-fn mark(key: u64) -> Option<u8> {
-    (key != u64::MAX && key & DEALLOCATES != 0).then_some(u8::from(key & MARK != 0))
-}
-
-/// Whether the server's unnamed statement is the client's own (see [`unnamed_key`]): `None`
-/// if not; else `Some` of its mark if it is one of the client's `DEALLOCATE`s.
-fn unnamed_owner(conn: &ServerConn, pid: i32, queries: u32) -> Option<Option<u8>> {
-    let owner = conn.unnamed_owner;
-    (owner != u64::MAX && owner & !(DEALLOCATES | MARK) == unnamed_key(pid, queries))
-        .then(|| mark(owner))
-}
-
-/// The marks the server's unnamed statement may have once this client's Parses of it that
-/// are unanswered are (`key`: the client's [`unnamed_key`]): a new `DEALLOCATE` must take
-/// another (see `extended_deallocate`).
-fn taken_marks(conn: &ServerConn, r: &Responses, key: u64) -> [bool; 2] {
-    let mut taken = [false; 2];
-    let now = (conn.unnamed_owner & !(DEALLOCATES | MARK) == key).then_some(conn.unnamed_owner);
-    for m in now
-        .into_iter()
-        .chain(r.unnamed_parses_pending())
-        .filter_map(mark)
-    {
-        taken[usize::from(m)] = true;
-    }
-    taken
 }
 
 /// Records a use of statement `h` on the server connection. Returns true when it is not

@@ -20,8 +20,10 @@ mod state_probe;
 mod time_limits;
 mod timing;
 mod traffic;
+mod unnamed_key;
 
 use forward::named_statement;
+use unnamed_key::{marked, taken_marks, unnamed_key, unnamed_owner};
 
 use super::extended_deallocate::ExtendedDeallocate;
 use super::handshake::Login;
