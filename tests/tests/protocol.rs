@@ -176,7 +176,6 @@ async fn copy_data_sent_right_behind_the_copy_command_is_accounted_for() {
     // them: the proxy must count those answers, or it releases the server too early.
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
     let mut s = login(proxy.port, &db);
-    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     s.write_all(&query("CREATE TABLE c (a int)")).unwrap();
     read_until_ready(&mut s);
     let sync = message(b'S', b"");
@@ -618,6 +617,18 @@ fn read_readies(s: &mut TcpStream, n: usize) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
+/// Sends `m` and reads the answers up to the next ReadyForQuery: their tags, and them.
+fn exchange(s: &mut TcpStream, m: &[u8]) -> (String, Vec<(u8, Vec<u8>)>) {
+    s.write_all(m).unwrap();
+    let reply = read_until_ready(s);
+    (tags(&reply), reply)
+}
+
+/// A simple Query message.
+fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', format!("{sql}\0").as_bytes())
+}
+
 fn tags(msgs: &[(u8, Vec<u8>)]) -> String {
     msgs.iter().map(|(t, _)| *t as char).collect()
 }
@@ -688,7 +699,6 @@ async fn a_parse_of_a_statement_the_server_has_is_checked_as_on_postgresql() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
     let login = || login(proxy.port, &db);
     let sync = message(b'S', b"");
-    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     // A prepares three statements on the only server connection, then leaves.
     let mut a = login();
     a.write_all(&query("CREATE TABLE soon_gone (x int)"))
@@ -830,9 +840,16 @@ async fn broken_messages_are_answered_in_order_as_by_postgresql() {
     assert_eq!(tags(&read_until_ready(&mut s)), "2DCZ");
     // An unknown message type ends the session, but only after everything sent before it
     // was answered: a query, a lone Sync, and a Parse the client did not end with a Sync.
-    let query = message(b'Q', b"SELECT 5\0");
-    s.write_all(&[query, sync, parse("", "SELECT 6"), message(b'!', b"")].concat())
-        .unwrap();
+    s.write_all(
+        &[
+            query("SELECT 5"),
+            sync,
+            parse("", "SELECT 6"),
+            message(b'!', b""),
+        ]
+        .concat(),
+    )
+    .unwrap();
     let reply = messages(&read_until_close(&mut s));
     assert_eq!(tags(&reply), "TDCZZ1E", "{reply:?}");
     assert!(reply[6].1.starts_with(b"SFATAL"), "{reply:?}");
@@ -850,12 +867,7 @@ async fn sql_deallocate_of_a_clients_statements_works_as_on_postgresql() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
     let mut s = login(proxy.port, &db);
     let sync = message(b'S', b"");
-    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
-    let mut ask = |m: Vec<u8>| {
-        s.write_all(&m).unwrap();
-        let reply = read_until_ready(&mut s);
-        (tags(&reply), reply)
-    };
+    let mut ask = |m: Vec<u8>| exchange(&mut s, &m);
     let name = "pdo_stmt_00000001";
     assert_eq!(
         ask([parse(name, "SELECT 1"), sync.clone()].concat()).0,
@@ -932,11 +944,7 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
     let mut s = login(proxy.port, &db);
     let sync = message(b'S', b"");
-    let mut ask = |m: Vec<u8>| {
-        s.write_all(&m).unwrap();
-        let reply = read_until_ready(&mut s);
-        (tags(&reply), reply)
-    };
+    let mut ask = |m: Vec<u8>| exchange(&mut s, &m);
     let gone = |reply: &[(u8, Vec<u8>)]| wire::error_code(&reply[0].1).as_deref() == Some("26000");
     assert_eq!(
         ask([parse("_pg3_0", "SELECT 1"), sync.clone()].concat()).0,
@@ -970,7 +978,6 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     assert_eq!(t, "12EZ", "{reply:?}");
     assert!(wire::error_code(&reply[2].1).as_deref() == Some("26000"));
     // In a transaction block the portal outlives a Sync; it ends with the transaction.
-    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     assert_eq!(ask(query("BEGIN")).0, "CZ");
     let parses = [parse("a", "SELECT 1"), parse("", "DEALLOCATE ALL")];
     let (t, reply) = ask([&parses[..], &[bind.clone(), sync.clone()]]
@@ -1025,11 +1032,7 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     assert_eq!(reply[3].1, b"DEALLOCATE\0");
     // An unnamed DEALLOCATE bound in a later batch than its Parse, as on PostgreSQL: the
     // server's answer to the Parse says whether it is still the unnamed statement.
-    let mut ask = |m: Vec<u8>| {
-        s.write_all(&m).unwrap();
-        let reply = read_until_ready(&mut s);
-        (tags(&reply), reply)
-    };
+    let mut ask = |m: Vec<u8>| exchange(&mut s, &m);
     let sync = message(b'S', b"");
     let prepare = |name: &str| {
         [
@@ -1094,15 +1097,13 @@ async fn a_deallocate_all_drops_the_clients_sql_prepared_statements_too() {
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 2");
     let mut s = login(proxy.port, &db);
     let sync = message(b'S', b"");
-    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     let mut ask = |m: Vec<u8>| {
-        s.write_all(&m).unwrap();
-        let reply = read_until_ready(&mut s);
+        let (t, reply) = exchange(&mut s, &m);
         let code = reply
             .iter()
             .find(|(t, _)| *t == b'E')
             .and_then(|(_, body)| wire::error_code(body));
-        (tags(&reply), code)
+        (t, code)
     };
     let extended = [parse("", "DEALLOCATE ALL"), bind_execute_sync("")].concat();
     for (deallocate, answer) in [(query("DEALLOCATE ALL"), "CZ"), (extended, "12CZ")] {
@@ -1131,7 +1132,6 @@ async fn a_stale_statement_prepared_again_before_the_servers_ready_for_query_is_
     // which travels with the new Parse.)
     let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
     let mut s = login(proxy.port, &db);
-    let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
     s.write_all(&query("CREATE TABLE t (a int); INSERT INTO t VALUES (1)"))
         .unwrap();
     read_until_ready(&mut s);
