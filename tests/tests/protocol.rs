@@ -1089,6 +1089,57 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     assert!(gone(&reply[9..]), "k5 is gone: {reply:?}");
 }
 
+/// Transaction mode: the portal of an extended-protocol `DEALLOCATE` the proxy answers lives
+/// as on PostgreSQL. It runs once (a second Execute is `55000`), and a Close, or for the
+/// unnamed portal a simple Query, ends it (`34000`), though the server's portal never ran.
+#[tokio::test]
+async fn a_deallocate_portal_runs_once_and_ends_as_on_postgresql() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = login(proxy.port, &db);
+    let sync = || message(b'S', b"");
+    let bind = |portal: &str, statement: &str| {
+        message(
+            b'B',
+            format!("{portal}\0{statement}\0\0\0\0\0\0\0").as_bytes(),
+        )
+    };
+    let execute = |portal: &str| message(b'E', format!("{portal}\0\0\0\0\0").as_bytes());
+    let mut ask = |m: Vec<u8>| exchange(&mut s, &m);
+    let code = |reply: &[(u8, Vec<u8>)]| wire::error_code(&reply[0].1);
+    let prepared = [parse("a", "SELECT 1"), parse("b", "SELECT 2")];
+    let deallocates = [parse("da", "DEALLOCATE a"), parse("db", "DEALLOCATE b")];
+    let setup = [&prepared[..], &deallocates[..], &[sync()]].concat();
+    assert_eq!(ask(setup.concat()).0, "1111Z");
+    assert_eq!(ask(query("BEGIN")).0, "CZ");
+    assert_eq!(ask([bind("p", "da"), sync()].concat()).0, "2Z");
+    let (t, reply) = ask([execute("p"), sync()].concat());
+    assert_eq!((t.as_str(), &reply[0].1[..]), ("CZ", &b"DEALLOCATE\0"[..]));
+    let (t, reply) = ask([execute("p"), execute(""), sync()].concat());
+    assert_eq!(t, "EZ", "run once, and the batch ends there: {reply:?}");
+    assert_eq!(code(&reply).as_deref(), Some("55000"));
+    assert!(
+        String::from_utf8_lossy(&reply[0].1).contains("portal \"p\" cannot be run"),
+        "{reply:?}"
+    );
+    assert_eq!(reply[1].1, b"E", "the transaction failed");
+    assert_eq!(ask(query("ROLLBACK")).0, "CZ");
+    // Closed, it is gone; so is the unnamed portal after a simple Query.
+    assert_eq!(ask(query("BEGIN")).0, "CZ");
+    let closed = [bind("q", "db"), message(b'C', b"Pq\0"), sync()];
+    assert_eq!(ask(closed.concat()).0, "23Z");
+    let (t, reply) = ask([execute("q"), sync()].concat());
+    assert_eq!((t.as_str(), code(&reply).as_deref()), ("EZ", Some("34000")));
+    assert_eq!(ask(query("ROLLBACK")).0, "CZ");
+    assert_eq!(ask(query("BEGIN")).0, "CZ");
+    assert_eq!(ask([bind("", "db"), sync()].concat()).0, "2Z");
+    assert_eq!(ask(query("SELECT 3")).0, "TDCZ");
+    let (t, reply) = ask([execute(""), sync()].concat());
+    assert_eq!((t.as_str(), code(&reply).as_deref()), ("EZ", Some("34000")));
+    assert_eq!(ask(query("ROLLBACK")).0, "CZ");
+    // None of those portals ran: `b` is still there.
+    assert_eq!(ask(bind_execute_sync("b")).0, "2DCZ");
+}
+
 /// Transaction mode: a SQL `PREPARE` keeps the server with the client, and a `DEALLOCATE ALL`
 /// (simple or extended) drops those statements there too, with the client's protocol-level
 /// ones, as on PostgreSQL, where both share one namespace.

@@ -23,10 +23,28 @@ struct Tracked {
     /// Query deallocate, by mark (0 or 1): a Parse's answer records its mark as the server's
     /// unnamed statement's (see `parsed_unnamed`), for a Bind in a later batch.
     marked: [Option<Deallocate>; 2],
-    /// The portal bound to a `DEALLOCATE`: its name and what it deallocates. Whether it
-    /// still exists when it runs is `Responses::deallocate_bound` (portals end with their
-    /// transaction).
-    portal: Option<(Vec<u8>, Deallocate)>,
+    /// The portal bound to a `DEALLOCATE`. Whether it still exists when it runs is
+    /// `Responses::deallocate_bound` (portals end with their transaction, a Close, or a Bind
+    /// of their name).
+    portal: Option<Portal>,
+}
+
+#[derive(Debug)]
+struct Portal {
+    name: Vec<u8>,
+    target: Deallocate,
+    /// The proxy answered its Execute. The server's portal never ran, but PostgreSQL runs a
+    /// utility statement's portal once: a second Execute gets `55000`.
+    ran: bool,
+}
+
+/// What an Execute of the portal bound to a `DEALLOCATE` does on PostgreSQL.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Execution<'a> {
+    /// Runs it: deallocates this.
+    Runs(&'a Deallocate),
+    /// Fails (`55000`, "portal ... cannot be run"): it ran already.
+    RanAlready,
 }
 
 impl ExtendedDeallocate {
@@ -72,11 +90,14 @@ impl ExtendedDeallocate {
         }
     }
 
-    /// A simple Query: it drops the unnamed statement.
+    /// A simple Query: it drops the unnamed statement, and the unnamed portal.
     pub fn query(&mut self) {
         if let Some(t) = &mut self.0 {
             t.in_batch = None;
             t.marked = [None, None];
+            if t.portal.as_ref().is_some_and(|p| p.name.is_empty()) {
+                t.portal = None;
+            }
         }
     }
 
@@ -97,27 +118,42 @@ impl ExtendedDeallocate {
     pub fn bound(&mut self, portal: &[u8], target: Option<Deallocate>) {
         match (target, &mut self.0) {
             (Some(target), slot) => {
-                slot.get_or_insert_default().portal = Some((portal.to_vec(), target));
+                slot.get_or_insert_default().portal = Some(Portal {
+                    name: portal.to_vec(),
+                    target,
+                    ran: false,
+                });
             }
-            (None, Some(t)) if t.portal.as_ref().is_some_and(|(p, ..)| p == portal) => {
+            (None, Some(t)) if t.portal.as_ref().is_some_and(|p| p.name == portal) => {
                 t.portal = None;
             }
             _ => {}
         }
     }
 
-    /// What the `Execute` message `msg` deallocates, if it runs the portal last bound to a
+    /// Whether `portal` is the one bound to a `DEALLOCATE` (a Close of it ends it).
+    pub fn is_bound(&self, portal: &[u8]) -> bool {
+        self.0
+            .as_ref()
+            .and_then(|t| t.portal.as_ref())
+            .is_some_and(|p| p.name == portal)
+    }
+
+    /// What the `Execute` message `msg` does if it runs the portal last bound to a
     /// `DEALLOCATE` (whether that portal still exists is for the caller to check).
-    pub fn executes(&self, msg: &[u8]) -> Option<&Deallocate> {
-        let (portal, target) = self.0.as_ref()?.portal.as_ref()?;
+    pub fn executes(&self, msg: &[u8]) -> Option<Execution<'_>> {
+        let portal = self.0.as_ref()?.portal.as_ref()?;
         let (name, _) = crate::protocol::frame::cstr(msg.get(5..)?)?;
-        (name == portal.as_slice()).then_some(target)
+        (name == portal.name.as_slice()).then_some(match portal.ran {
+            false => Execution::Runs(&portal.target),
+            true => Execution::RanAlready,
+        })
     }
 
     /// The portal ran (the proxy answered it).
     pub fn ran(&mut self) {
-        if let Some(t) = &mut self.0 {
-            t.portal = None;
+        if let Some(p) = self.0.as_mut().and_then(|t| t.portal.as_mut()) {
+            p.ran = true;
         }
     }
 }
@@ -147,9 +183,12 @@ mod tests {
         );
         d.bound(b"", d.unnamed_target(None));
         let name = Deallocate::Name(b"_pg3_0".to_vec());
-        assert_eq!(d.executes(&execute("")), Some(&name));
+        assert_eq!(d.executes(&execute("")), Some(Execution::Runs(&name)));
         assert_eq!(d.executes(&execute("p")), None, "another portal");
         d.ran();
+        assert_eq!(d.executes(&execute("")), Some(Execution::RanAlready));
+        // A Query drops the unnamed portal.
+        d.query();
         assert_eq!(d.executes(&execute("")), None);
         // Past a Sync, only a server's answer tells; a named statement's text is its own.
         d.batch_ended();
@@ -157,7 +196,11 @@ mod tests {
         assert_eq!(d.executes(&execute("")), None);
         let all = statements::deallocate_parsed(&parse_rest("DEALLOCATE ALL"));
         d.bound(b"p", all);
-        assert_eq!(d.executes(&execute("p")), Some(&Deallocate::All));
+        let runs_all = Some(Execution::Runs(&Deallocate::All));
+        assert_eq!(d.executes(&execute("p")), runs_all);
+        d.query();
+        assert_eq!(d.executes(&execute("p")), runs_all, "a named portal stays");
+        assert!(d.is_bound(b"p") && !d.is_bound(b""));
         d.bound(b"p", None);
         assert_eq!(d.executes(&execute("p")), None, "bound again to another");
     }

@@ -41,6 +41,8 @@ pub enum Owed {
     Describe,
     Execute,
     Close,
+    /// A client's Close of the portal bound to a `DEALLOCATE`: done, it ends it.
+    DeallocateClose,
     /// A client's named Parse of a statement the server has already (under its proxy name).
     /// The server got the same text under a reserved name (`statements::write_stand_in`),
     /// which it completes, refuses (a failed transaction, an object dropped since) or skips
@@ -197,11 +199,17 @@ impl Responses {
     /// Records a refusal: the proxy sent a stand-in in place of the client's message, and the
     /// client gets this error in its place among the server's answers.
     pub fn push_refusal(&mut self, code: &'static str, message: &str) {
+        self.push_refusal_of(code, code, message);
+    }
+
+    /// As [`push_refusal`](Self::push_refusal), for a stand-in that fails with `expected`
+    /// where the client gets `code`.
+    pub fn push_refusal_of(&mut self, expected: &'static str, code: &'static str, message: &str) {
         if self.server_skipping {
             return; // the server skips the stand-in, as PostgreSQL the refused message
         }
         backend::error(&mut self.error, backend::Severity::Error, code, message);
-        self.refusal_codes.push_back(code);
+        self.refusal_codes.push_back(expected);
         self.push(Owed::Refused);
     }
 
@@ -444,11 +452,16 @@ impl Responses {
             b'3' => match self.pop_if(|o| {
                 matches!(
                     o,
-                    Owed::Close | Owed::InjectedClose(_) | Owed::ClosedName | Owed::Hidden
+                    Owed::Close
+                        | Owed::DeallocateClose
+                        | Owed::InjectedClose(_)
+                        | Owed::ClosedName
+                        | Owed::Hidden
                 )
             }) {
                 Some(Owed::InjectedClose(_) | Owed::Hidden) => return Verdict::Swallow,
                 Some(Owed::ClosedName) => self.name_outcomes.push_back(true),
+                Some(Owed::DeallocateClose) => self.deallocate_bound = None,
                 _ => {}
             },
             b'T' | b'C' if matches!(self.queue.front(), Some(Owed::Deallocated { .. })) => {

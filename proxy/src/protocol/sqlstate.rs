@@ -16,7 +16,11 @@ pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const TOO_MANY_CONNECTIONS: &str = "53300";
 /// `42P05` duplicate_prepared_statement: a client parses a statement name it already uses.
 pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+/// `26000` invalid_sql_statement_name: a Bind or Describe of a statement the client lacks.
 pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+/// `55000` object_not_in_prerequisite_state: a second Execute of a portal that PostgreSQL
+/// runs once (a utility statement's).
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// `25P02` in_failed_sql_transaction: a statement after an error inside a transaction.
 pub const IN_FAILED_TRANSACTION: &str = "25P02";
 /// `57P01` admin_shutdown: the proxy is shutting down.

@@ -3,6 +3,7 @@
 //! needs a server (see `attach`) and is forwarded (see `forward`).
 
 use super::*;
+use crate::client::extended_deallocate::Execution;
 use crate::server::session_probe::kept;
 
 impl Session<'_> {
@@ -237,12 +238,18 @@ impl Session<'_> {
         }
         let all = match self.extended_deallocate.executes(msg) {
             None => return false,
-            Some(Deallocate::All) if self.may_hold_sql_prepared() => return false,
-            Some(Deallocate::All) => {
+            Some(Execution::RanAlready) => {
+                self.refuse_run_portal(msg);
+                return true;
+            }
+            Some(Execution::Runs(Deallocate::All)) if self.may_hold_sql_prepared() => {
+                return false;
+            }
+            Some(Execution::Runs(Deallocate::All)) => {
                 self.statements.clear();
                 true
             }
-            Some(Deallocate::Name(name)) => {
+            Some(Execution::Runs(Deallocate::Name(name))) => {
                 if !self.statements.remove(name) {
                     return false;
                 }
@@ -259,6 +266,19 @@ impl Session<'_> {
         r.push(Owed::Hidden);
         r.push(Owed::Hidden);
         true
+    }
+
+    /// A second Execute of a `DEALLOCATE` portal the proxy answered: PostgreSQL runs a
+    /// utility statement's portal once, and refuses to run it again (`55000`). The server's
+    /// portal never ran, so it gets a stand-in that fails in its place (as in
+    /// `refuse_unnamed`), and the client's messages up to its Sync are dropped.
+    fn refuse_run_portal(&mut self, msg: &[u8]) {
+        let portal = frame::cstr(&msg[5..]).map_or(&[][..], |(name, _)| name);
+        let message = format!(
+            "portal \"{}\" cannot be run",
+            String::from_utf8_lossy(portal)
+        );
+        self.refuse(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, &message);
     }
 
     /// Whether the client may have statements of its own from a SQL `PREPARE` on a server

@@ -196,7 +196,15 @@ impl Session<'_> {
                 }
                 None => {
                     out.extend_from_slice(msg);
-                    r.push(Owed::Close);
+                    // Closing the portal bound to a `DEALLOCATE` ends it once the server
+                    // answers (see `Responses::deallocate_bound`).
+                    let portal = body.strip_prefix(b"P").and_then(frame::cstr);
+                    r.push(match portal {
+                        Some((name, _)) if self.extended_deallocate.is_bound(name) => {
+                            Owed::DeallocateClose
+                        }
+                        _ => Owed::Close,
+                    });
                 }
             },
             _ => unreachable!("tags are checked before forwarding"),
@@ -210,10 +218,18 @@ impl Session<'_> {
     /// any open transaction as PostgreSQL would have, and the client gets PostgreSQL's error
     /// in its place. The client's messages up to its Sync are dropped (the server skips them).
     pub(super) fn refuse_unnamed(&mut self) {
-        self.to_server.extend_from_slice(responses::REFUSED);
         let message = "unnamed prepared statement does not exist";
-        let code = sqlstate::INVALID_SQL_STATEMENT_NAME;
-        self.responses.push_refusal(code, message);
+        self.refuse(sqlstate::INVALID_SQL_STATEMENT_NAME, message);
+    }
+
+    /// Refuses a client message with PostgreSQL's error: the server gets a stand-in that
+    /// fails in its place ([`responses::REFUSED`], `26000`), so it fails the batch and any
+    /// open transaction, and the client's messages up to its Sync are dropped.
+    pub(super) fn refuse(&mut self, code: &'static str, message: &str) {
+        self.to_server.extend_from_slice(responses::REFUSED);
+        self.responses.sent();
+        let expected = sqlstate::INVALID_SQL_STATEMENT_NAME;
+        self.responses.push_refusal_of(expected, code, message);
         self.skip_until_sync = true;
     }
 
