@@ -279,8 +279,12 @@ fn run(port: u16, db: &str, stream: &[Vec<u8>]) -> String {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // Login: up to the first ReadyForQuery (a 6-byte message at the end of the greeting).
     while !(got.len() >= 6 && got[got.len() - 6] == b'Z') {
-        let n = s.read(&mut chunk).expect("login answer");
-        assert!(n > 0, "closed during login");
+        let said = |got: &[u8]| String::from_utf8_lossy(got).into_owned();
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) => panic!("login answer on port {port}: {e} after {:?}", said(&got)),
+        };
+        assert!(n > 0, "closed during login on port {port}: {:?}", said(&got));
         got.extend_from_slice(&chunk[..n]);
     }
     got.clear();
