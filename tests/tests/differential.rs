@@ -33,11 +33,7 @@ const LONGEST: u64 = 11;
 /// same name in the same batch (the name still held its first statement). 506019, 717467:
 /// a Parse whose statement name is not UTF-8 (refused with 22021 before its text is read).
 ///
-/// Not every seed can be run: at `SWITCHYARD_DIFF_LONGEST=80`, seed 17006402 makes
-/// PostgreSQL 15.18 itself crash (signal 11, sent directly as well as through Switchyard), and
-/// the cluster restarts under every stream that runs then. Its core: `BEGIN`, `DISCARD ALL`
-/// (refused in a block), `SELECT 1; SELECT 2` (refused, the transaction failed), then an
-/// `Execute` of the unnamed portal.
+/// Streams that make PostgreSQL itself crash are left out (see [`crashes_postgresql`]).
 const FOUND: &[u64] = &[100441, 506019, 717467];
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -284,7 +280,11 @@ fn run(port: u16, db: &str, stream: &[Vec<u8>]) -> String {
             Ok(n) => n,
             Err(e) => panic!("login answer on port {port}: {e} after {:?}", said(&got)),
         };
-        assert!(n > 0, "closed during login on port {port}: {:?}", said(&got));
+        assert!(
+            n > 0,
+            "closed during login on port {port}: {:?}",
+            said(&got)
+        );
         got.extend_from_slice(&chunk[..n]);
     }
     got.clear();
@@ -327,6 +327,27 @@ fn answered_42(got: &[u8]) -> bool {
             && w[1] == (b'C', &b"SELECT 1\0"[..])
             && w[2].0 == b'Z'
     })
+}
+
+/// Whether `stream` holds what makes PostgreSQL 15.18 itself crash (signal 11, sent directly
+/// as well as through Switchyard; every session of the cluster is ended): a simple-query
+/// `DISCARD ALL` (refused in a transaction block), later a Query of several statements
+/// (refused: the transaction failed), later an Execute of the unnamed portal. Such a stream
+/// cannot be compared, and the crash would fail the streams of the other clients running then:
+/// it is left out. (Seed 17006402 at up to 80 messages; others near seeds 28,000,000 at up to
+/// 150 and 30,000,000 at up to 60.)
+fn crashes_postgresql(stream: &[Vec<u8>]) -> bool {
+    let query = |m: &[u8], text: &[u8]| m[0] == b'Q' && m.windows(text.len()).any(|w| w == text);
+    let mut step = 0;
+    for m in stream {
+        step = match step {
+            0 if query(m, b"DISCARD ALL") => 1,
+            1 if query(m, b"; ") => 2,
+            2 if m[0] == b'E' && m.get(5) == Some(&0) => return true,
+            _ => step,
+        };
+    }
+    false
 }
 
 /// Statement mode answers as PostgreSQL until a transaction block opens, then refuses it:
@@ -385,6 +406,9 @@ fn differential(mode: &str) {
                     let stream: Vec<_> = (0..1 + r.below(longest))
                         .map(|_| random_message(&mut r))
                         .collect();
+                    if crashes_postgresql(&stream) {
+                        continue;
+                    }
                     if let Some(dir) = &dump {
                         // For replay by hand, message by message.
                         let _ = std::fs::write(format!("{dir}/seed-{seed}.bin"), stream.concat());

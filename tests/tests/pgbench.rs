@@ -29,6 +29,23 @@ fn transaction_mode_simple_and_extended() {
     assert_eq!((done, failed), (10_000, 0));
 }
 
+/// `-M prepared` in transaction mode: named statements that every client prepares once and
+/// runs on whichever server its transaction gets (the proxy prepares them there as needed).
+/// One pgbench thread per client: pgbench prepares a statement with a blocking call, so with
+/// more clients than servers per thread, a client waiting for a server would stop the thread
+/// that the clients holding the servers need (with PgBouncer too).
+#[test]
+fn transaction_mode_prepared() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 4");
+    let (done, failed) = proxy.pgbench(&db, &["-M", "prepared", "-c", "8", "-j", "8", "-t", "200"]);
+    assert_eq!((done, failed), (1600, 0));
+    let (done, failed) = proxy.pgbench(
+        &db,
+        &["-S", "-M", "prepared", "-c", "8", "-j", "8", "-t", "500"],
+    );
+    assert_eq!((done, failed), (4000, 0));
+}
+
 #[test]
 fn statement_mode_select_only() {
     let (db, proxy) = setup("pool_mode = \"statement\"\npool_size = 4");
