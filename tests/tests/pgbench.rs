@@ -54,6 +54,12 @@ fn statement_mode_select_only() {
             proxy.pgbench(&db, &["-S", "-M", mode, "-c", "10", "-j", "2", "-t", "300"]);
         assert_eq!((done, failed), (3000, 0), "{mode}");
     }
+    // Named statements too (one thread per client: see `transaction_mode_prepared`).
+    let (done, failed) = proxy.pgbench(
+        &db,
+        &["-S", "-M", "prepared", "-c", "8", "-j", "8", "-t", "300"],
+    );
+    assert_eq!((done, failed), (2400, 0));
 }
 
 #[test]
