@@ -329,23 +329,34 @@ fn answered_42(got: &[u8]) -> bool {
     })
 }
 
-/// Whether `stream` holds what makes PostgreSQL 15.18 itself crash (signal 11, sent directly
-/// as well as through Switchyard; every session of the cluster is ended): a simple-query
-/// `DISCARD ALL` (refused in a transaction block), later a Query of several statements
-/// (refused: the transaction failed), later an Execute of the unnamed portal. Such a stream
-/// cannot be compared, and the crash would fail the streams of the other clients running then:
-/// it is left out. (Seed 17006402 at up to 80 messages; others near seeds 28,000,000 at up to
-/// 150 and 30,000,000 at up to 60.)
+/// Whether `stream` may make PostgreSQL 15.18 itself crash (signal 11, sent directly as well
+/// as through Switchyard; every session of the cluster is ended): an Execute of the unnamed
+/// portal when the last message to make one was a simple Query, in a stream that may open a
+/// transaction block. A Query that fails in a block leaves its unnamed portal behind, failed,
+/// with parts freed after the Query; an Execute of it reads freed memory, and crashes when
+/// that was reused. It happens now and then, for instance after `BEGIN`, `DISCARD ALL`
+/// (refused in a block), `SELECT 1; SELECT 2` (refused, the transaction failed); also after a
+/// failed `CLOSE`. Such a stream cannot be compared, and the crash would fail the streams of
+/// the other clients running then: it is left out (about 2 % of the streams at the default
+/// length, a fifth at up to 40 messages). Seed 17006402 at up to 80 messages crashed it, and
+/// others near seeds 28,000,000, 30,000,000 and 31,000,000 at up to 150, 60 and 40.
 fn crashes_postgresql(stream: &[Vec<u8>]) -> bool {
-    let query = |m: &[u8], text: &[u8]| m[0] == b'Q' && m.windows(text.len()).any(|w| w == text);
-    let mut step = 0;
+    let opens_block = |m: &[u8]| {
+        matches!(m[0], b'Q' | b'P')
+            && [&b"BEGIN"[..], b"START", b"CHAIN"]
+                .iter()
+                .any(|w| m.windows(w.len()).any(|x| x == *w))
+    };
+    let (mut block, mut after_query) = (false, false);
     for m in stream {
-        step = match step {
-            0 if query(m, b"DISCARD ALL") => 1,
-            1 if query(m, b"; ") => 2,
-            2 if m[0] == b'E' && m.get(5) == Some(&0) => return true,
-            _ => step,
-        };
+        block |= opens_block(m);
+        let unnamed_portal = m.get(5) == Some(&0);
+        match m[0] {
+            b'Q' => after_query = true,
+            b'B' if unnamed_portal => after_query = false,
+            b'E' if unnamed_portal && after_query && block => return true,
+            _ => {}
+        }
     }
     false
 }
@@ -406,12 +417,12 @@ fn differential(mode: &str) {
                     let stream: Vec<_> = (0..1 + r.below(longest))
                         .map(|_| random_message(&mut r))
                         .collect();
-                    if crashes_postgresql(&stream) {
-                        continue;
-                    }
                     if let Some(dir) = &dump {
                         // For replay by hand, message by message.
                         let _ = std::fs::write(format!("{dir}/seed-{seed}.bin"), stream.concat());
+                    }
+                    if crashes_postgresql(&stream) {
+                        continue;
                     }
                     let through = run(port, &db, &stream);
                     let expected = run(direct, &db, &stream);
