@@ -1089,6 +1089,35 @@ async fn an_extended_protocol_deallocate_works_as_on_postgresql() {
     assert!(gone(&reply[9..]), "k5 is gone: {reply:?}");
 }
 
+/// Transaction mode: a Close of a name sent while an earlier Close of it is unanswered closes
+/// what that one leaves: the earlier skipped after an error (the statement is still there),
+/// the later done, the name is gone, as on PostgreSQL (seed 28002963).
+#[tokio::test]
+async fn a_second_close_of_a_name_closes_what_a_skipped_first_one_left() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = login(proxy.port, &db);
+    let sync = || message(b'S', b"");
+    assert_eq!(
+        exchange(&mut s, &[parse("s2", "SELECT 1"), sync()].concat()).0,
+        "1Z"
+    );
+    // All in one write: the second Close is sent before the answers to the first batch.
+    let bad_describe = message(b'D', b"Xs2\0");
+    let close = message(b'C', b"Ss2\0");
+    let pipeline = [
+        bad_describe,
+        close.clone(),
+        sync(),
+        close,
+        sync(),
+        bind_execute_sync("s2"),
+    ];
+    s.write_all(&pipeline.concat()).unwrap();
+    let reply = read_readies(&mut s, 3);
+    assert_eq!(tags(&reply), "EZ3ZEZ", "{reply:?}");
+    assert_eq!(wire::error_code(&reply[4].1).as_deref(), Some("26000"));
+}
+
 /// Transaction mode: the portal of an extended-protocol `DEALLOCATE` the proxy answers lives
 /// as on PostgreSQL. It runs once (a second Execute is `55000`), and a Close, or for the
 /// unnamed portal a simple Query, ends it (`34000`), though the server's portal never ran.

@@ -68,17 +68,25 @@ impl PendingNames {
                 }
             }
             Some(Pending::Close(name, Some(statement))) if !done => {
+                let mut statement = Some(statement);
                 for later in self.queue.iter_mut() {
                     match later {
                         Pending::Parse(n, frees) if *n == name => {
                             *frees = false;
                             break;
                         }
-                        Pending::Close(n, _) if *n == name => break,
+                        // A later Close of the name was sent while this one was pending, so
+                        // it took nothing: the statement is what it closes (or puts back).
+                        Pending::Close(n, taken) if *n == name => {
+                            *taken = statement.take();
+                            break;
+                        }
                         _ => {}
                     }
                 }
-                statements.put_back(name, statement)
+                if let Some(statement) = statement {
+                    statements.put_back(name, statement)
+                }
             }
             _ => {}
         }
@@ -130,6 +138,29 @@ impl PendingNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_sent_while_a_close_of_the_name_is_pending_closes_what_that_one_left() {
+        // Close a (skipped after an error), then in a later batch Close a (done): gone.
+        for (second_done, left) in [(true, false), (false, true)] {
+            let mut st = Statements::default();
+            let mut p = PendingNames::default();
+            st.insert(b"a", b"SELECT 1\0\0\0");
+            let taken = st.take(b"a");
+            p.close(b"a", taken);
+            let taken = st.take(b"a");
+            assert!(taken.is_none(), "the first Close took it");
+            p.close(b"a", taken);
+            p.settle(false, &mut st);
+            p.settle(second_done, &mut st);
+            assert!(p.is_empty());
+            assert_eq!(
+                st.get(b"a").is_some(),
+                left,
+                "second Close done: {second_done}"
+            );
+        }
+    }
 
     #[test]
     fn a_discard_keeps_what_a_skipped_close_took_when_it_was_parsed_after_the_discard() {
