@@ -332,3 +332,127 @@ async fn a_pause_while_a_client_waits_for_a_stopped_server_answers_and_resume_se
         .unwrap()
         .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log()));
 }
+
+/// Sends `signal` to the primary's postmaster (the first line of its `postmaster.pid`).
+fn signal_postmaster(c: &Cluster, signal: i32) {
+    let pidfile = c.primary.datadir.join("postmaster.pid");
+    let text = std::fs::read_to_string(&pidfile).unwrap();
+    let pid: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) with a process id read from the server's own pid file.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill {pid}");
+}
+
+/// Lets a stopped postmaster go on, also when the test fails.
+struct Continue(&'static Cluster);
+
+impl Drop for Continue {
+    fn drop(&mut self) {
+        signal_postmaster(self.0, libc::SIGCONT);
+    }
+}
+
+#[tokio::test]
+async fn a_client_whose_connect_times_out_is_served_by_a_connection_that_comes_free() {
+    let c = cluster();
+    register_stop_at_exit();
+    let _turn = TURN.lock().await;
+    let db = unique_name("stalled_login");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start(
+        "connect_timeout_ms = 500\ncheckout_timeout_ms = 5000",
+        &trust_pool(c, &db, "pool_mode = \"transaction\"\npool_size = 2"),
+    );
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let waiter = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    // The pool's one open connection, held in a transaction.
+    holder.batch_execute("BEGIN").await.unwrap();
+    let held: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // A stalled postmaster: the kernel completes the TCP handshake, nobody answers the
+    // login, so every new connection times out; the running backends go on serving.
+    signal_postmaster(c, libc::SIGSTOP);
+    let _continue = Continue(c);
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    });
+    // Past two connect timeouts: the waiter's connects have failed, it is still waiting.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the client waits while the pool has another connection\n{}",
+        proxy.log()
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let pid = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("served once the connection came free\n{}", proxy.log()))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log()));
+    assert_eq!(pid, held, "served by the connection that came free");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_slow_connect_takes_the_first_connection_given_back() {
+    let c = cluster();
+    register_stop_at_exit();
+    let _turn = TURN.lock().await;
+    let db = unique_name("slow_login");
+    c.create_database(&db, roles::TRUST);
+    let proxy = Proxy::start(
+        "connect_timeout_ms = 4000\ncheckout_timeout_ms = 10000",
+        &trust_pool(c, &db, "pool_mode = \"transaction\"\npool_size = 2"),
+    );
+    let holder = proxy.connect(roles::TRUST, None, &db).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..2 {
+        waiters.push(proxy.connect(roles::TRUST, None, &db).await.unwrap());
+    }
+    holder.batch_execute("BEGIN").await.unwrap();
+    let held: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    signal_postmaster(c, libc::SIGSTOP);
+    let _continue = Continue(c);
+    // The first waiter takes the pool's second slot and connects (stalled); the second waits
+    // in line for a slot.
+    let mut running = Vec::new();
+    for waiter in waiters {
+        running.push(tokio::spawn(async move {
+            let pid = waiter
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map(|r| r.get::<_, i32>(0));
+            (pid, Instant::now())
+        }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let given_back = Instant::now();
+    holder.batch_execute("COMMIT").await.unwrap();
+    // Both are served by the one connection, one after the other, long before the stalled
+    // connects would time out (4 s).
+    for (i, r) in running.into_iter().enumerate() {
+        let (pid, at) = tokio::time::timeout(Duration::from_secs(10), r)
+            .await
+            .expect("answered")
+            .unwrap();
+        let pid = pid.unwrap_or_else(|e| panic!("waiter {i}: {e:?}\n{}", proxy.log()));
+        assert_eq!(pid, held, "waiter {i} used the connection given back");
+        let after = at - given_back;
+        assert!(
+            after < Duration::from_millis(1500),
+            "waiter {i} served {after:?} after the connection came free\n{}",
+            proxy.log()
+        );
+    }
+}

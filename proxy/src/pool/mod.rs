@@ -5,6 +5,7 @@
 //! picks among them. A `ServerPool` hands out logged-in connections, at most `pool_size` at once.
 
 mod backends;
+mod handoff;
 mod reaper;
 mod server_cap;
 mod server_pool;

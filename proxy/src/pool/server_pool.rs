@@ -11,6 +11,7 @@
 //! retires its pool ([`ServerPool::retire`]): the idle connections close at once, those in use
 //! when their transaction ends, and checkouts still queued there are told to route again.
 
+use super::handoff::{Handoff, SLOW_CONNECT};
 use super::server_cap::{CapKind, CapTicket, ConnCaps, Room};
 use super::slots::{Expired, Slots, WaitTotal};
 use super::PoolTimeouts;
@@ -106,6 +107,8 @@ pub struct ServerPool {
     /// the database's other users' pools, and its login's `max_user_connections`, shared with
     /// the login's pools of other databases and servers.
     caps: ConnCaps,
+    /// Checkouts whose connect is slow, waiting also for a connection given back.
+    handoff: Handoff,
 }
 
 /// A checked-out connection, with the pool it came from (which holds its slot). Dropping it
@@ -135,9 +138,58 @@ impl Pooled {
     /// Gives a slot its connection: a sound idle one, else a new one (once the caps leave
     /// room). On an error the slot stays held, without a connection.
     async fn fill(&mut self) -> Result<(), CheckoutError> {
-        let conn = match self.pool.sound_idle() {
-            Some(conn) => conn,
-            None => Box::pin(self.pool.clone().open_under_cap()).await?,
+        match self.pool.sound_idle() {
+            Some(conn) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            None => Box::pin(self.open_or_take_freed()).await,
+        }
+    }
+
+    /// Opens a connection for this slot. When the connect is slow, the first of the pool's
+    /// connections given back meanwhile is taken instead, and the connect goes on by itself
+    /// (see `handoff`). On an error the slot stays held, without a connection.
+    async fn open_or_take_freed(&mut self) -> Result<(), CheckoutError> {
+        let pool = self.pool.clone();
+        let mut open = Box::pin(pool.clone().open_under_cap());
+        let slow = tokio::select! {
+            opened = &mut open => {
+                self.conn = Some(opened?);
+                return Ok(());
+            }
+            () = tokio::time::sleep(SLOW_CONNECT) => pool.handoff.wait(),
+        };
+        let mut waiter = slow;
+        // One that went idle just before this checkout joined the queue is taken too.
+        let first = match pool.sound_idle() {
+            Some(idle) => Err(idle),
+            None => tokio::select! {
+                opened = &mut open => Ok(opened),
+                handed = waiter.handed() => Err(handed),
+            },
+        };
+        let conn = match (first, waiter.leave()) {
+            (Ok(Ok(opened)), handed) => {
+                if let Some(handed) = handed {
+                    pool.put_back(handed);
+                }
+                opened
+            }
+            (Ok(Err(_)), Some(handed)) => handed,
+            (Ok(Err(e)), None) => return Err(e),
+            (Err(handed), also) => {
+                if let Some(also) = also {
+                    pool.put_back(also);
+                }
+                let joins = pool.clone();
+                tokio::spawn(async move {
+                    if let Ok(conn) = open.await {
+                        joins.keep_if_room(conn);
+                    }
+                });
+                handed
+            }
         };
         self.conn = Some(conn);
         Ok(())
@@ -204,6 +256,7 @@ impl ServerPool {
             generation: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             caps: ConnCaps::default(),
+            handoff: Handoff::default(),
         }
     }
 
@@ -286,12 +339,11 @@ impl ServerPool {
         // The fast path is written out (no nested futures): it runs for every transaction.
         let taken = self.slots.take(self.timeouts.checkout()).await;
         let mut pooled = self.held(taken)?;
-        let conn = match pooled.pool.sound_idle() {
-            Some(conn) => conn,
+        match pooled.pool.sound_idle() {
+            Some(conn) => pooled.conn = Some(conn),
             // Rare: boxed, so its large login state is not part of every session's future.
-            None => Box::pin(pooled.pool.clone().open_under_cap()).await?,
-        };
-        pooled.conn = Some(conn);
+            None => Box::pin(pooled.open_or_take_freed()).await?,
+        }
         Ok(pooled)
     }
 
@@ -414,27 +466,51 @@ impl ServerPool {
         let left = || until.saturating_duration_since(Instant::now());
         let mut pooled = self.clone().slot(left()).await?;
         loop {
-            match pooled.fill().await {
+            let failed = match pooled.fill().await {
                 Ok(()) => return Ok(pooled),
+                // The slot held here counts as one in use: others are open beyond it.
                 Err(CheckoutError::Connect(e))
-                    if e.passing() && Instant::now() + RIDE_OUT_RETRY < until =>
+                    if self.worth_waiting_after(&e, 1)
+                        && Instant::now() + RIDE_OUT_RETRY < until =>
                 {
                     tracing::debug!(server = %self.name, error = %e, "waiting for the server");
                     tokio::time::sleep(RIDE_OUT_RETRY).await;
+                    e
                 }
                 Err(e) => return Err(e),
-            }
+            };
             // A `PAUSE` or a reload meanwhile is met as a new checkout meets it: the slot goes
             // back, and the next take waits for `RESUME` or answers that the server is retired.
-            if self.slots.is_paused() || self.retired.load(Ordering::Relaxed) {
+            // A client that waits only for the pool's other connections (its connect timed
+            // out) gives its slot back too: a client that gives a connection back hands its
+            // slot, with the connection, to the next in line, where this one now stands.
+            let for_others = !failed.passing() && self.open_count() > 1;
+            if self.slots.is_paused() || self.retired.load(Ordering::Relaxed) || for_others {
                 drop(pooled);
-                pooled = self.clone().slot(left()).await?;
+                pooled = match self.clone().slot(left()).await {
+                    Ok(p) => p,
+                    // Out of time in line: the connect's failure says more than "exhausted".
+                    Err(CheckoutError::Exhausted { .. }) => {
+                        return Err(CheckoutError::Connect(failed))
+                    }
+                    Err(e) => return Err(e),
+                };
             }
         }
     }
 
+    /// Whether a client whose connect failed with `e` should wait and try again rather than
+    /// fail: the failure may pass by itself ([`ConnectError::passing`]), or the connect timed
+    /// out while the pool has other connections open (more than `held`, the slots the caller
+    /// itself holds), one of which may come free meanwhile. A server slow to let one more
+    /// connection in (a stalled postmaster, a full listen queue that drops the handshake)
+    /// then costs that client a wait, not an error, as the others go on working.
+    pub fn worth_waiting_after(&self, e: &ConnectError, held: usize) -> bool {
+        e.passing() || (matches!(e, ConnectError::Timeout(_)) && self.open_count() > held)
+    }
+
     /// Puts a connection back on the idle list (see [`Pooled::checkin`]).
-    fn put_back(&self, mut conn: Box<ServerConn>) {
+    fn put_back(&self, conn: Box<ServerConn>) {
         let now = crate::clock::now_ms();
         if conn.retire_at_ms.is_some_and(|t| now >= t)
             || conn.key.cancel_pending()
@@ -444,11 +520,25 @@ impl ServerPool {
             conn.terminate();
             return;
         }
+        // A checkout whose connect is slow takes it first (see `handoff`).
+        let Some(mut conn) = self.handoff.offer(conn) else {
+            return;
+        };
         conn.idle_since_ms = now;
         let home = conn.home;
         self.shard(home).push(conn);
         self.caps.connection_idle();
         super::reaper::connection_idle();
+    }
+
+    /// A connection opened for a checkout that took one given back meanwhile (`handoff`):
+    /// kept if the pool has room for it under `pool_size`, else closed.
+    fn keep_if_room(&self, conn: Box<ServerConn>) {
+        if self.open_count() < self.size as usize {
+            self.put_back(conn);
+        } else {
+            conn.terminate();
+        }
     }
 
     /// Closes idle connections past their idle timeout or lifetime; returns how many.

@@ -23,8 +23,9 @@ impl Session<'_> {
         let pool = self.pool.clone();
         // A server that refuses a connection is marked unhealthy, which takes it out of the
         // policies' candidates: route again. When a route repeats a server that failed there
-        // is no other: if it failed for a passing reason (a restart), wait for it within
-        // checkout_timeout_ms, trying again (`ride_out`); else fail.
+        // is no other: if it failed for a passing reason (a restart), or timed out while its
+        // pool has other connections open, wait for it within checkout_timeout_ms, trying
+        // again or taking a connection that comes free (`checkout_riding_out`); else fail.
         let mut failed = 0u64;
         let mut last_error: Option<(&str, String)> = None;
         // Every failure so far was a passing one.
@@ -104,7 +105,11 @@ impl Session<'_> {
             match checked_out {
                 Ok(conn) => break (conn, false),
                 Err(CheckoutError::Connect(e)) if bit != 0 => {
-                    passing &= e.passing();
+                    // `server` went into the checkout: the same list finds it again by its
+                    // bit (a reload meanwhile would at worst misjudge this one wait).
+                    let backends = pool.backends.load();
+                    let worth = backends.servers.get(bit.trailing_zeros() as usize);
+                    passing &= worth.is_some_and(|s| s.worth_waiting_after(&e, 0));
                     failed |= bit;
                     last_error = Some(checkout_error(&pool, CheckoutError::Connect(e)));
                 }
