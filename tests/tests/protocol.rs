@@ -1247,3 +1247,43 @@ async fn a_stale_statement_prepared_again_before_the_servers_ready_for_query_is_
     // Two columns now: the DataRow holds a count of 2.
     assert_eq!(&again[4].1[..2], &2i16.to_be_bytes(), "{again:?}");
 }
+
+/// Transaction mode: a client's statement is prepared on a server connection when first used
+/// there. Inside a failed transaction the server refuses that Parse (`25P02`, as PostgreSQL
+/// refuses the Bind), and a Bind of the same statement pipelined in a later batch, sent before
+/// that answer came, gets the same error, not the server's `26000` about the proxy's own name
+/// for the statement (seed 32043795).
+#[tokio::test]
+async fn a_statement_refused_in_a_failed_transaction_is_refused_alike_when_pipelined() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 2");
+    let mut client = login(proxy.port, &db);
+    let mut holder = login(proxy.port, &db);
+    let sync = || message(b'S', b"");
+    assert_eq!(
+        exchange(&mut client, &[parse("s", "SELECT 1"), sync()].concat()).0,
+        "1Z"
+    );
+    // The server connection that has `s` (the one given back last) is held elsewhere, so the
+    // client's next transaction runs on another.
+    assert_eq!(exchange(&mut holder, &query("BEGIN; SELECT 1")).0, "CTDCZ");
+    let pipeline = [
+        query("BEGIN"),
+        query("SELECT 1/0"),
+        bind_execute_sync("s"),
+        bind_execute_sync("s"),
+    ];
+    client.write_all(&pipeline.concat()).unwrap();
+    let reply = read_readies(&mut client, 4);
+    assert_eq!(tags(&reply), "CZEZEZEZ", "{reply:?}");
+    for i in [4, 6] {
+        assert_eq!(
+            wire::error_code(&reply[i].1).as_deref(),
+            Some("25P02"),
+            "{}",
+            String::from_utf8_lossy(&reply[i].1)
+        );
+    }
+    assert_eq!(exchange(&mut client, &query("ROLLBACK")).0, "CZ");
+    assert_eq!(exchange(&mut client, &bind_execute_sync("s")).0, "2DCZ");
+    assert_eq!(exchange(&mut holder, &query("COMMIT")).0, "CZ");
+}

@@ -10,7 +10,7 @@ mod queued;
 mod responses;
 mod session;
 mod session_sql;
-mod statements;
+pub(crate) mod statements;
 mod transaction_block;
 
 pub use params::ClientParams;

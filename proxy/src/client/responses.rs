@@ -96,6 +96,9 @@ pub enum Verdict {
     Replace,
     /// Swallow it and send the client a CommandComplete with this command tag instead.
     Complete(&'static str),
+    /// Swallow it (a `26000` naming the proxy's name for a statement) and send the client the
+    /// error the server gave that statement's Parse instead ([`PreparedSet::refusal_for`]).
+    Reword,
 }
 
 /// The stand-in of a `DEALLOCATE` the proxy answers (see `Owed::Deallocated`): a simple Query
@@ -404,8 +407,18 @@ impl Responses {
                         // PostgreSQL dropped the old unnamed statement before it failed.
                         self.unnamed_owner_update = u64::MAX;
                     }
+                    if let Owed::InjectedParse(h) = o {
+                        prepared.refused(h, backend::whole(b'E', body));
+                    }
+                    let reworded = matches!(o, Owed::Bind | Owed::Describe)
+                        && has_code(body, "26000")
+                        && backend::error_field(body, b'M')
+                            .is_some_and(|m| prepared.refusal_for(m).is_some());
                     self.unanswered(o, prepared);
                     self.skip_to_sync(prepared);
+                    if reworded {
+                        return Verdict::Reword;
+                    }
                 }
             },
             b'G' => {

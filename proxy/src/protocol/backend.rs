@@ -194,6 +194,16 @@ pub fn query(buf: &mut BytesMut, sql: &str) {
     message(buf, b'Q', |b| put_cstr(b, sql.as_bytes()));
 }
 
+/// A whole message from its tag and body, in a buffer of its own (for messages kept aside,
+/// off the query path).
+pub fn whole(tag: u8, body: &[u8]) -> BytesMut {
+    let mut m = BytesMut::with_capacity(5 + body.len());
+    m.extend_from_slice(&[tag]);
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
 /// One field of an ErrorResponse (or NoticeResponse) body.
 pub fn error_field(mut fields: &[u8], want: u8) -> Option<&[u8]> {
     while let Some((&kind, rest)) = fields.split_first() {

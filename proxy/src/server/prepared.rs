@@ -10,6 +10,7 @@
 //! transaction. So a *batch* starts when a message goes to a server that is quiet and outside
 //! a transaction, and statements used since then are never evicted.
 
+use bytes::BytesMut;
 use std::collections::HashMap;
 
 /// The statements on one connection, with when each was last used.
@@ -20,6 +21,9 @@ pub struct PreparedSet {
     tick: u64,
     /// Uses at or after this tick belong to the current batch.
     batch_start: u64,
+    /// The last statement whose Parse the proxy added and the server refused, with the
+    /// server's ErrorResponse (see [`PreparedSet::refused`]).
+    refused: Option<(u64, BytesMut)>,
 }
 
 impl PreparedSet {
@@ -56,6 +60,27 @@ impl PreparedSet {
     /// happen).
     pub fn restore(&mut self, hash: u64) {
         self.last_use.entry(hash).or_insert(0);
+    }
+
+    /// The server refused the Parse the proxy added for a client's statement (`error`, a whole
+    /// ErrorResponse): inside a failed transaction (`25P02`), or for an object dropped since.
+    /// A Bind or Describe of it that went out in a later batch before this answer came, as if
+    /// the statement were there, gets `26000` naming the proxy's name for it; the client,
+    /// whose statement PostgreSQL would have, gets this error instead
+    /// ([`PreparedSet::refusal_for`]).
+    pub fn refused(&mut self, hash: u64, error: BytesMut) {
+        self.refused = Some((hash, error));
+    }
+
+    /// The error to give in place of a server's `26000` whose message (`message`, the `M`
+    /// field) names the statement last refused, if it does.
+    pub fn refusal_for(&self, message: &[u8]) -> Option<&[u8]> {
+        let (hash, error) = self.refused.as_ref()?;
+        let name = crate::client::statements::server_name(*hash);
+        let named = message
+            .windows(name.len() + 2)
+            .any(|w| w[0] == b'"' && w[w.len() - 1] == b'"' && w[1..w.len() - 1] == name[..]);
+        named.then_some(&error[..])
     }
 
     /// The server dropped all its prepared statements (`DISCARD ALL`, `DEALLOCATE ALL`).
@@ -96,6 +121,30 @@ impl PreparedSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_statement_is_known_by_its_server_name_only() {
+        let mut p = PreparedSet::default();
+        let name = |h| String::from_utf8(crate::client::statements::server_name(h).to_vec());
+        let message = |h| format!("prepared statement \"{}\" does not exist", name(h).unwrap());
+        assert_eq!(
+            p.refusal_for(message(7).as_bytes()),
+            None,
+            "nothing refused"
+        );
+        p.refused(7, BytesMut::from(&b"E-the-error"[..]));
+        assert_eq!(
+            p.refusal_for(message(7).as_bytes()),
+            Some(&b"E-the-error"[..])
+        );
+        assert_eq!(
+            p.refusal_for(message(8).as_bytes()),
+            None,
+            "another statement"
+        );
+        let bare = name(7).unwrap();
+        assert_eq!(p.refusal_for(bare.as_bytes()), None, "a quoted name only");
+    }
 
     #[test]
     fn the_least_recently_used_goes_first() {

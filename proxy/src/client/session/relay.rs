@@ -118,6 +118,14 @@ impl Session<'_> {
                     r.take_refusal(out);
                     from = pos + f.total;
                 }
+                Verdict::Reword => {
+                    out.extend_from_slice(&buf[from..pos]);
+                    let message = backend::error_field(body, b'M').unwrap_or_default();
+                    let own = &buf[pos..pos + f.total];
+                    let instead = conn.prepared.refusal_for(message).unwrap_or(own);
+                    out.extend_from_slice(instead);
+                    from = pos + f.total;
+                }
                 Verdict::Complete(command) => {
                     out.extend_from_slice(&buf[from..pos]);
                     backend::command_complete(out, command);
