@@ -1252,20 +1252,48 @@ async fn a_stale_statement_prepared_again_before_the_servers_ready_for_query_is_
 /// there. Inside a failed transaction the server refuses that Parse (`25P02`, as PostgreSQL
 /// refuses the Bind), and a Bind of the same statement pipelined in a later batch, sent before
 /// that answer came, gets the same error, not the server's `26000` about the proxy's own name
-/// for the statement (seed 32043795).
+/// for the statement; a Bind with too few values gets `08P01` as on PostgreSQL, which checks
+/// the count first (seed 32043795).
 #[tokio::test]
 async fn a_statement_refused_in_a_failed_transaction_is_refused_alike_when_pipelined() {
-    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 2");
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 3");
     let mut client = login(proxy.port, &db);
-    let mut holder = login(proxy.port, &db);
-    let sync = || message(b'S', b"");
-    assert_eq!(
-        exchange(&mut client, &[parse("s", "SELECT 1"), sync()].concat()).0,
-        "1Z"
-    );
-    // The server connection that has `s` (the one given back last) is held elsewhere, so the
-    // client's next transaction runs on another.
-    assert_eq!(exchange(&mut holder, &query("BEGIN; SELECT 1")).0, "CTDCZ");
+    // The backend pid in a reply to `SELECT pg_backend_pid()`.
+    let pid = |reply: &[(u8, Vec<u8>)]| {
+        let row = &reply.iter().find(|(t, _)| *t == b'D').expect("a row").1;
+        String::from_utf8_lossy(&row[6..]).into_owned()
+    };
+    let typed = message(b'P', b"t\0SELECT $1::int\0\0\x01\0\0\0\x17");
+    let prepare = [
+        query("BEGIN"),
+        parse("s", "SELECT 1"),
+        typed,
+        message(b'S', b""),
+        query("SELECT pg_backend_pid()"),
+        query("COMMIT"),
+    ];
+    client.write_all(&prepare.concat()).unwrap();
+    let reply = read_readies(&mut client, 4);
+    assert_eq!(tags(&reply), "CZ11ZTDCZCZ", "{reply:?}");
+    let has_them = pid(&reply);
+    // Clients take the pool's connections until one holds the one that has `s` and `t`; the
+    // others give theirs back, so the client's next transaction runs on one without them.
+    let mut holders = Vec::new();
+    loop {
+        let mut holder = login(proxy.port, &db);
+        let (t, reply) = exchange(&mut holder, &query("BEGIN; SELECT pg_backend_pid()"));
+        assert_eq!(t, "CTDCZ");
+        let found = pid(&reply) == has_them;
+        holders.push(holder);
+        if found {
+            break;
+        }
+        assert!(holders.len() < 3, "one of three holds it");
+    }
+    let mut holder = holders.pop().expect("the one that holds it");
+    for mut other in holders {
+        assert_eq!(exchange(&mut other, &query("COMMIT")).0, "CZ");
+    }
     let pipeline = [
         query("BEGIN"),
         query("SELECT 1/0"),
@@ -1283,6 +1311,17 @@ async fn a_statement_refused_in_a_failed_transaction_is_refused_alike_when_pipel
             String::from_utf8_lossy(&reply[i].1)
         );
     }
+    // A Bind with fewer values than the statement's declared types: PostgreSQL checks the
+    // count first, in a failed transaction too.
+    let (t, reply) = exchange(&mut client, &bind_execute_sync("t"));
+    assert_eq!(t, "EZ");
+    assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("08P01"));
+    assert!(
+        String::from_utf8_lossy(&reply[0].1).contains(
+            "bind message supplies 0 parameters, but prepared statement \"t\" requires 1"
+        ),
+        "{reply:?}"
+    );
     assert_eq!(exchange(&mut client, &query("ROLLBACK")).0, "CZ");
     assert_eq!(exchange(&mut client, &bind_execute_sync("s")).0, "2DCZ");
     assert_eq!(exchange(&mut holder, &query("COMMIT")).0, "CZ");

@@ -7,6 +7,7 @@
 //! connection. Before a `Bind` or `Describe` the proxy parses the statement on the current server
 //! if it is missing there; a `Close` only forgets the client's name.
 
+use crate::protocol::frame;
 use bytes::{BufMut, BytesMut};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
@@ -175,6 +176,25 @@ fn with_length(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// The parameter types a Parse declares (the rest of the message after its name).
+pub fn declared_params(parse_rest: &[u8]) -> Option<u16> {
+    let (_, after) = frame::cstr(parse_rest)?;
+    Some(u16::from_be_bytes([*after.first()?, *after.get(1)?]))
+}
+
+/// The parameter values a Bind supplies (the rest of the message after its two names).
+pub fn supplied_params(bind_rest: &[u8]) -> Option<u16> {
+    let formats = usize::from(u16::from_be_bytes([
+        *bind_rest.first()?,
+        *bind_rest.get(1)?,
+    ]));
+    let at = 2 + 2 * formats;
+    Some(u16::from_be_bytes([
+        *bind_rest.get(at)?,
+        *bind_rest.get(at + 1)?,
+    ]))
+}
+
 /// A Parse of the statement under its server name.
 pub fn write_parse(out: &mut BytesMut, hash: u64, parse_rest: &[u8]) {
     with_length(out, b'P', |b| {
@@ -273,6 +293,20 @@ pub fn write_close(out: &mut BytesMut, hash: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_counts_of_parse_and_bind() {
+        assert_eq!(
+            declared_params(b"SELECT $1\0\0\x02\0\0\0\x17\0\0\0\0"),
+            Some(2)
+        );
+        assert_eq!(declared_params(b"SELECT 1\0\0\0"), Some(0));
+        assert_eq!(declared_params(b"SELECT 1\0\0"), None, "cut short");
+        // Two format codes, then three values.
+        assert_eq!(supplied_params(b"\0\x02\0\0\0\x01\0\x03"), Some(3));
+        assert_eq!(supplied_params(b"\0\0\0\0\0\0"), Some(0));
+        assert_eq!(supplied_params(b"\0\x02\0\0"), None, "cut short");
+    }
 
     #[test]
     fn same_text_same_server_name() {

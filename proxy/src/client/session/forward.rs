@@ -114,13 +114,30 @@ impl Session<'_> {
                     return Ok(());
                 }
                 let mut deallocates = false;
-                match self
+                let known = self
                     .statements
                     .get(stmt)
-                    .filter(|_| map_names && !skipping && !stmt.is_empty())
-                {
+                    .filter(|_| map_names && !skipping && !stmt.is_empty());
+                match known {
                     Some((h, parse_rest)) => {
-                        if prepare_here(&mut att.conn, out, r, max_prepared, h) {
+                        if !att.conn.prepared.touch(h) {
+                            // PostgreSQL checks a Bind's parameter count first, also in a
+                            // failed transaction, where the Parse added here would be refused
+                            // (`25P02`) before the server saw the Bind. Fewer values than the
+                            // Parse declared types is surely wrong: refused as PostgreSQL
+                            // refuses it.
+                            let declared = statements::declared_params(parse_rest).unwrap_or(0);
+                            let supplied =
+                                statements::supplied_params(bind_rest).unwrap_or(declared);
+                            if supplied < declared {
+                                let message = format!(
+                                    "bind message supplies {supplied} parameters, but prepared statement \"{}\" requires {declared}",
+                                    String::from_utf8_lossy(stmt)
+                                );
+                                self.refuse(sqlstate::PROTOCOL_VIOLATION, &message);
+                                return Ok(());
+                            }
+                            add_here(&mut att.conn, out, r, max_prepared, h);
                             statements::write_parse(out, h, parse_rest);
                             r.push(Owed::InjectedParse(h));
                         }
@@ -291,13 +308,26 @@ pub(super) fn prepare_here(
     if conn.prepared.touch(h) {
         return false;
     }
+    add_here(conn, out, r, max_prepared, h);
+    true
+}
+
+/// Records statement `h`, not prepared on the server connection yet, as prepared there (the
+/// caller writes its Parse); past `max_prepared` the least recently used statement is closed
+/// first.
+pub(super) fn add_here(
+    conn: &mut ServerConn,
+    out: &mut BytesMut,
+    r: &mut Responses,
+    max_prepared: usize,
+    h: u64,
+) {
     // Usually one; more when an earlier batch had to go past the cap.
     while let Some(victim) = conn.prepared.evict_for_one_more(max_prepared) {
         statements::write_close(out, victim);
         r.push(Owed::InjectedClose(victim));
     }
     conn.prepared.add(h);
-    true
 }
 
 /// The name in a `Close` of a named statement, if that is what `msg` is.
