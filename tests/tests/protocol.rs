@@ -1326,3 +1326,40 @@ async fn a_statement_refused_in_a_failed_transaction_is_refused_alike_when_pipel
     assert_eq!(exchange(&mut client, &bind_execute_sync("s")).0, "2DCZ");
     assert_eq!(exchange(&mut holder, &query("COMMIT")).0, "CZ");
 }
+
+/// Transaction mode: PostgreSQL's errors that name a prepared statement name the client's,
+/// not the proxy's name for it on the server.
+#[tokio::test]
+async fn a_bind_with_the_wrong_count_is_refused_in_the_clients_words() {
+    let (db, proxy) = setup("pool_mode = \"transaction\"\npool_size = 1");
+    let mut s = login(proxy.port, &db);
+    let sync = || message(b'S', b"");
+    let typed = message(b'P', b"t\0SELECT $1::int\0\0\x01\0\0\0\x17");
+    assert_eq!(
+        exchange(&mut s, &[parse("m", "SELECT 1"), typed, sync()].concat()).0,
+        "11Z"
+    );
+    let bind = |statement: &str, values: &[u8]| {
+        let mut body = format!("\0{statement}\0").into_bytes();
+        body.extend_from_slice(b"\0\0");
+        body.extend_from_slice(values);
+        body.extend_from_slice(b"\0\0");
+        message(b'B', &body)
+    };
+    for (m, expected) in [
+        (
+            bind("m", b"\0\x01\0\0\0\x011"),
+            "bind message supplies 1 parameters, but prepared statement \"m\" requires 0",
+        ),
+        (
+            bind("t", b"\0\0"),
+            "bind message supplies 0 parameters, but prepared statement \"t\" requires 1",
+        ),
+    ] {
+        let (t, reply) = exchange(&mut s, &[m, sync()].concat());
+        assert_eq!(t, "EZ");
+        assert_eq!(wire::error_code(&reply[0].1).as_deref(), Some("08P01"));
+        let text = String::from_utf8_lossy(&reply[0].1).into_owned();
+        assert!(text.contains(expected), "{text}");
+    }
+}

@@ -8,6 +8,7 @@ mod params;
 mod pending_names;
 mod queued;
 mod responses;
+mod server_names;
 mod session;
 mod session_sql;
 pub(crate) mod statements;

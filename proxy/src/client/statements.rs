@@ -72,6 +72,14 @@ impl Statements {
         self.by_name.insert(name, statement);
     }
 
+    /// A name the client has for the statement with this hash (for error messages: a scan).
+    pub fn name_of(&self, hash: u64) -> Option<&[u8]> {
+        self.by_name
+            .iter()
+            .find(|(_, (h, _))| *h == hash)
+            .map(|(name, _)| name.as_slice())
+    }
+
     /// Forgets all of the client's statements (its `DEALLOCATE ALL`).
     pub fn clear(&mut self) {
         self.by_name.clear();

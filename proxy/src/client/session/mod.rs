@@ -30,6 +30,7 @@ use super::handshake::Login;
 use super::pending_names::PendingNames;
 use super::queued;
 use super::responses::{self, Owed, Responses, Verdict};
+use super::server_names;
 use super::session_sql::Found;
 use super::statements::{self, Deallocate, Statements};
 use super::transaction_block::{deferrable_begin, lone_end, may_begin};

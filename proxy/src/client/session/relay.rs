@@ -8,6 +8,7 @@ impl Session<'_> {
     pub(super) async fn relay(&mut self) -> Result<(), End> {
         let transaction_mode = self.transaction_mode();
         let statement_mode = self.statement_mode();
+        let map_names = self.per_transaction;
         let att = self.server.as_mut().expect("relay needs a server");
         let (conn, server) = att.conn.split();
         let r = &mut self.responses;
@@ -108,7 +109,16 @@ impl Session<'_> {
                 }
             }
             match verdict {
-                Verdict::Forward => {}
+                Verdict::Forward => {
+                    // An error that names a statement by the proxy's name for it.
+                    if f.tag == b'E' && map_names && complete {
+                        if let Some(own) = server_names::reworded(body, &self.statements) {
+                            out.extend_from_slice(&buf[from..pos]);
+                            out.extend_from_slice(&own);
+                            from = pos + f.total;
+                        }
+                    }
+                }
                 Verdict::Swallow => {
                     out.extend_from_slice(&buf[from..pos]);
                     from = pos + f.total;
