@@ -11,7 +11,7 @@ mod responses;
 mod server_names;
 mod session;
 mod session_sql;
-pub(crate) mod statements;
+mod statements;
 mod transaction_block;
 
 pub use params::ClientParams;

@@ -5,6 +5,7 @@
 //! flight after the last Sync: only then may it go back to the pool), and which server answers
 //! to swallow or reword (those of messages the proxy added, or sent in the place of a client's).
 
+use super::server_names;
 use super::statements::deallocate_tag;
 use crate::protocol::backend;
 use crate::server::maintenance::forgets_prepared_statements;
@@ -413,7 +414,8 @@ impl Responses {
                     let reworded = matches!(o, Owed::Bind | Owed::Describe)
                         && has_code(body, "26000")
                         && backend::error_field(body, b'M')
-                            .is_some_and(|m| prepared.refusal_for(m).is_some());
+                            .and_then(server_names::named_statement)
+                            .is_some_and(|(_, h)| prepared.refusal_for(h).is_some());
                     self.unanswered(o, prepared);
                     self.skip_to_sync(prepared);
                     if reworded {

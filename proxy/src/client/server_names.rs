@@ -15,12 +15,7 @@ use bytes::BytesMut;
 /// a statement of the client by its server name.
 pub fn reworded(body: &[u8], statements: &Statements) -> Option<BytesMut> {
     let message = backend::error_field(body, b'M')?;
-    let at = message.windows(3).position(|w| w == b"\"S_")?;
-    let hex = message.get(at + 3..at + 19)?;
-    if message.get(at + 19) != Some(&b'"') {
-        return None;
-    }
-    let hash = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    let (at, hash) = named_statement(message)?;
     let name = statements.name_of(hash)?;
     let mut new_message = Vec::with_capacity(message.len() + name.len());
     new_message.extend_from_slice(&message[..at + 1]);
@@ -41,6 +36,18 @@ pub fn reworded(body: &[u8], statements: &Statements) -> Option<BytesMut> {
     }
     fields.push(0);
     Some(backend::whole(b'E', &fields))
+}
+
+/// The first statement a message names by the proxy's name for it (`"S_<16 hex digits>"`):
+/// where its opening quote is, and its hash.
+pub fn named_statement(message: &[u8]) -> Option<(usize, u64)> {
+    let at = message.windows(3).position(|w| w == b"\"S_")?;
+    let hex = message.get(at + 3..at + 19)?;
+    if message.get(at + 19) != Some(&b'"') {
+        return None;
+    }
+    let hash = u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    Some((at, hash))
 }
 
 #[cfg(test)]
@@ -77,6 +84,15 @@ mod tests {
             Some(&b"postgres.c"[..])
         );
         assert_eq!(new.len(), 5 + body.len() - server.len() + 4);
+    }
+
+    #[test]
+    fn a_server_name_is_found_quoted_only() {
+        let name = String::from_utf8(server_name(7).to_vec()).unwrap();
+        let quoted = format!("prepared statement \"{name}\" does not exist");
+        assert_eq!(named_statement(quoted.as_bytes()), Some((19, 7)));
+        assert_eq!(named_statement(name.as_bytes()), None, "not quoted");
+        assert_eq!(named_statement(b"\"S_12\" x"), None, "too short");
     }
 
     #[test]

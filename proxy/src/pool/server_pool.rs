@@ -153,14 +153,13 @@ impl Pooled {
     async fn open_or_take_freed(&mut self) -> Result<(), CheckoutError> {
         let pool = self.pool.clone();
         let mut open = Box::pin(pool.clone().open_under_cap());
-        let slow = tokio::select! {
+        let mut waiter = tokio::select! {
             opened = &mut open => {
                 self.conn = Some(opened?);
                 return Ok(());
             }
             () = tokio::time::sleep(SLOW_CONNECT) => pool.handoff.wait(),
         };
-        let mut waiter = slow;
         // One that went idle just before this checkout joined the queue is taken too.
         let first = match pool.sound_idle() {
             Some(idle) => Err(idle),

@@ -72,15 +72,11 @@ impl PreparedSet {
         self.refused = Some((hash, error));
     }
 
-    /// The error to give in place of a server's `26000` whose message (`message`, the `M`
-    /// field) names the statement last refused, if it does.
-    pub fn refusal_for(&self, message: &[u8]) -> Option<&[u8]> {
-        let (hash, error) = self.refused.as_ref()?;
-        let name = crate::client::statements::server_name(*hash);
-        let named = message
-            .windows(name.len() + 2)
-            .any(|w| w[0] == b'"' && w[w.len() - 1] == b'"' && w[1..w.len() - 1] == name[..]);
-        named.then_some(&error[..])
+    /// The error to give in place of a server's `26000` about statement `hash`, if it is the
+    /// one last refused.
+    pub fn refusal_for(&self, hash: u64) -> Option<&[u8]> {
+        let (refused, error) = self.refused.as_ref()?;
+        (*refused == hash).then_some(&error[..])
     }
 
     /// The server dropped all its prepared statements (`DISCARD ALL`, `DEALLOCATE ALL`).
@@ -123,27 +119,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refused_statement_is_known_by_its_server_name_only() {
+    fn only_the_refused_statement_gets_its_refusal() {
         let mut p = PreparedSet::default();
-        let name = |h| String::from_utf8(crate::client::statements::server_name(h).to_vec());
-        let message = |h| format!("prepared statement \"{}\" does not exist", name(h).unwrap());
-        assert_eq!(
-            p.refusal_for(message(7).as_bytes()),
-            None,
-            "nothing refused"
-        );
+        assert_eq!(p.refusal_for(7), None, "nothing refused");
         p.refused(7, BytesMut::from(&b"E-the-error"[..]));
-        assert_eq!(
-            p.refusal_for(message(7).as_bytes()),
-            Some(&b"E-the-error"[..])
-        );
-        assert_eq!(
-            p.refusal_for(message(8).as_bytes()),
-            None,
-            "another statement"
-        );
-        let bare = name(7).unwrap();
-        assert_eq!(p.refusal_for(bare.as_bytes()), None, "a quoted name only");
+        assert_eq!(p.refusal_for(7), Some(&b"E-the-error"[..]));
+        assert_eq!(p.refusal_for(8), None, "another statement");
     }
 
     #[test]

@@ -130,9 +130,11 @@ impl Session<'_> {
                 }
                 Verdict::Reword => {
                     out.extend_from_slice(&buf[from..pos]);
-                    let message = backend::error_field(body, b'M').unwrap_or_default();
                     let own = &buf[pos..pos + f.total];
-                    let instead = conn.prepared.refusal_for(message).unwrap_or(own);
+                    let instead = backend::error_field(body, b'M')
+                        .and_then(server_names::named_statement)
+                        .and_then(|(_, h)| conn.prepared.refusal_for(h))
+                        .unwrap_or(own);
                     out.extend_from_slice(instead);
                     from = pos + f.total;
                 }
